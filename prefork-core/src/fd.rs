@@ -1,0 +1,430 @@
+//! Typed inherited sockets.
+//!
+//! # The fd rules
+//!
+//! * Every fd that Rust opens is close-on-exec, and so is every listener made here. A socket
+//!   reaches a worker only because its context *declares* it: the spawner walks the context with
+//!   [`WorkerContext::visit_fds`](crate::WorkerContext::visit_fds), `dup2`s each declared socket to
+//!   a fixed number in the child (3, 4, … in visiting order) and writes that child-side number
+//!   into the context it sends. `dup2` clears close-on-exec on the copy, in the child only; the
+//!   master's own fd is never made inheritable, so nothing leaks into other children.
+//! * `O_NONBLOCK` belongs to the open file description, which the master and every worker share.
+//!   [`InheritedListener::bind_tcp`] sets it once, in the master, because async runtimes (tokio)
+//!   require it. A worker must not flip it: that would change it for all its siblings.
+//! * In the worker, [`InheritedListener::into_tcp`] / [`into_unix`](InheritedListener::into_unix)
+//!   check that the fd really is a listening stream socket of the declared family before adopting
+//!   it, and each fd can be adopted once: a cloned context cannot produce two owners of one fd.
+//!   Declared fds are made close-on-exec again at worker start, so a worker's own children do not
+//!   inherit them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use socket2::{Domain, Socket, Type};
+
+use crate::error::{Error, Result};
+
+/// The family of an inherited listening socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// A TCP listener (IPv4 or IPv6).
+    Tcp,
+    /// A Unix-domain stream listener.
+    Unix,
+}
+
+impl ListenerKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "listening TCP socket",
+            ListenerKind::Unix => "listening Unix stream socket",
+        }
+    }
+}
+
+/// A listening socket that a worker inherits from its master.
+///
+/// In the master it owns (a shared reference to) the socket; in the worker it is the child-side
+/// fd number, turned back into a listener by [`into_tcp`](Self::into_tcp) or
+/// [`into_unix`](Self::into_unix). Cloning it in the master is cheap and shares the socket.
+///
+/// It serializes as `{"kind":"tcp","fd":3}`, where `fd` is the number in the worker. It is filled
+/// in by the spawner; a listener that the context did not declare serializes with `"fd":null`,
+/// which the worker reports as an error rather than guessing.
+#[derive(Clone)]
+pub struct InheritedListener {
+    kind: ListenerKind,
+    master: Option<Arc<OwnedFd>>,
+    child_fd: Option<RawFd>,
+}
+
+impl fmt::Debug for InheritedListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("InheritedListener");
+        d.field("kind", &self.kind);
+        if let Some(m) = &self.master {
+            d.field("master_fd", &m.as_raw_fd());
+        }
+        d.field("child_fd", &self.child_fd).finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    kind: ListenerKind,
+    fd: Option<RawFd>,
+}
+
+impl Serialize for InheritedListener {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        Wire {
+            kind: self.kind,
+            fd: self.child_fd,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for InheritedListener {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let w = Wire::deserialize(d)?;
+        Ok(InheritedListener {
+            kind: w.kind,
+            master: None,
+            child_fd: w.fd,
+        })
+    }
+}
+
+/// Backlog of the listeners made here. The kernel caps it at `net.core.somaxconn`.
+pub const DEFAULT_BACKLOG: i32 = 1024;
+
+impl InheritedListener {
+    /// Binds a TCP listener for workers to share: `SO_REUSEADDR`, a backlog of
+    /// [`DEFAULT_BACKLOG`], close-on-exec, and **non-blocking** (set once here, for every worker;
+    /// see the module docs).
+    pub fn bind_tcp(addr: impl ToSocketAddrs + fmt::Display) -> Result<Self> {
+        let shown = addr.to_string();
+        let listen_err = |source| Error::Listen {
+            addr: shown.clone(),
+            source,
+        };
+        let mut last = None;
+        for a in addr.to_socket_addrs().map_err(listen_err)? {
+            match bind_one(a) {
+                Ok(l) => return Ok(Self::tcp(l)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(listen_err(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+        })))
+    }
+
+    /// Wraps a TCP listener of the master. Its blocking mode is left as it is.
+    pub fn tcp(listener: TcpListener) -> Self {
+        Self::from_owned(ListenerKind::Tcp, OwnedFd::from(listener))
+    }
+
+    /// Binds a Unix stream listener at `path` (non-blocking, like [`bind_tcp`](Self::bind_tcp)).
+    pub fn bind_unix(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let l = UnixListener::bind(path).map_err(|source| Error::Listen {
+            addr: path.display().to_string(),
+            source,
+        })?;
+        l.set_nonblocking(true)
+            .map_err(|e| Error::sys("cannot make the listener non-blocking", e))?;
+        Ok(Self::unix(l))
+    }
+
+    /// Wraps a Unix stream listener of the master. Its blocking mode is left as it is.
+    pub fn unix(listener: UnixListener) -> Self {
+        Self::from_owned(ListenerKind::Unix, OwnedFd::from(listener))
+    }
+
+    fn from_owned(kind: ListenerKind, fd: OwnedFd) -> Self {
+        InheritedListener {
+            kind,
+            master: Some(Arc::new(fd)),
+            child_fd: None,
+        }
+    }
+
+    /// The kind of socket.
+    pub fn kind(&self) -> ListenerKind {
+        self.kind
+    }
+
+    /// The fd number this listener has (or will have) in the worker, once the spawner mapped it.
+    pub fn child_fd(&self) -> Option<RawFd> {
+        self.child_fd
+    }
+
+    /// The master's socket, if this is the master's side.
+    pub fn master_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.master.as_deref().map(|f| f.as_fd())
+    }
+
+    /// The address the master's TCP socket is bound to (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        let fd = self.master_fd().ok_or_else(|| {
+            Error::ListenerMisuse("local_addr() is only available in the master".into())
+        })?;
+        let sock = socket2::SockRef::from(&fd);
+        sock.local_addr()
+            .map_err(|e| Error::sys("getsockname", e))?
+            .as_socket()
+            .ok_or_else(|| Error::ListenerMisuse("not an IP socket".into()))
+    }
+
+    pub(crate) fn master_shared(&self) -> Option<Arc<OwnedFd>> {
+        self.master.clone()
+    }
+
+    pub(crate) fn set_child_fd(&mut self, fd: RawFd) {
+        self.child_fd = Some(fd);
+    }
+
+    /// In the worker: checks that the inherited fd is a listening TCP socket and adopts it.
+    pub fn into_tcp(self) -> Result<TcpListener> {
+        let fd = self.adopt(ListenerKind::Tcp)?;
+        Ok(TcpListener::from(fd))
+    }
+
+    /// In the worker: checks that the inherited fd is a listening Unix stream socket and adopts it.
+    pub fn into_unix(self) -> Result<UnixListener> {
+        let fd = self.adopt(ListenerKind::Unix)?;
+        Ok(UnixListener::from(fd))
+    }
+
+    fn adopt(self, want: ListenerKind) -> Result<OwnedFd> {
+        if self.master.is_some() {
+            return Err(Error::ListenerMisuse(
+                "an InheritedListener can only be turned into a listener in the worker".into(),
+            ));
+        }
+        let Some(fd) = self.child_fd else {
+            return Err(Error::ListenerMisuse(
+                "the context carries a listener that was not mapped into this worker; \
+                 mark the field #[prefork(fd)] (or visit it in visit_fds)"
+                    .into(),
+            ));
+        };
+        if self.kind != want {
+            return Err(Error::InvalidInheritedFd {
+                fd,
+                expected: want.describe(),
+                found: format!("declared as a {}", self.kind.describe()),
+            });
+        }
+        let mut claimed = claimed_fds();
+        if !claimed.declared.contains(&fd) {
+            return Err(Error::InvalidInheritedFd {
+                fd,
+                expected: want.describe(),
+                found: "an fd this worker did not inherit".into(),
+            });
+        }
+        if claimed.taken.contains(&fd) {
+            return Err(Error::ListenerMisuse(format!(
+                "inherited fd {fd} was already turned into a listener"
+            )));
+        }
+        // SAFETY: `fd` is in `declared`, so it was open at worker start, and nothing closes it
+        // before it is taken (it is not taken yet); the borrow ends before this function returns.
+        check_listener(unsafe { BorrowedFd::borrow_raw(fd) }, want)?;
+        claimed.taken.insert(fd);
+        drop(claimed);
+        // SAFETY: `fd` is open (see above) and the `taken` set, updated under the same lock,
+        // guarantees that this is the only `OwnedFd` ever made from it in this process.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(owned)
+    }
+}
+
+fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&a.into())?;
+    sock.listen(DEFAULT_BACKLOG)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// fds declared by this worker's context, and those already adopted.
+#[derive(Default)]
+pub(crate) struct Claims {
+    declared: BTreeSet<RawFd>,
+    taken: BTreeSet<RawFd>,
+}
+
+static CLAIMS: Mutex<Claims> = Mutex::new(Claims {
+    declared: BTreeSet::new(),
+    taken: BTreeSet::new(),
+});
+
+fn claimed_fds() -> std::sync::MutexGuard<'static, Claims> {
+    CLAIMS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Worker start: records the declared fds, checks each is open, and makes it close-on-exec.
+pub(crate) fn validate_declared(fds: &[(RawFd, ListenerKind)]) -> Result<()> {
+    let mut claims = claimed_fds();
+    for &(fd, kind) in fds {
+        // F_GETFD on a number we do not own touches nothing; it only tells whether it is open.
+        // SAFETY: fcntl(F_GETFD) has no memory-safety preconditions.
+        let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) };
+        if flags < 0 {
+            return Err(Error::InvalidInheritedFd {
+                fd,
+                expected: kind.describe(),
+                found: "not an open fd".into(),
+            });
+        }
+        // SAFETY: as above; setting FD_CLOEXEC on an open fd of this process.
+        unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, flags | nix::libc::FD_CLOEXEC) };
+        // SAFETY: the fd is open (checked above) and stays open for the duration of the borrow.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        check_listener(borrowed, kind)?;
+        claims.declared.insert(fd);
+    }
+    Ok(())
+}
+
+/// Checks that `fd` is a listening stream socket of `kind` (fstat, SO_TYPE, SO_ACCEPTCONN,
+/// getsockname), the way systemd's socket activation helpers do.
+fn check_listener(fd: BorrowedFd<'_>, kind: ListenerKind) -> Result<()> {
+    let raw = fd.as_raw_fd();
+    let bad = |found: String| Error::InvalidInheritedFd {
+        fd: raw,
+        expected: kind.describe(),
+        found,
+    };
+    let st = nix::sys::stat::fstat(fd).map_err(|e| bad(format!("fstat failed: {e}")))?;
+    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+        return Err(bad(describe_mode(st.st_mode)));
+    }
+    let sock = socket2::SockRef::from(&fd);
+    match sock.r#type() {
+        Ok(t) if t == Type::STREAM => {}
+        Ok(_) => return Err(bad("a socket that is not a stream socket".into())),
+        Err(e) => return Err(bad(format!("SO_TYPE failed: {e}"))),
+    }
+    match sock.is_listener() {
+        Ok(true) => {}
+        Ok(false) => return Err(bad("a stream socket that is not listening".into())),
+        Err(e) => return Err(bad(format!("SO_ACCEPTCONN failed: {e}"))),
+    }
+    let addr = sock
+        .local_addr()
+        .map_err(|e| bad(format!("getsockname failed: {e}")))?;
+    let family_ok = match kind {
+        ListenerKind::Tcp => addr.is_ipv4() || addr.is_ipv6(),
+        ListenerKind::Unix => addr.is_unix(),
+    };
+    if !family_ok {
+        let fam = if addr.is_unix() {
+            "a Unix socket"
+        } else if addr.is_ipv4() || addr.is_ipv6() {
+            "an IP socket"
+        } else {
+            "a socket of another family"
+        };
+        return Err(bad(fam.into()));
+    }
+    Ok(())
+}
+
+fn describe_mode(mode: nix::libc::mode_t) -> String {
+    use nix::libc::*;
+    match mode & S_IFMT {
+        S_IFREG => "a regular file",
+        S_IFDIR => "a directory",
+        S_IFCHR => "a character device",
+        S_IFBLK => "a block device",
+        S_IFIFO => "a pipe",
+        S_IFLNK => "a symbolic link",
+        _ => "not a socket",
+    }
+    .to_string()
+}
+
+/// Implemented by field types the derive can visit for inherited sockets:
+/// [`InheritedListener`], and `Option`s and `Vec`s of it.
+pub trait VisitFds {
+    /// Calls `f` on each listener inside.
+    fn visit_fds(&mut self, f: &mut dyn FnMut(&mut InheritedListener));
+}
+
+impl VisitFds for InheritedListener {
+    fn visit_fds(&mut self, f: &mut dyn FnMut(&mut InheritedListener)) {
+        f(self)
+    }
+}
+
+impl<T: VisitFds> VisitFds for Option<T> {
+    fn visit_fds(&mut self, f: &mut dyn FnMut(&mut InheritedListener)) {
+        if let Some(v) = self {
+            v.visit_fds(f)
+        }
+    }
+}
+
+impl<T: VisitFds> VisitFds for Vec<T> {
+    fn visit_fds(&mut self, f: &mut dyn FnMut(&mut InheritedListener)) {
+        for v in self {
+            v.visit_fds(f)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form() {
+        let mut l = InheritedListener::bind_tcp("127.0.0.1:0").unwrap();
+        assert!(l.local_addr().unwrap().port() != 0);
+        assert_eq!(
+            serde_json::to_string(&l).unwrap(),
+            r#"{"kind":"tcp","fd":null}"#
+        );
+        l.set_child_fd(3);
+        assert_eq!(
+            serde_json::to_string(&l).unwrap(),
+            r#"{"kind":"tcp","fd":3}"#
+        );
+        let back: InheritedListener = serde_json::from_str(r#"{"kind":"unix","fd":4}"#).unwrap();
+        assert_eq!(back.kind(), ListenerKind::Unix);
+        assert_eq!(back.child_fd(), Some(4));
+        assert!(back.master_fd().is_none());
+    }
+
+    #[test]
+    fn master_side_cannot_adopt() {
+        let l = InheritedListener::bind_tcp("127.0.0.1:0").unwrap();
+        assert!(matches!(l.into_tcp(), Err(Error::ListenerMisuse(_))));
+    }
+
+    #[test]
+    fn check_listener_kinds() {
+        let l = InheritedListener::bind_tcp("127.0.0.1:0").unwrap();
+        let fd = l.master_fd().unwrap();
+        check_listener(fd, ListenerKind::Tcp).unwrap();
+        assert!(check_listener(fd, ListenerKind::Unix).is_err());
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let e = check_listener(f.as_fd(), ListenerKind::Tcp).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(check_listener(s.as_fd(), ListenerKind::Tcp).is_err());
+    }
+}

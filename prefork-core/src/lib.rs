@@ -1,0 +1,170 @@
+//! # prefork: a master that keeps a declared set of worker processes alive
+//!
+//! A preforking server runs one *master* process that owns the listening sockets and starts
+//! *workers*, each a fresh execution of the same program that inherits the sockets and serves.
+//! The master relaunches workers that die, reloads them all on `SIGHUP` without dropping a
+//! request, and stops them on `SIGTERM`. This crate is a port of the Haskell library
+//! haskell-prefork, with typed worker contexts and a declarative worker set.
+//!
+//! # The whole program
+//!
+//! ```no_run
+//! use prefork_core::{default_main, fork_worker_process, relaunch_settings, InheritedListener,
+//!                    WorkerContext, WorkerSet};
+//! use serde::{Deserialize, Serialize};
+//! use std::io::Write;
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize, WorkerContext)]
+//! struct Worker {
+//!     #[prefork(id, arg)]
+//!     id: u32,
+//!     #[prefork(fd)]
+//!     listener: Option<InheritedListener>,
+//! }
+//!
+//! fn main() {
+//!     let mut shared: Option<InheritedListener> = None;
+//!     // update: the desired set. Called at start and on every SIGHUP.
+//!     let update = |set: &mut WorkerSet<Worker>| {
+//!         set.set((0..4).map(|id| Worker { id, listener: None }));
+//!         Some(())
+//!     };
+//!     // fork: start one worker. The socket is made once, in the master, and inherited.
+//!     let fork = move |w: &Worker| {
+//!         let l = match &shared {
+//!             Some(l) => l.clone(),
+//!             None => shared.insert(InheritedListener::bind_tcp("127.0.0.1:3000")?).clone(),
+//!         };
+//!         fork_worker_process(&Worker { listener: Some(l), ..w.clone() })
+//!     };
+//!     default_main(relaunch_settings(update, fork), |w: Worker| -> std::io::Result<()> {
+//!         let listener = w.listener.expect("declared").into_tcp().map_err(std::io::Error::other)?;
+//!         for conn in listener.incoming() {
+//!             conn?.write_all(b"hello\n")?;
+//!         }
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! `ps` then shows the master and `prog id=0` … `prog id=3`. `kill` one and the same id comes
+//! back; `kill -HUP` the master and all four are replaced, each new one taking over when it is
+//! ready; `kill -TERM` the master and everything stops.
+//!
+//! # The pieces
+//!
+//! * [`WorkerContext`] (usually derived) is what a worker *is*: an [`id`](WorkerContext::id) the
+//!   master diffs by, argv for `ps`, [`RuntimeOptions`] (threads, CPU affinity, nice, rlimits,
+//!   environment) and the sockets it inherits ([`InheritedListener`]).
+//! * [`relaunch_settings`] turns an `update` callback (fills a [`WorkerSet`]) and a `fork`
+//!   callback (calls [`fork_worker_process`]) into [`Settings`]; [`default_settings`] is the bare
+//!   hook set of haskell-prefork. Both take builder-style setters for every hook and knob.
+//! * [`default_main`] decides master or worker. In the master it runs the supervisor; in a
+//!   worker it decodes the context and calls your worker function.
+//! * [`worker`] is the worker's side: [`worker::ready`], [`worker::stop_signal`],
+//!   [`worker::threads`]; [`args`] gives the master's argv to a CLI parser in either process.
+//!
+//! # The process model
+//!
+//! * **Fork, then exec, always.** A worker is a new execution of the program the master was
+//!   started from (`argv[0]`, made absolute at start), never a bare `fork` of the master: the
+//!   master may have threads, and a fresh image is what makes a code upgrade by `SIGHUP` work.
+//!   The master itself keeps running its old code.
+//! * **The context travels on standard input**, as one JSON header line and the encoded
+//!   context; the marker variable `PREFORK_WORKER` says "you are a worker" and is removed before
+//!   user code runs.
+//! * **Exactly the declared fds are inherited**, at 3, 4, … (see [`fd`]); everything else stays
+//!   close-on-exec. Between fork and exec the child runs only async-signal-safe system calls: no
+//!   allocation, no locks, no logging (see the `spawn` module's source).
+//! * **Workers die with the master**: `PR_SET_PDEATHSIG(SIGKILL)`, with the race (the master
+//!   died before the `prctl`) closed by a `getppid` check. The signal mask and handlers are reset
+//!   in the child.
+//! * **Workers share the master's stdout and stderr**; there is no relay.
+//! * **Workers stay in the master's process group**, as with nginx: a Ctrl-C in a terminal
+//!   reaches them all at once, and the master forwards it too.
+//!
+//! # Signals
+//!
+//! | signal | the master |
+//! |---|---|
+//! | `HUP`  | calls `update` again; stops ids that left, spawns new ones, replaces the others (each new worker takes over once ready) |
+//! | `TERM` | graceful stop: `on_terminate` (default: `TERM` to workers), waits `shutdown_timeout`, `SIGKILL`s the rest, `on_finish`, exits 0 |
+//! | `INT`  | as `TERM`, with `on_interrupt` (default: `INT` to workers) |
+//! | `QUIT` | calls `on_quit` and keeps running (nginx and unicorn mean "graceful stop" by it; here `TERM` does that) |
+//! | `CHLD` | reaps every exited child, respawns what is desired |
+//! | a second `TERM`/`INT` | `SIGKILL` to every worker at once |
+//!
+//! # Errors
+//!
+//! Library calls return [`Error`], one enum with one-line messages. [`default_main`] prints a
+//! master error as `prefork: <message>` and exits 1; a worker whose context cannot be read or
+//! whose sockets are not what the context says prints one line and exits 1.
+//!
+//! # Limits
+//!
+//! Linux only (`PR_SET_PDEATHSIG`, `/proc`). The context must fit in a pipe (1 MiB by default).
+
+#![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
+
+pub mod context;
+mod error;
+pub mod fd;
+mod master;
+mod pool;
+pub mod protocol;
+mod settings;
+mod spawn;
+pub mod worker;
+
+pub use context::{Rlimit, RlimitResource, RuntimeOptions, WorkerContext, WorkerSet};
+pub use error::{Error, Result};
+pub use fd::{InheritedListener, ListenerKind, VisitFds};
+pub use master::run_master;
+pub use nix::sys::signal::Signal;
+pub use nix::unistd::Pid;
+pub use pool::ChildExit;
+pub use protocol::Readiness;
+pub use settings::{Settings, default_settings, relaunch_settings};
+pub use spawn::{FIRST_INHERITED_FD, fork_worker_process, fork_worker_process_with_args};
+pub use worker::{WorkerExit, args, is_worker};
+
+/// `#[derive(WorkerContext)]`: see [`WorkerContext`] for the attributes.
+#[cfg(feature = "derive")]
+pub use prefork_macros::WorkerContext;
+
+/// Runs the program as a master or as a worker, and never returns.
+///
+/// In a worker (started by a master), it decodes the context, applies what must be applied,
+/// reports readiness if it is implicit, calls `worker_fn` and exits with its status (see
+/// [`WorkerExit`]). A context that cannot be read ends the worker with one line on stderr and
+/// status 1.
+///
+/// In the master, it runs [`run_master`] with `settings` and exits 0 when the master stopped
+/// cleanly, or prints `prefork: <error>` and exits 1.
+///
+/// Call it first thing in `main` (before starting threads): it may remove the worker marker from
+/// the environment.
+pub fn default_main<C, W, F, R>(settings: Settings<C, W>, worker_fn: F) -> !
+where
+    C: 'static,
+    W: WorkerContext,
+    F: FnOnce(W) -> R,
+    R: WorkerExit,
+{
+    match worker::boot() {
+        Some(Ok(boot)) => worker::run::<W, F, R>(boot, worker_fn),
+        Some(Err(e)) => worker::fail_boot(e),
+        None => {}
+    }
+    let code = match run_master(settings) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("prefork: {e}");
+            1
+        }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}

@@ -1,0 +1,504 @@
+//! The master: one thread, one loop, no busy polling.
+//!
+//! # The loop
+//!
+//! Signal handlers (signal-hook) do two async-signal-safe things: set a flag per signal, then
+//! write a byte into a self-pipe. The loop `poll`s the pipe and the readiness socket, with a
+//! timeout that is the state machine's next deadline (none: it sleeps until something happens,
+//! so an idle master costs no CPU). After a wake-up it drains the pipe *first*, then reads the
+//! flags, so a signal that lands while it works is never lost: it leaves a byte for the next
+//! `poll`.
+//!
+//! Then, in this order: reap, readiness messages, TERM/INT, QUIT, HUP, timers.
+//!
+//! # Reaping
+//!
+//! `SIGCHLD`s coalesce, so one flag may stand for many children: the master calls
+//! `waitpid(-1, WNOHANG)` until nothing is left, and reaps every child, its workers and any
+//! other (a master running as PID 1 or as a subreaper inherits orphans). It therefore holds no
+//! `std::process::Child` handles (whose `wait` would see `ECHILD`). The handlers are installed
+//! before the first spawn, and one reap pass runs at start, so a child that exits before the
+//! first `SIGCHLD` could be delivered is still reaped. A pid is signalled only while it is
+//! known to be unreaped, so a recycled pid is never hit.
+//!
+//! # Shutdown
+//!
+//! `SIGTERM` (or `SIGINT`) stops all spawning, calls `on_terminate` (`on_interrupt`) with every
+//! live pid, and waits up to `shutdown_timeout`; what is left then gets `SIGKILL`. A second
+//! `SIGTERM`/`SIGINT` sends `SIGKILL` at once. When the last child is reaped, `on_finish` runs
+//! and the master returns.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::context::{WorkerContext, WorkerSet};
+use crate::error::{Error, Result};
+use crate::pool::{ChildExit, Pool, Processes};
+use crate::settings::Settings;
+use crate::spawn::{SpawnEnv, set_spawn_env, with_spawn_env};
+
+const HANDLED: [i32; 5] = [
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGQUIT,
+    signal_hook::consts::SIGCHLD,
+];
+
+/// Flags set by the signal handlers, and the pipe that wakes the loop.
+struct SignalInbox {
+    flags: [Arc<AtomicBool>; 5],
+    wake_r: OwnedFd,
+    _wake_w: OwnedFd,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl SignalInbox {
+    fn install() -> Result<Self> {
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| Error::Signal(e.into()))?;
+        let flags: [Arc<AtomicBool>; 5] = Default::default();
+        let mut ids = Vec::new();
+        for (sig, flag) in HANDLED.iter().zip(flags.iter()) {
+            // The flag first, then the byte: actions run in registration order, so the flag is
+            // set before the loop can wake up for it.
+            ids.push(signal_hook::flag::register(*sig, Arc::clone(flag)).map_err(Error::Signal)?);
+            ids.push(
+                signal_hook::low_level::pipe::register_raw(
+                    *sig,
+                    w.try_clone().map_err(Error::Signal)?,
+                )
+                .map_err(Error::Signal)?,
+            );
+        }
+        Ok(SignalInbox {
+            flags,
+            wake_r: r,
+            _wake_w: w,
+            ids,
+        })
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = nix::unistd::read(&self.wake_r, &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn take(&self, sig: i32) -> bool {
+        HANDLED
+            .iter()
+            .position(|s| *s == sig)
+            .is_some_and(|i| self.flags[i].swap(false, Ordering::AcqRel))
+    }
+}
+
+impl Drop for SignalInbox {
+    fn drop(&mut self) {
+        // The handlers stay installed (signal-hook cannot restore the default), but they must
+        // stop writing into a pipe that is being closed.
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// What `fork` calls go through: the user's callback, with the spawn environment set.
+struct Ops<'a, W> {
+    fork: &'a mut dyn FnMut(&W) -> Result<Pid>,
+}
+
+impl<W> Processes<W> for Ops<'_, W> {
+    fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid> {
+        with_spawn_env(|e| e.generation = generation);
+        (self.fork)(ctx)
+    }
+
+    fn signal(&mut self, pid: Pid, sig: Signal) {
+        if let Err(e) = nix::sys::signal::kill(pid, sig) {
+            tracing::debug!(%pid, signal = sig.as_str(), error = %e, "kill failed");
+        }
+    }
+}
+
+enum Phase {
+    Running,
+    Stopping { deadline: Instant, killed: bool },
+}
+
+struct Master<C, W: WorkerContext> {
+    s: Settings<C, W>,
+    fork: Option<Box<dyn FnMut(&W) -> Result<Pid>>>,
+    config: Option<C>,
+    desired: WorkerSet<W>,
+    pool: Pool<W>,
+    /// Children started by hooks (update_server, on_child_finished), not by the pool.
+    unmanaged: BTreeSet<Pid>,
+    generation: u64,
+    phase: Phase,
+    inbox: SignalInbox,
+    notify: OwnedFd,
+}
+
+/// Runs the master until it is told to stop. `default_main` calls this in the master process;
+/// call it yourself only to wrap it.
+pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) -> Result<()> {
+    let _ = crate::spawn::launch();
+    // SAFETY: setting SIGPIPE to SIG_IGN is what the Rust runtime already did at start; it
+    // installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn);
+    }
+    let inbox = SignalInbox::install()?;
+    let (notify, notify_child) = nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::sys("cannot create the readiness socket", e))?;
+    set_spawn_env(SpawnEnv {
+        notify: Some(Arc::new(notify_child)),
+        readiness: settings.readiness,
+        generation: 0,
+    });
+    let fork = settings.fork.take();
+    let pool = Pool::new(settings.pool_config());
+    let mut m = Master {
+        s: settings,
+        fork,
+        config: None,
+        desired: WorkerSet::new(),
+        pool,
+        unmanaged: BTreeSet::new(),
+        generation: 0,
+        phase: Phase::Running,
+        inbox,
+        notify,
+    };
+    m.reap_all();
+    let r = m.start().and_then(|()| m.run());
+    set_spawn_env(SpawnEnv::default());
+    r
+}
+
+impl<C: 'static, W: WorkerContext> Master<C, W> {
+    fn start(&mut self) -> Result<()> {
+        let mut set = WorkerSet::new();
+        let config = call_update(&mut self.s.update_config, &mut set);
+        if self.fork.is_some() && config.is_none() {
+            return Err(Error::NoInitialConfig);
+        }
+        self.config = config;
+        (self.s.on_start)(self.config.as_ref());
+        if let Some(fork) = self.fork.as_mut() {
+            self.desired = set.clone();
+            let now = Instant::now();
+            let errors = self
+                .pool
+                .reload(set.into_map(), now, &mut Ops { fork: &mut **fork });
+            if let Some((_, e)) = errors.into_iter().next() {
+                self.abort_start();
+                return Err(e);
+            }
+        }
+        if let Some(c) = &self.config {
+            let extra = (self.s.update_server)(c);
+            self.unmanaged.extend(extra);
+        }
+        tracing::info!(
+            pid = std::process::id(),
+            workers = self.pool.pids().len() + self.unmanaged.len(),
+            "master started"
+        );
+        Ok(())
+    }
+
+    /// A start that failed: kill what was started, reap it, leave nothing behind.
+    fn abort_start(&mut self) {
+        self.pool.begin_shutdown();
+        let pids = self.live();
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+        for pid in pids {
+            loop {
+                match nix::sys::wait::waitpid(pid, None) {
+                    Err(Errno::EINTR) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    fn live(&self) -> Vec<Pid> {
+        let mut v = self.pool.pids();
+        v.extend(self.unmanaged.iter().copied());
+        v
+    }
+
+    fn run(&mut self) -> Result<()> {
+        loop {
+            let now = Instant::now();
+            if let Phase::Stopping { .. } = self.phase {
+                if self.live().is_empty() {
+                    break;
+                }
+            }
+            let deadline = self.next_deadline();
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(t) => {
+                    let ms = t.saturating_duration_since(now).as_millis();
+                    // Round up, so the loop does not spin on a deadline that is < 1 ms away.
+                    let ms = if t > now { ms.max(1) } else { 0 };
+                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [
+                PollFd::new(self.inbox.wake_r.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
+            ];
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(Error::sys("poll", e)),
+            }
+            self.inbox.drain();
+            self.step();
+        }
+        self.reap_all();
+        (self.s.on_finish)(self.config.as_ref());
+        tracing::info!(pid = std::process::id(), "master finished");
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut d = self.pool.next_deadline();
+        if let Phase::Stopping {
+            deadline,
+            killed: false,
+        } = self.phase
+        {
+            d = Some(d.map_or(deadline, |x| x.min(deadline)));
+        }
+        d
+    }
+
+    /// One turn of the loop, after a wake-up.
+    fn step(&mut self) {
+        use signal_hook::consts::*;
+        if self.inbox.take(SIGCHLD) {
+            self.reap_all();
+        }
+        self.read_ready();
+        if self.inbox.take(SIGTERM) {
+            self.stop(Signal::SIGTERM);
+        }
+        if self.inbox.take(SIGINT) {
+            self.stop(Signal::SIGINT);
+        }
+        if self.inbox.take(SIGQUIT) {
+            tracing::info!("SIGQUIT: calling on_quit");
+            if let Some(c) = &self.config {
+                (self.s.on_quit)(c);
+            }
+        }
+        if self.inbox.take(SIGHUP) {
+            self.reload();
+        }
+        let now = Instant::now();
+        if let Some(fork) = self.fork.as_mut() {
+            self.pool.tick(now, &mut Ops { fork: &mut **fork });
+        }
+        if let Phase::Stopping {
+            deadline,
+            killed: false,
+        } = self.phase
+        {
+            if now >= deadline {
+                let live = self.live();
+                tracing::warn!(
+                    remaining = live.len(),
+                    "shutdown deadline passed; sending SIGKILL"
+                );
+                for pid in live {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                }
+                self.phase = Phase::Stopping {
+                    deadline,
+                    killed: true,
+                };
+            }
+        }
+    }
+
+    fn reap_all(&mut self) {
+        let mut reaped = 0usize;
+        loop {
+            let (pid, how) = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ChildExit::Exited(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ChildExit::Signaled(sig)),
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "waitpid failed");
+                    break;
+                }
+            };
+            reaped += 1;
+            let now = Instant::now();
+            let known = match self.fork.as_mut() {
+                Some(fork) => self
+                    .pool
+                    .exited(pid, how, now, &mut Ops { fork: &mut **fork }),
+                None => false,
+            };
+            if !known {
+                if self.unmanaged.remove(&pid) {
+                    tracing::info!(%pid, status = %how, "worker exited");
+                } else {
+                    tracing::debug!(%pid, status = %how, "reaped a child the master did not start");
+                }
+            }
+            if let Some(c) = &self.config {
+                (self.s.cleanup_child)(c, pid);
+            }
+        }
+        if reaped > 0 {
+            if let (Some(c), Phase::Running) = (&self.config, &self.phase) {
+                let extra = (self.s.on_child_finished)(c);
+                self.unmanaged.extend(extra);
+            }
+        }
+    }
+
+    fn read_ready(&mut self) {
+        let mut buf = [0u8; 64];
+        loop {
+            match nix::sys::socket::recv(self.notify.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
+            {
+                Ok(n) => {
+                    let Some(pid) = crate::protocol::parse_ready(&buf[..n]) else {
+                        tracing::debug!("ignoring a malformed readiness message");
+                        continue;
+                    };
+                    if let Some(fork) = self.fork.as_mut() {
+                        self.pool.ready(
+                            Pid::from_raw(pid),
+                            Instant::now(),
+                            &mut Ops { fork: &mut **fork },
+                        );
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn stop(&mut self, sig: Signal) {
+        let live = self.live();
+        match self.phase {
+            Phase::Stopping { deadline, .. } => {
+                tracing::warn!(
+                    signal = sig.as_str(),
+                    remaining = live.len(),
+                    "second stop signal; sending SIGKILL"
+                );
+                for pid in live {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                }
+                self.phase = Phase::Stopping {
+                    deadline,
+                    killed: true,
+                };
+            }
+            Phase::Running => {
+                tracing::info!(signal = sig.as_str(), workers = live.len(), "stopping");
+                self.pool.begin_shutdown();
+                self.phase = Phase::Stopping {
+                    deadline: Instant::now() + self.s.shutdown_timeout,
+                    killed: false,
+                };
+                match (&self.config, sig) {
+                    (Some(c), Signal::SIGINT) => (self.s.on_interrupt)(c, &live),
+                    (Some(c), _) => (self.s.on_terminate)(c, &live),
+                    (None, sig) => {
+                        for pid in live {
+                            let _ = nix::sys::signal::kill(pid, sig);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        if let Phase::Stopping { .. } = self.phase {
+            tracing::info!("SIGHUP during shutdown: ignored");
+            return;
+        }
+        let mut set = self.desired.clone();
+        let Some(config) = call_update(&mut self.s.update_config, &mut set) else {
+            tracing::warn!(
+                workers = self.live().len(),
+                "SIGHUP: update returned no configuration; keeping the running workers"
+            );
+            return;
+        };
+        self.config = Some(config);
+        self.generation += 1;
+        with_spawn_env(|e| e.generation = self.generation);
+        if let Some(fork) = self.fork.as_mut() {
+            self.desired = set.clone();
+            let _ = self.pool.reload(
+                set.into_map(),
+                Instant::now(),
+                &mut Ops { fork: &mut **fork },
+            );
+            self.generation = self.pool.generation();
+        }
+        tracing::info!(
+            generation = self.generation,
+            desired = self.desired.len(),
+            "SIGHUP: reloading"
+        );
+        if let Some(c) = &self.config {
+            let extra = (self.s.update_server)(c);
+            self.unmanaged.extend(extra);
+        }
+    }
+}
+
+/// Calls the user's update callback; a panic in it is caught and treated as `None`, so a bad
+/// configuration never takes the master (and with it, every worker) down.
+fn call_update<C, W: WorkerContext>(
+    f: &mut Box<dyn FnMut(&mut WorkerSet<W>) -> Option<C>>,
+    set: &mut WorkerSet<W>,
+) -> Option<C> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| f(set))) {
+        Ok(c) => c,
+        Err(_) => {
+            tracing::error!("the update callback panicked; treating it as no configuration");
+            None
+        }
+    }
+}

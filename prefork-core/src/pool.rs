@@ -1,0 +1,501 @@
+//! The supervision state machine: keeps the running workers equal to the desired set.
+//!
+//! This module decides; it does not touch processes. It is driven by the master's loop with
+//! events (a reload, a child that exited, a readiness message, the clock) and acts through the
+//! small [`Processes`] trait ("start a worker for this context", "send this pid a signal"). Unit
+//! tests drive it with a fake, so every rule below is checked without a single process.
+//!
+//! # The rules
+//!
+//! * **Slots by id.** Each desired id has a slot with at most one *current* worker and at most
+//!   one *next* worker (a replacement that is starting). Old workers being stopped are *retiring*:
+//!   they have been sent the stop signal and get `SIGKILL` at their deadline.
+//! * **Availability first.** A worker that was up (settled: ready, and past the startup window
+//!   in implicit mode) and then died is respawned at once, whatever killed it.
+//! * **Backoff only for failure to start.** A worker that dies before it settled, misses its
+//!   readiness deadline, or whose spawn fails, is retried after `initial × 2^(n-1)`, capped at
+//!   `max`. The count resets when a worker of that id settles, and on every reload.
+//! * **Rolling replacement.** On reload, each id that stays is replaced (all of them, or only
+//!   those whose encoded context changed): the next worker starts, and the current one is
+//!   retired only once the next one settled. A next worker that fails is retried with backoff
+//!   while the current one keeps serving. At most `max_parallel_replacements` start at once.
+//! * **Removed ids** are retired; **new ids** are spawned.
+//! * **Shutdown** stops every spawn; what runs is the driver's to signal and reap.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::context::WorkerContext;
+use crate::error::Error;
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildExit {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(Signal),
+}
+
+impl std::fmt::Display for ChildExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChildExit::Exited(c) => write!(f, "exit status {c}"),
+            ChildExit::Signaled(s) => write!(f, "signal {}", s.as_str()),
+        }
+    }
+}
+
+/// What the state machine needs from the outside world.
+pub(crate) trait Processes<W> {
+    /// Starts a worker for `ctx` (the user's `fork` callback).
+    fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid, Error>;
+    /// Sends `sig` to `pid`. The pid has not been reaped yet, so it cannot be recycled.
+    fn signal(&mut self, pid: Pid, sig: Signal);
+}
+
+/// Tunables of the state machine (a view of [`Settings`](crate::Settings)).
+#[derive(Clone, Debug)]
+pub(crate) struct PoolConfig {
+    pub ready_timeout: Duration,
+    pub startup_window: Duration,
+    pub stop_timeout: Duration,
+    pub stop_signal: Signal,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_parallel_replacements: usize,
+    pub replace_unchanged: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            ready_timeout: Duration::from_secs(30),
+            startup_window: Duration::from_secs(1),
+            stop_timeout: Duration::from_secs(30),
+            stop_signal: Signal::SIGTERM,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(15),
+            max_parallel_replacements: usize::MAX,
+            replace_unchanged: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Proc {
+    pid: Pid,
+    spawned_at: Instant,
+    ready_at: Option<Instant>,
+    ready_deadline: Instant,
+    generation: u64,
+    killed: bool,
+}
+
+impl Proc {
+    fn settled(&self, now: Instant, window: Duration) -> bool {
+        self.ready_at.is_some() && now >= self.spawned_at + window
+    }
+}
+
+#[derive(Debug)]
+struct Slot<W> {
+    ctx: W,
+    encoded: Vec<u8>,
+    current: Option<Proc>,
+    next: Option<Proc>,
+    wants_replacement: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Retiring {
+    kill_at: Instant,
+    killed: bool,
+}
+
+/// The state machine. `W` is the user's context type.
+#[derive(Debug)]
+pub(crate) struct Pool<W: WorkerContext> {
+    cfg: PoolConfig,
+    slots: BTreeMap<W::Id, Slot<W>>,
+    retiring: BTreeMap<Pid, Retiring>,
+    generation: u64,
+    shutting_down: bool,
+}
+
+fn encode_for_diff<W: WorkerContext>(w: &W) -> Vec<u8> {
+    w.encode().unwrap_or_default()
+}
+
+impl<W: WorkerContext> Pool<W> {
+    pub fn new(mut cfg: PoolConfig) -> Self {
+        cfg.max_parallel_replacements = cfg.max_parallel_replacements.max(1);
+        Pool {
+            cfg,
+            slots: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+            generation: 0,
+            shutting_down: false,
+        }
+    }
+
+    /// The reload generation (0 before the first `reload`, which makes it 1... see `reload`).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn delay(&self, failures: u32) -> Duration {
+        backoff(&self.cfg, failures)
+    }
+
+    /// Sets a new desired set. The first call is the start (generation 0); each later call is a
+    /// reload (generation + 1). Returns the errors of spawns that failed right away (the first
+    /// call's caller treats them as fatal; later ones are retried with backoff).
+    pub fn reload(
+        &mut self,
+        desired: BTreeMap<W::Id, W>,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) -> Vec<(W::Id, Error)> {
+        let first = self.slots.is_empty() && self.retiring.is_empty() && self.generation == 0;
+        if !first {
+            self.generation += 1;
+        }
+        let generation = self.generation;
+        // Ids that left the set.
+        let gone: Vec<W::Id> = self
+            .slots
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(slot) = self.slots.remove(&id) {
+                tracing::info!(worker_id = ?id, generation, "worker left the desired set");
+                for p in [slot.current, slot.next].into_iter().flatten() {
+                    self.retire(p.pid, now, ops);
+                }
+            }
+        }
+        for (id, ctx) in desired {
+            let encoded = encode_for_diff(&ctx);
+            match self.slots.get_mut(&id) {
+                None => {
+                    self.slots.insert(
+                        id,
+                        Slot {
+                            ctx,
+                            encoded,
+                            current: None,
+                            next: None,
+                            wants_replacement: false,
+                            failures: 0,
+                            retry_at: None,
+                        },
+                    );
+                }
+                Some(slot) => {
+                    let changed = slot.encoded != encoded;
+                    slot.ctx = ctx;
+                    slot.encoded = encoded;
+                    slot.failures = 0;
+                    slot.retry_at = None;
+                    let stale_next = slot.next.take();
+                    if slot.current.is_some() && (changed || self.cfg.replace_unchanged) {
+                        slot.wants_replacement = true;
+                    }
+                    if let Some(p) = stale_next {
+                        // A replacement from an earlier reload that is still starting: it runs
+                        // the old context, so it goes, and a fresh one starts.
+                        self.retire(p.pid, now, ops);
+                    }
+                }
+            }
+        }
+        self.pump(now, ops)
+    }
+
+    /// Starts what is due: first spawns of empty slots, then replacements within the budget.
+    fn pump(&mut self, now: Instant, ops: &mut impl Processes<W>) -> Vec<(W::Id, Error)> {
+        let mut errors = Vec::new();
+        if self.shutting_down {
+            return errors;
+        }
+        let generation = self.generation;
+        let mut in_flight = self.slots.values().filter(|s| s.next.is_some()).count();
+        let ready_timeout = self.cfg.ready_timeout;
+        let ids: Vec<W::Id> = self.slots.keys().cloned().collect();
+        for id in ids {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            if slot.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            let into_next = if slot.current.is_none() {
+                false
+            } else if slot.wants_replacement
+                && slot.next.is_none()
+                && in_flight < self.cfg.max_parallel_replacements
+            {
+                true
+            } else {
+                continue;
+            };
+            slot.retry_at = None;
+            match ops.spawn(&slot.ctx, generation) {
+                Ok(pid) => {
+                    tracing::debug!(worker_id = ?id, %pid, generation, replacement = into_next, "worker spawned");
+                    let p = Proc {
+                        pid,
+                        spawned_at: now,
+                        ready_at: None,
+                        ready_deadline: now + ready_timeout,
+                        generation,
+                        killed: false,
+                    };
+                    if into_next {
+                        slot.next = Some(p);
+                        in_flight += 1;
+                    } else {
+                        slot.current = Some(p);
+                    }
+                }
+                Err(e) => {
+                    slot.failures += 1;
+                    let delay = backoff(&self.cfg, slot.failures);
+                    slot.retry_at = Some(now + delay);
+                    tracing::error!(worker_id = ?id, generation, error = %e, attempt = slot.failures,
+                        retry_in_ms = delay.as_millis() as u64, "cannot start worker");
+                    errors.push((id, e));
+                }
+            }
+        }
+        errors
+    }
+
+    fn retire(&mut self, pid: Pid, now: Instant, ops: &mut impl Processes<W>) {
+        ops.signal(pid, self.cfg.stop_signal);
+        self.retiring.insert(
+            pid,
+            Retiring {
+                kill_at: now + self.cfg.stop_timeout,
+                killed: false,
+            },
+        );
+    }
+
+    fn window(&self) -> Duration {
+        self.cfg.startup_window
+    }
+
+    /// A readiness message from `pid`.
+    pub fn ready(&mut self, pid: Pid, now: Instant, ops: &mut impl Processes<W>) {
+        for slot in self.slots.values_mut() {
+            for p in [&mut slot.current, &mut slot.next].into_iter().flatten() {
+                if p.pid == pid && p.ready_at.is_none() {
+                    p.ready_at = Some(now);
+                    tracing::debug!(%pid, "worker ready");
+                }
+            }
+        }
+        self.promote_settled(now, ops);
+    }
+
+    /// Next workers that settled take over; the worker they replace retires.
+    fn promote_settled(&mut self, now: Instant, ops: &mut impl Processes<W>) {
+        let window = self.window();
+        let mut to_retire = Vec::new();
+        for (id, slot) in self.slots.iter_mut() {
+            if slot.next.as_ref().is_some_and(|n| n.settled(now, window)) {
+                let next = slot.next.take();
+                if let Some(old) = std::mem::replace(&mut slot.current, next) {
+                    tracing::info!(worker_id = ?id, old_pid = %old.pid,
+                        new_pid = ?slot.current.as_ref().map(|p| p.pid.as_raw()),
+                        generation = slot.current.as_ref().map(|p| p.generation),
+                        "worker replaced");
+                    to_retire.push(old.pid);
+                }
+                slot.wants_replacement = false;
+            }
+        }
+        for pid in to_retire {
+            self.retire(pid, now, ops);
+        }
+        // Starting the next replacement may now fit in the budget.
+        let _ = self.pump(now, ops);
+    }
+
+    /// A child was reaped. Returns false if it was not one of the pool's.
+    pub fn exited(
+        &mut self,
+        pid: Pid,
+        how: ChildExit,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) -> bool {
+        if let Some(r) = self.retiring.remove(&pid) {
+            tracing::info!(%pid, status = %how, killed = r.killed, "retired worker exited");
+            let _ = self.pump(now, ops);
+            return true;
+        }
+        let window = self.window();
+        let shutting_down = self.shutting_down;
+        let mut found = None;
+        for (id, slot) in self.slots.iter_mut() {
+            if slot.current.as_ref().is_some_and(|p| p.pid == pid) {
+                found = Some((id.clone(), true));
+                break;
+            }
+            if slot.next.as_ref().is_some_and(|p| p.pid == pid) {
+                found = Some((id.clone(), false));
+                break;
+            }
+        }
+        let Some((id, was_current)) = found else {
+            return false;
+        };
+        let mut delay_needed = None;
+        if let Some(slot) = self.slots.get_mut(&id) {
+            let p = if was_current {
+                slot.current.take()
+            } else {
+                slot.next.take()
+            };
+            let Some(p) = p else { return true };
+            let settled = p.settled(now, window);
+            if shutting_down {
+                tracing::info!(worker_id = ?id, %pid, status = %how, "worker exited");
+                return true;
+            }
+            if was_current {
+                if let Some(next) = slot.next.take() {
+                    // The replacement takes over the slot right away.
+                    slot.current = Some(next);
+                    slot.wants_replacement = false;
+                    tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
+                        "worker exited during its replacement; the replacement takes over");
+                } else if settled {
+                    slot.failures = 0;
+                    tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
+                        uptime_ms = now.duration_since(p.spawned_at).as_millis() as u64,
+                        "worker exited; respawning");
+                } else {
+                    slot.failures += 1;
+                    delay_needed = Some((slot.failures, "worker died while starting"));
+                    tracing::debug!(worker_id = ?id, %pid, "start failure");
+                }
+            } else {
+                slot.failures += 1;
+                delay_needed = Some((
+                    slot.failures,
+                    "replacement died before it was ready; the old worker keeps serving",
+                ));
+            }
+            let _ = &p;
+            if let Some((failures, what)) = delay_needed {
+                let delay = self.delay(failures);
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    slot.retry_at = Some(now + delay);
+                }
+                tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
+                    attempt = failures, retry_in_ms = delay.as_millis() as u64, "{what}");
+            }
+        }
+        let _ = self.pump(now, ops);
+        true
+    }
+
+    /// Timers: readiness deadlines, stop deadlines, promotions, retries.
+    pub fn tick(&mut self, now: Instant, ops: &mut impl Processes<W>) {
+        for (pid, r) in self.retiring.iter_mut() {
+            if !r.killed && r.kill_at <= now {
+                tracing::warn!(%pid, "retired worker did not stop in time; sending SIGKILL");
+                ops.signal(*pid, Signal::SIGKILL);
+                r.killed = true;
+            }
+        }
+        for (id, slot) in self.slots.iter_mut() {
+            for p in [&mut slot.current, &mut slot.next].into_iter().flatten() {
+                if p.ready_at.is_none() && !p.killed && p.ready_deadline <= now {
+                    tracing::warn!(worker_id = ?id, pid = %p.pid, "worker missed its readiness deadline; sending SIGKILL");
+                    ops.signal(p.pid, Signal::SIGKILL);
+                    p.killed = true;
+                }
+            }
+        }
+        self.promote_settled(now, ops);
+    }
+
+    /// When `tick` next has something to do, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let window = self.window();
+        let mut best: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            best = Some(best.map_or(t, |b| b.min(t)));
+        };
+        for r in self.retiring.values() {
+            if !r.killed {
+                consider(r.kill_at);
+            }
+        }
+        for slot in self.slots.values() {
+            for p in [&slot.current, &slot.next].into_iter().flatten() {
+                if p.ready_at.is_none() && !p.killed {
+                    consider(p.ready_deadline);
+                }
+            }
+            if let Some(n) = &slot.next {
+                if n.ready_at.is_some() {
+                    consider(n.spawned_at + window);
+                }
+            }
+            if !self.shutting_down {
+                if let Some(t) = slot.retry_at {
+                    consider(t);
+                }
+            }
+        }
+        best
+    }
+
+    /// Stops all spawning; what runs is left to the caller to signal.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// Every pid the pool knows (current, next, retiring).
+    pub fn pids(&self) -> Vec<Pid> {
+        let mut v: Vec<Pid> = self
+            .slots
+            .values()
+            .flat_map(|s| [&s.current, &s.next])
+            .flatten()
+            .map(|p| p.pid)
+            .collect();
+        v.extend(self.retiring.keys().copied());
+        v
+    }
+
+    /// The current worker's pid of each id.
+    #[cfg(test)]
+    pub fn current(&self) -> BTreeMap<W::Id, Pid> {
+        self.slots
+            .iter()
+            .filter_map(|(id, s)| s.current.as_ref().map(|p| (id.clone(), p.pid)))
+            .collect()
+    }
+}
+
+/// The wait before retry number `failures` (1-based): `initial × 2^(failures-1)`, capped.
+fn backoff(cfg: &PoolConfig, failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(30);
+    cfg.backoff_initial
+        .saturating_mul(1u32 << shift)
+        .min(cfg.backoff_max)
+}

@@ -1,0 +1,250 @@
+//! `Settings`: haskell-prefork's hooks, and the knobs of supervision.
+
+use std::fmt;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::context::{WorkerContext, WorkerSet};
+use crate::error::Result;
+use crate::pool::PoolConfig;
+use crate::protocol::Readiness;
+
+/// How the master behaves: the hooks of haskell-prefork's `PreforkSettings`, plus supervision
+/// settings. `C` is the application's configuration, `W` its worker context.
+///
+/// Start from [`default_settings`] (hooks only, as Haskell's `defaultSettings`) or from
+/// [`relaunch_settings`] (a declared worker set kept alive by id), then chain setters:
+///
+/// ```no_run
+/// use prefork_core::{relaunch_settings, fork_worker_process, Readiness, WorkerContext};
+/// use std::time::Duration;
+/// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, WorkerContext)]
+/// # struct Worker { #[prefork(id)] id: u32 }
+/// let settings = relaunch_settings(
+///     |set| { set.set((0..4).map(|id| Worker { id })); Some(()) },
+///     |w: &Worker| fork_worker_process(w),
+/// )
+/// .readiness(Readiness::Explicit)
+/// .stop_timeout(Duration::from_secs(10))
+/// .on_start(|_| eprintln!("master {} started", std::process::id()));
+/// ```
+///
+/// Hooks run on the master's thread, one at a time, never inside a signal handler.
+pub struct Settings<C, W: WorkerContext> {
+    pub(crate) on_start: Box<dyn FnMut(Option<&C>)>,
+    pub(crate) on_finish: Box<dyn FnMut(Option<&C>)>,
+    pub(crate) on_terminate: Box<dyn FnMut(&C, &[Pid])>,
+    pub(crate) on_interrupt: Box<dyn FnMut(&C, &[Pid])>,
+    pub(crate) on_quit: Box<dyn FnMut(&C)>,
+    pub(crate) on_child_finished: Box<dyn FnMut(&C) -> Vec<Pid>>,
+    pub(crate) update_server: Box<dyn FnMut(&C) -> Vec<Pid>>,
+    pub(crate) cleanup_child: Box<dyn FnMut(&C, Pid)>,
+    pub(crate) update_config: Box<dyn FnMut(&mut WorkerSet<W>) -> Option<C>>,
+    pub(crate) fork: Option<Box<dyn FnMut(&W) -> Result<Pid>>>,
+    pub(crate) pool: PoolConfig,
+    pub(crate) readiness: Readiness,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("relaunch", &self.fork.is_some())
+            .field("readiness", &self.readiness)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+fn signal_all(sig: Signal, pids: &[Pid]) {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(pid, sig);
+    }
+}
+
+/// Haskell's `defaultSettings`: `SIGTERM`/`SIGINT` are forwarded to the workers, every other
+/// hook does nothing, and `update_config` returns `None` (so nothing runs until you set it).
+pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
+    Settings {
+        on_start: Box::new(|_| {}),
+        on_finish: Box::new(|_| {}),
+        on_terminate: Box::new(|_, pids| signal_all(Signal::SIGTERM, pids)),
+        on_interrupt: Box::new(|_, pids| signal_all(Signal::SIGINT, pids)),
+        on_quit: Box::new(|_| {}),
+        on_child_finished: Box::new(|_| Vec::new()),
+        update_server: Box::new(|_| Vec::new()),
+        cleanup_child: Box::new(|_, _| {}),
+        update_config: Box::new(|_| None),
+        fork: None,
+        pool: PoolConfig::default(),
+        readiness: Readiness::Implicit,
+        shutdown_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Haskell's `relaunchSettings`: the master keeps one worker per id of the set that `update`
+/// declares, using `fork` to start each.
+///
+/// * `update(&mut set)` is called at start and on every `SIGHUP`. It receives the current
+///   desired set and edits it (usually [`WorkerSet::set`]), returning the configuration, or
+///   `None` to keep everything as it runs (the edits are then dropped, and the reason should be
+///   logged by `update`). At start, `None` is an error: there would be nothing to run.
+/// * `fork(&ctx)` starts one worker and returns its pid, normally by creating what the worker
+///   needs (a listening socket, once) and calling [`fork_worker_process`](crate::fork_worker_process).
+///   An error at start ends the master with that error; later, it is retried with backoff.
+///
+/// The master then spawns every id at start, respawns exactly the id that died (at once when it
+/// had been serving, with backoff when it died starting), and on `SIGHUP` stops ids that left,
+/// spawns new ones and replaces the others, each new worker taking over once it is ready.
+pub fn relaunch_settings<C, W, U, F>(update: U, fork: F) -> Settings<C, W>
+where
+    C: 'static,
+    W: WorkerContext,
+    U: FnMut(&mut WorkerSet<W>) -> Option<C> + 'static,
+    F: FnMut(&W) -> Result<Pid> + 'static,
+{
+    let mut s = default_settings();
+    s.update_config = Box::new(update);
+    s.fork = Some(Box::new(fork));
+    s
+}
+
+impl<C: 'static, W: WorkerContext> Settings<C, W> {
+    /// Called once the master has its first configuration (`None` if there is none), before
+    /// the first workers start.
+    pub fn on_start(mut self, f: impl FnMut(Option<&C>) + 'static) -> Self {
+        self.on_start = Box::new(f);
+        self
+    }
+
+    /// Called after the last worker was reaped, just before the master exits.
+    pub fn on_finish(mut self, f: impl FnMut(Option<&C>) + 'static) -> Self {
+        self.on_finish = Box::new(f);
+        self
+    }
+
+    /// Called on `SIGTERM` with every live worker pid. Default: send them `SIGTERM`.
+    pub fn on_terminate(mut self, f: impl FnMut(&C, &[Pid]) + 'static) -> Self {
+        self.on_terminate = Box::new(f);
+        self
+    }
+
+    /// Called on `SIGINT` with every live worker pid. Default: send them `SIGINT`.
+    pub fn on_interrupt(mut self, f: impl FnMut(&C, &[Pid]) + 'static) -> Self {
+        self.on_interrupt = Box::new(f);
+        self
+    }
+
+    /// Called on `SIGQUIT`; the master keeps running. (unicorn and nginx use `QUIT` for a
+    /// graceful stop; here, as in haskell-prefork, it is yours to define. `TERM` is the graceful
+    /// stop.)
+    pub fn on_quit(mut self, f: impl FnMut(&C) + 'static) -> Self {
+        self.on_quit = Box::new(f);
+        self
+    }
+
+    /// Called after a reap pass that reaped at least one child; returns pids of workers it
+    /// started, which the master then also reaps and stops. With relaunch settings the dead
+    /// workers are already respawned before this runs.
+    pub fn on_child_finished(mut self, f: impl FnMut(&C) -> Vec<Pid> + 'static) -> Self {
+        self.on_child_finished = Box::new(f);
+        self
+    }
+
+    /// Called at start and after every successful `update_config` on `SIGHUP`; returns pids of
+    /// workers it started. With relaunch settings this runs after the declared set was
+    /// reconciled, for anything extra.
+    pub fn update_server(mut self, f: impl FnMut(&C) -> Vec<Pid> + 'static) -> Self {
+        self.update_server = Box::new(f);
+        self
+    }
+
+    /// Called for every reaped child, known or not.
+    pub fn cleanup_child(mut self, f: impl FnMut(&C, Pid) + 'static) -> Self {
+        self.cleanup_child = Box::new(f);
+        self
+    }
+
+    /// Produces the configuration, at start and on every `SIGHUP`. `None` keeps what runs.
+    /// (With relaunch settings this replaces the `update` callback.)
+    pub fn update_config(mut self, mut f: impl FnMut() -> Option<C> + 'static) -> Self {
+        self.update_config = Box::new(move |_| f());
+        self
+    }
+
+    /// Explicit or implicit readiness (default: implicit). With explicit readiness a worker is
+    /// ready when it calls [`worker::ready`](crate::worker::ready).
+    pub fn readiness(mut self, r: Readiness) -> Self {
+        self.readiness = r;
+        self
+    }
+
+    /// How long a new worker may take to become ready before it is killed and retried
+    /// (default 30 s).
+    pub fn ready_timeout(mut self, d: Duration) -> Self {
+        self.pool.ready_timeout = d;
+        self
+    }
+
+    /// With implicit readiness, a worker that dies within this time of its start counts as a
+    /// failed start (backoff), and a replacement takes over only after it (default 1 s).
+    /// Ignored with explicit readiness.
+    pub fn startup_window(mut self, d: Duration) -> Self {
+        self.pool.startup_window = d;
+        self
+    }
+
+    /// How long a retired worker (replaced or removed) may drain after its stop signal before
+    /// it is killed (default 30 s).
+    pub fn stop_timeout(mut self, d: Duration) -> Self {
+        self.pool.stop_timeout = d;
+        self
+    }
+
+    /// The signal that asks a worker to stop (default `SIGTERM`).
+    pub fn stop_signal(mut self, sig: Signal) -> Self {
+        self.pool.stop_signal = sig;
+        self
+    }
+
+    /// How long the master waits for workers after `SIGTERM`/`SIGINT` before it `SIGKILL`s the
+    /// rest (default 30 s).
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Backoff for workers that fail to start: `initial`, doubling per failure, capped at
+    /// `max` (defaults 100 ms and 15 s).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.pool.backoff_initial = initial;
+        self.pool.backoff_max = max.max(initial);
+        self
+    }
+
+    /// How many replacements may be starting at once during a reload (default: no limit).
+    /// Each starting replacement runs beside the worker it replaces, so the peak is
+    /// `workers + n` processes; `1` replaces one worker at a time.
+    pub fn max_parallel_replacements(mut self, n: usize) -> Self {
+        self.pool.max_parallel_replacements = n.max(1);
+        self
+    }
+
+    /// Whether `SIGHUP` replaces workers whose context did not change (default: true, because a
+    /// HUP usually means new code or configuration that the context does not show).
+    pub fn replace_unchanged(mut self, yes: bool) -> Self {
+        self.pool.replace_unchanged = yes;
+        self
+    }
+
+    pub(crate) fn pool_config(&self) -> PoolConfig {
+        let mut cfg = self.pool.clone();
+        if self.readiness == Readiness::Explicit {
+            cfg.startup_window = Duration::ZERO;
+        }
+        cfg
+    }
+}

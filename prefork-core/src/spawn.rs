@@ -1,0 +1,527 @@
+//! Starting a worker: fork, lay out the child's fds, exec the program again.
+//!
+//! # What happens, in order
+//!
+//! In the master (allocation allowed):
+//! 1. The context is cloned and walked with `visit_fds`; the n declared sockets get the child-side
+//!    numbers 3 … 3+n-1, and the readiness socket (when the master has one) gets 3+n.
+//! 2. The context is encoded behind a one-line header and written *whole* into a fresh pipe whose
+//!    capacity was raised to fit it, and the pipe's write end is closed. The worker reads it from
+//!    its standard input. Nothing can block: the master never waits on a worker to read.
+//! 3. argv and envp are built as C strings: the program name as the master got it (so `ps` looks
+//!    the same), the context's `args()`, its runtime options in `+RTS … -RTS` form. The marker
+//!    `PREFORK_WORKER=1` is added; `NOTIFY_SOCKET` and `LISTEN_*` are removed.
+//! 4. Every signal is blocked around `fork`, so no handler of the master runs in the child.
+//!
+//! In the child, between `fork` and `execve` (async-signal-safe system calls only: no
+//! allocation, no locks, no logging, no panics):
+//! 1. Every source fd, and the exec-error pipe, is first duplicated above the highest target
+//!    number (`F_DUPFD_CLOEXEC`), then `dup2`ed onto its target. Two passes, so a source whose
+//!    number is another mapping's target is never clobbered; `dup2` clears close-on-exec on the
+//!    target only, in the child only.
+//! 2. Signal handlers are reset to the default and the signal mask is emptied (a forked child
+//!    inherits both; `execve` keeps the mask).
+//! 3. `PR_SET_PDEATHSIG(SIGKILL)`, then `getppid()` is compared with the master's pid: if the
+//!    master died before the `prctl`, the child exits at once. The death signal follows the
+//!    *thread* that forked, so the master spawns only from its own loop thread.
+//! 4. Runtime options: `setpriority`, `sched_setaffinity`, `setrlimit`.
+//! 5. `execve`. On any failure the errno goes down the exec-error pipe (close-on-exec, so a
+//!    successful exec closes it and the master reads end-of-file), and the child `_exit(127)`s.
+//!    The master then reaps that child itself and returns the error.
+
+use std::cell::RefCell;
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use nix::libc;
+use nix::unistd::Pid;
+
+use crate::context::{RuntimeOptions, WorkerContext};
+use crate::error::{Error, Result};
+use crate::fd::ListenerKind;
+use crate::protocol::{Header, Readiness, WORKER_ENV};
+
+/// The first fd number given to declared sockets in a worker.
+pub const FIRST_INHERITED_FD: RawFd = 3;
+
+/// What the master's loop tells the spawner: set on the master's thread while it runs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SpawnEnv {
+    pub notify: Option<Arc<OwnedFd>>,
+    pub readiness: Readiness,
+    pub generation: u64,
+}
+
+thread_local! {
+    static SPAWN_ENV: RefCell<SpawnEnv> = RefCell::new(SpawnEnv::default());
+}
+
+pub(crate) fn set_spawn_env(env: SpawnEnv) {
+    SPAWN_ENV.with(|e| *e.borrow_mut() = env);
+}
+
+pub(crate) fn with_spawn_env<R>(f: impl FnOnce(&mut SpawnEnv) -> R) -> R {
+    SPAWN_ENV.with(|e| f(&mut e.borrow_mut()))
+}
+
+/// How the program was started: the path to exec for workers, and the name they show in `ps`.
+#[derive(Debug)]
+pub(crate) struct Launch {
+    /// The file to exec: `argv[0]` made absolute against the start directory when it contains a
+    /// `/`, else what `/proc/self/exe` said at start. A binary renamed over this path is what the
+    /// next worker runs (a code upgrade by HUP).
+    pub path: PathBuf,
+    /// `argv[0]` as given.
+    pub argv0: OsString,
+    /// The master's own arguments (after `argv[0]`).
+    pub args: Vec<OsString>,
+}
+
+static LAUNCH: OnceLock<Launch> = OnceLock::new();
+
+/// Records how the program was started. Called early by `default_main`; later calls are no-ops.
+pub(crate) fn launch() -> &'static Launch {
+    LAUNCH.get_or_init(|| {
+        let mut argv = std::env::args_os();
+        let argv0 = argv.next().unwrap_or_default();
+        let args = argv.collect();
+        let path = resolve_program(&argv0);
+        Launch { path, argv0, args }
+    })
+}
+
+fn resolve_program(argv0: &OsStr) -> PathBuf {
+    let p = Path::new(argv0);
+    if argv0.as_bytes().contains(&b'/') {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            return cwd.join(p);
+        }
+    }
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+}
+
+/// Starts a worker process for `ctx`: the same program, with `ctx.args()` and its runtime
+/// options in argv, the context on its standard input and its declared sockets at fds 3, 4, ….
+///
+/// Call it from the `fork` callback of [`relaunch_settings`](crate::relaunch_settings), on the
+/// master's thread. Returns the worker's pid; the master reaps it.
+pub fn fork_worker_process<W: WorkerContext>(ctx: &W) -> Result<Pid> {
+    fork_worker_process_with_args(ctx, ctx.args())
+}
+
+/// As [`fork_worker_process`], with `args` instead of `ctx.args()` (haskell-prefork's
+/// `forkWorkerProcessWithArgs`).
+pub fn fork_worker_process_with_args<W, I, S>(ctx: &W, args: I) -> Result<Pid>
+where
+    W: WorkerContext,
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let what = format!("{:?}", ctx.id());
+    let spawn_err = |source: io::Error| Error::Spawn {
+        what: what.clone(),
+        source,
+    };
+
+    // 1. fds: number the declared sockets in the child.
+    let mut ctx = ctx.clone();
+    let mut sources: Vec<RawFd> = Vec::new();
+    let mut keep_alive: Vec<Arc<OwnedFd>> = Vec::new();
+    let mut declared: Vec<(RawFd, ListenerKind)> = Vec::new();
+    let mut misuse = None;
+    ctx.visit_fds(&mut |l| {
+        let target = FIRST_INHERITED_FD + sources.len() as RawFd;
+        match l.master_shared() {
+            Some(fd) => {
+                sources.push(fd.as_raw_fd());
+                keep_alive.push(fd);
+                declared.push((target, l.kind()));
+                l.set_child_fd(target);
+            }
+            None => {
+                misuse = Some(Error::ListenerMisuse(
+                    "a worker context can only carry listeners made in the master".into(),
+                ))
+            }
+        }
+    });
+    if let Some(e) = misuse {
+        return Err(e);
+    }
+    let env = with_spawn_env(|e| e.clone());
+    let notify_fd = env.notify.as_ref().map(|n| {
+        let target = FIRST_INHERITED_FD + sources.len() as RawFd;
+        sources.push(n.as_raw_fd());
+        target
+    });
+
+    // 2. The context document.
+    let launch = launch();
+    let opts = ctx.runtime_options();
+    let header = Header {
+        v: crate::protocol::VERSION,
+        generation: env.generation,
+        readiness: env.readiness,
+        notify_fd,
+        fds: declared,
+        threads: opts.threads,
+        master_args: launch
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+    };
+    let mut doc = serde_json::to_vec(&header).map_err(|e| Error::Encode(e.to_string()))?;
+    doc.push(b'\n');
+    doc.extend_from_slice(&ctx.encode()?);
+    let ctx_pipe = context_pipe(&doc)?;
+
+    // 3. argv and envp.
+    let path = cstring(launch.path.as_os_str().as_bytes().to_vec())?;
+    let mut argv_c = vec![cstring(launch.argv0.as_bytes().to_vec())?];
+    for a in args {
+        argv_c.push(cstring(a.as_ref().as_bytes().to_vec())?);
+    }
+    for a in opts.to_args() {
+        argv_c.push(cstring(a.into_bytes())?);
+    }
+    let envp_c = build_env(&opts)?;
+    let argv = null_terminated(&argv_c);
+    let envp = null_terminated(&envp_c);
+
+    let plan = ChildPlan::new(sources, ctx_pipe.as_raw_fd(), &opts).map_err(spawn_err)?;
+    let pid = plan.fork_exec(&path, &argv, &envp).map_err(spawn_err)?;
+    drop(ctx_pipe);
+    drop(keep_alive);
+    Ok(pid)
+}
+
+fn cstring(bytes: Vec<u8>) -> Result<CString> {
+    CString::new(bytes).map_err(|_| Error::Spawn {
+        what: "argv".into(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an argument contains a NUL byte",
+        ),
+    })
+}
+
+fn null_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+const REMOVED_ENV: &[&str] = &[
+    WORKER_ENV,
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+fn build_env(opts: &RuntimeOptions) -> Result<Vec<CString>> {
+    let mut out = Vec::new();
+    let overridden = |k: &OsStr| {
+        REMOVED_ENV.iter().any(|r| OsStr::new(r) == k)
+            || opts.env.iter().any(|(ok, _)| OsStr::new(ok) == k)
+    };
+    for (k, v) in std::env::vars_os() {
+        if overridden(&k) {
+            continue;
+        }
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        out.push(cstring(kv)?);
+    }
+    for (k, v) in &opts.env {
+        out.push(cstring(format!("{k}={v}").into_bytes())?);
+    }
+    out.push(cstring(format!("{WORKER_ENV}=1").into_bytes())?);
+    Ok(out)
+}
+
+/// A pipe holding the whole context document, write end already closed.
+fn context_pipe(doc: &[u8]) -> Result<OwnedFd> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::sys("cannot create the context pipe", e))?;
+    const DEFAULT_PIPE: usize = 65536;
+    if doc.len() > DEFAULT_PIPE {
+        let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(1 << 20);
+        let want = doc.len().next_power_of_two();
+        if doc.len() > max {
+            return Err(Error::ContextTooLarge {
+                len: doc.len(),
+                max,
+            });
+        }
+        // SAFETY: fcntl(F_SETPIPE_SZ) on a pipe we own; no memory is passed.
+        let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want.min(max) as i32) };
+        if got < 0 || (got as usize) < doc.len() {
+            return Err(Error::ContextTooLarge {
+                len: doc.len(),
+                max: got.max(DEFAULT_PIPE as i32) as usize,
+            });
+        }
+    }
+    let mut wf = std::fs::File::from(w);
+    wf.write_all(doc)
+        .map_err(|e| Error::sys("cannot write the context pipe", e))?;
+    drop(wf);
+    Ok(r)
+}
+
+/// Everything the child needs between fork and exec, prepared (allocated) in the parent.
+struct ChildPlan {
+    /// Source fds; source i goes to fd `FIRST_INHERITED_FD + i`.
+    sources: Vec<RawFd>,
+    /// Scratch space, same length as `sources`, written in the child without allocating.
+    scratch: Vec<RawFd>,
+    stdin: RawFd,
+    master_pid: libc::pid_t,
+    nice: Option<i32>,
+    affinity: Option<libc::cpu_set_t>,
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+}
+
+impl ChildPlan {
+    fn new(sources: Vec<RawFd>, stdin: RawFd, opts: &RuntimeOptions) -> io::Result<Self> {
+        let affinity = match &opts.cpu_affinity {
+            None => None,
+            Some(cpus) => {
+                // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+                let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+                for &c in cpus {
+                    if c >= libc::CPU_SETSIZE as usize {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("CPU {c} is out of range"),
+                        ));
+                    }
+                    // SAFETY: `c` is below CPU_SETSIZE (checked above), so the bit is in `set`.
+                    unsafe { libc::CPU_SET(c, &mut set) };
+                }
+                Some(set)
+            }
+        };
+        let rlimits = opts
+            .rlimits
+            .iter()
+            .map(|r| {
+                (
+                    r.resource.raw(),
+                    libc::rlimit {
+                        rlim_cur: r.soft,
+                        rlim_max: r.hard,
+                    },
+                )
+            })
+            .collect();
+        Ok(ChildPlan {
+            scratch: vec![-1; sources.len()],
+            sources,
+            stdin,
+            master_pid: std::process::id() as libc::pid_t,
+            nice: opts.nice,
+            affinity,
+            rlimits,
+        })
+    }
+
+    /// Forks and execs. Returns the child's pid once `execve` succeeded, or the child's errno
+    /// (after reaping it) when anything before or at `execve` failed.
+    fn fork_exec(
+        mut self,
+        path: &CString,
+        argv: &[*const libc::c_char],
+        envp: &[*const libc::c_char],
+    ) -> io::Result<Pid> {
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let all = nix::sys::signal::SigSet::all();
+        let mut old = nix::sys::signal::SigSet::empty();
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&all),
+            Some(&mut old),
+        )?;
+        // SAFETY: the child runs only `child_after_fork`, which makes async-signal-safe system
+        // calls on memory prepared before the fork (no allocation, no locks, no unwinding: it
+        // ends in `execve` or `_exit`). The parent restores its signal mask right after.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: we are the child of a fork; see `child_after_fork`.
+            unsafe { self.child_after_fork(err_w.as_raw_fd(), path, argv, envp) }
+        }
+        let fork_errno = io::Error::last_os_error();
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&old),
+            None,
+        );
+        if pid < 0 {
+            return Err(fork_errno);
+        }
+        drop(err_w);
+        let mut buf = [0u8; 4];
+        let mut got = 0;
+        let mut err_file = std::fs::File::from(err_r);
+        loop {
+            match err_file.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got += n;
+                    if got == buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if got == 0 {
+            return Ok(Pid::from_raw(pid));
+        }
+        // The child failed before or at exec and is exiting: reap it here, so the master's
+        // reaper never sees a pid it was not told about.
+        loop {
+            match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+        let errno = i32::from_ne_bytes(buf);
+        Err(io::Error::from_raw_os_error(errno))
+    }
+
+    /// The child's side. Never returns.
+    ///
+    /// # Safety
+    ///
+    /// Must be called only in the child of `fork`, once. Everything here is an async-signal-safe
+    /// system call on memory that was allocated before the fork.
+    unsafe fn child_after_fork(
+        &mut self,
+        err_w: RawFd,
+        path: &CString,
+        argv: &[*const libc::c_char],
+        envp: &[*const libc::c_char],
+    ) -> ! {
+        // SAFETY (whole body): only raw system calls; no allocation, no locks, no panics (all
+        // indexing is on vectors whose lengths were fixed before the fork and is checked by
+        // `get`, so it cannot panic).
+        unsafe {
+            let fail = |err_w: RawFd| -> ! {
+                let errno = *libc::__errno_location();
+                let bytes = errno.to_ne_bytes();
+                libc::write(err_w, bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(127)
+            };
+            let n = self.sources.len() as RawFd;
+            let floor = FIRST_INHERITED_FD + n;
+            // Pass 1: move everything we need above the target range.
+            let err_w = if err_w < floor {
+                let moved = libc::fcntl(err_w, libc::F_DUPFD_CLOEXEC, floor);
+                if moved < 0 {
+                    libc::_exit(127);
+                }
+                moved
+            } else {
+                err_w
+            };
+            let stdin = libc::fcntl(self.stdin, libc::F_DUPFD_CLOEXEC, floor);
+            if stdin < 0 {
+                fail(err_w);
+            }
+            for i in 0..self.sources.len() {
+                let (Some(&src), Some(slot)) = (self.sources.get(i), self.scratch.get_mut(i))
+                else {
+                    libc::_exit(127)
+                };
+                let d = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, floor);
+                if d < 0 {
+                    fail(err_w);
+                }
+                *slot = d;
+            }
+            // Pass 2: onto the targets. dup2 clears FD_CLOEXEC on the new number.
+            if libc::dup2(stdin, 0) < 0 {
+                fail(err_w);
+            }
+            for (i, &tmp) in self.scratch.iter().enumerate() {
+                if libc::dup2(tmp, FIRST_INHERITED_FD + i as RawFd) < 0 {
+                    fail(err_w);
+                }
+            }
+            // Signals: default handlers, empty mask.
+            for sig in 1..32 {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction != libc::SIG_DFL
+                    && old.sa_sigaction != libc::SIG_IGN
+                {
+                    let mut dfl: libc::sigaction = std::mem::zeroed();
+                    dfl.sa_sigaction = libc::SIG_DFL;
+                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                }
+            }
+            // A SIGPIPE ignored by the Rust runtime of the master goes back to the default,
+            // as std's Command does.
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                fail(err_w);
+            }
+            // Die with the master, and close the race where it died before the prctl.
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                fail(err_w);
+            }
+            if libc::getppid() != self.master_pid {
+                libc::_exit(1);
+            }
+            // Runtime options.
+            if let Some(inc) = self.nice {
+                let cur = {
+                    *libc::__errno_location() = 0;
+                    libc::getpriority(libc::PRIO_PROCESS, 0)
+                };
+                if libc::setpriority(libc::PRIO_PROCESS, 0, cur + inc) != 0 {
+                    fail(err_w);
+                }
+            }
+            if let Some(set) = &self.affinity {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                    fail(err_w);
+                }
+            }
+            for (res, lim) in &self.rlimits {
+                if libc::setrlimit(*res, lim) != 0 {
+                    fail(err_w);
+                }
+            }
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            fail(err_w)
+        }
+    }
+}
