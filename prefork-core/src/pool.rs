@@ -126,6 +126,8 @@ pub(crate) struct Pool<W: WorkerContext> {
     retiring: BTreeMap<Pid, Retiring>,
     generation: u64,
     shutting_down: bool,
+    /// False during the very first `reload` (the start).
+    started: bool,
 }
 
 fn encode_for_diff<W: WorkerContext>(w: &W) -> Vec<u8> {
@@ -141,6 +143,7 @@ impl<W: WorkerContext> Pool<W> {
             retiring: BTreeMap::new(),
             generation: 0,
             shutting_down: false,
+            started: false,
         }
     }
 
@@ -162,8 +165,7 @@ impl<W: WorkerContext> Pool<W> {
         now: Instant,
         ops: &mut impl Processes<W>,
     ) -> Vec<(W::Id, Error)> {
-        let first = self.slots.is_empty() && self.retiring.is_empty() && self.generation == 0;
-        if !first {
+        if self.started {
             self.generation += 1;
         }
         let generation = self.generation;
@@ -217,7 +219,9 @@ impl<W: WorkerContext> Pool<W> {
                 }
             }
         }
-        self.pump(now, ops)
+        let errors = self.pump(now, ops);
+        self.started = true;
+        errors
     }
 
     /// Starts what is due: first spawns of empty slots, then replacements within the budget.
@@ -270,8 +274,11 @@ impl<W: WorkerContext> Pool<W> {
                     slot.failures += 1;
                     let delay = backoff(&self.cfg, slot.failures);
                     slot.retry_at = Some(now + delay);
-                    tracing::error!(worker_id = ?id, generation, error = %e, attempt = slot.failures,
-                        retry_in_ms = delay.as_millis() as u64, "cannot start worker");
+                    // At start the caller reports the error and gives up: no log line then.
+                    if self.started {
+                        tracing::error!(worker_id = ?id, generation, error = %e, attempt = slot.failures,
+                            retry_in_ms = delay.as_millis() as u64, "cannot start worker");
+                    }
                     errors.push((id, e));
                 }
             }
