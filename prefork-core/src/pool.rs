@@ -585,7 +585,10 @@ mod tests {
     #[test]
     fn start_spawns_every_desired_id_once() {
         let (p, f, _) = running(4, explicit());
-        assert_eq!(f.spawned.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            f.spawned.iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
         assert!(f.spawned.iter().all(|s| s.2 == 0), "generation 0 at start");
         assert_eq!(p.current().len(), 4);
         assert!(f.signals.is_empty());
@@ -618,7 +621,11 @@ mod tests {
             let pid = p.current()[&id];
             p.ready(pid, t, &mut f); // the respawned one became ready meanwhile
             assert!(p.exited(pid, ChildExit::Signaled(Signal::SIGKILL), t, &mut f));
-            assert_eq!(p.current().len(), 8, "every id has a worker after kill {round}");
+            assert_eq!(
+                p.current().len(),
+                8,
+                "every id has a worker after kill {round}"
+            );
         }
         assert_eq!(f.spawned.len(), 8 + 200);
         assert_eq!(p.next_deadline().map(|d| d > t), Some(true));
@@ -675,7 +682,12 @@ mod tests {
         let pid = f.spawned[1].1;
         p.ready(pid, t1, &mut f);
         // It served, then died: respawned at once, no delay.
-        p.exited(pid, ChildExit::Signaled(Signal::SIGKILL), t1 + ms(10), &mut f);
+        p.exited(
+            pid,
+            ChildExit::Signaled(Signal::SIGKILL),
+            t1 + ms(10),
+            &mut f,
+        );
         assert_eq!(f.spawned.len(), 3);
         // And its next start failure waits the initial delay again, not 200 ms.
         let pid = f.spawned[2].1;
@@ -698,7 +710,11 @@ mod tests {
         let pid = f.spawned[0].1;
         p.ready(pid, t0 + ms(10), &mut f);
         p.exited(pid, ChildExit::Exited(1), t0 + ms(500), &mut f);
-        assert_eq!(f.spawned.len(), 1, "died inside the window: not respawned at once");
+        assert_eq!(
+            f.spawned.len(),
+            1,
+            "died inside the window: not respawned at once"
+        );
         assert_eq!(p.next_deadline(), Some(t0 + ms(600)));
     }
 
@@ -710,7 +726,10 @@ mod tests {
         assert!(p.reload(set(0..3, 0), t, &mut f).is_empty());
         assert_eq!(f.spawned.len(), 6, "all three replacements start at once");
         assert!(f.spawned[3..].iter().all(|s| s.2 == 1), "generation 1");
-        assert!(f.signals.is_empty(), "no old worker is stopped before its successor is ready");
+        assert!(
+            f.signals.is_empty(),
+            "no old worker is stopped before its successor is ready"
+        );
         assert_eq!(p.current(), old);
         // Successor of id 1 is ready: only old 1 is stopped.
         let new1 = f.spawned.iter().find(|s| s.0 == 1 && s.2 == 1).unwrap().1;
@@ -774,7 +793,12 @@ mod tests {
         assert_eq!(f.signals, vec![(stuck, Signal::SIGKILL)]);
         p.tick(t0 + ms(600), &mut f);
         assert_eq!(f.signals.len(), 1, "killed once");
-        p.exited(stuck, ChildExit::Signaled(Signal::SIGKILL), t0 + ms(601), &mut f);
+        p.exited(
+            stuck,
+            ChildExit::Signaled(Signal::SIGKILL),
+            t0 + ms(601),
+            &mut f,
+        );
         assert_eq!(p.current()[&0], old);
         assert_eq!(p.next_deadline(), Some(t0 + ms(701)));
     }
@@ -793,27 +817,51 @@ mod tests {
         assert_eq!(f.signals, vec![(old, Signal::SIGTERM)]);
         assert_eq!(p.next_deadline(), Some(t0 + ms(2010)));
         p.tick(t0 + ms(2010), &mut f);
-        assert_eq!(f.signals, vec![(old, Signal::SIGTERM), (old, Signal::SIGKILL)]);
-        assert!(p.exited(old, ChildExit::Signaled(Signal::SIGKILL), t0 + ms(2011), &mut f));
+        assert_eq!(
+            f.signals,
+            vec![(old, Signal::SIGTERM), (old, Signal::SIGKILL)]
+        );
+        assert!(p.exited(
+            old,
+            ChildExit::Signaled(Signal::SIGKILL),
+            t0 + ms(2011),
+            &mut f
+        ));
         assert_eq!(p.next_deadline(), None);
     }
 
     #[test]
     fn removed_ids_are_stopped_and_new_ids_spawned() {
-        let (mut p, mut f, t0) = running(3, PoolConfig { replace_unchanged: false, ..explicit() });
+        let (mut p, mut f, t0) = running(
+            3,
+            PoolConfig {
+                replace_unchanged: false,
+                ..explicit()
+            },
+        );
         let old = p.current();
         p.reload(set([1, 2, 3, 4], 0), t0, &mut f);
         assert_eq!(f.signals, vec![(old[&0], Signal::SIGTERM)]);
         let new_ids: Vec<u32> = f.spawned[3..].iter().map(|s| s.0).collect();
         assert_eq!(new_ids, vec![3, 4]);
-        assert_eq!(p.current()[&1], old[&1], "unchanged and replace_unchanged=false: kept");
+        assert_eq!(
+            p.current()[&1],
+            old[&1],
+            "unchanged and replace_unchanged=false: kept"
+        );
         assert!(p.exited(old[&0], ChildExit::Exited(0), t0 + ms(1), &mut f));
         assert_eq!(f.spawned.len(), 5, "a removed id is not respawned");
     }
 
     #[test]
     fn only_changed_contexts_are_replaced_when_asked() {
-        let (mut p, mut f, t0) = running(3, PoolConfig { replace_unchanged: false, ..explicit() });
+        let (mut p, mut f, t0) = running(
+            3,
+            PoolConfig {
+                replace_unchanged: false,
+                ..explicit()
+            },
+        );
         let mut desired = set(0..3, 0);
         desired.get_mut(&1).unwrap().tag = 7;
         p.reload(desired, t0, &mut f);
@@ -823,7 +871,13 @@ mod tests {
 
     #[test]
     fn parallel_replacements_are_bounded() {
-        let (mut p, mut f, t0) = running(4, PoolConfig { max_parallel_replacements: 1, ..explicit() });
+        let (mut p, mut f, t0) = running(
+            4,
+            PoolConfig {
+                max_parallel_replacements: 1,
+                ..explicit()
+            },
+        );
         p.reload(set(0..4, 0), t0, &mut f);
         assert_eq!(f.spawned.len(), 5, "one replacement at a time");
         for k in 0..4 {
@@ -853,7 +907,12 @@ mod tests {
         let old = p.current()[&0];
         p.reload(set([0], 0), t0, &mut f);
         let next = f.spawned.last().unwrap().1;
-        p.exited(old, ChildExit::Signaled(Signal::SIGKILL), t0 + ms(1), &mut f);
+        p.exited(
+            old,
+            ChildExit::Signaled(Signal::SIGKILL),
+            t0 + ms(1),
+            &mut f,
+        );
         assert_eq!(p.current()[&0], next);
         assert_eq!(f.spawned.len(), 2, "no extra spawn");
     }
@@ -871,7 +930,12 @@ mod tests {
         let (mut p, mut f, t0) = running(1, explicit());
         f.fail_spawns = true;
         let pid = p.current()[&0];
-        p.exited(pid, ChildExit::Signaled(Signal::SIGKILL), t0 + ms(1), &mut f);
+        p.exited(
+            pid,
+            ChildExit::Signaled(Signal::SIGKILL),
+            t0 + ms(1),
+            &mut f,
+        );
         assert!(p.current().is_empty());
         assert_eq!(p.next_deadline(), Some(t0 + ms(101)));
     }

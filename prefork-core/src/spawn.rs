@@ -18,7 +18,9 @@
 //! 1. Every source fd, and the exec-error pipe, is first duplicated above the highest target
 //!    number (`F_DUPFD_CLOEXEC`), then `dup2`ed onto its target. Two passes, so a source whose
 //!    number is another mapping's target is never clobbered; `dup2` clears close-on-exec on the
-//!    target only, in the child only.
+//!    target only, in the child only. Then every fd from there up is marked close-on-exec
+//!    (`close_range(CLOSE_RANGE_CLOEXEC)`): fds the master inherited from its own parent without
+//!    the flag do not leak into workers.
 //! 2. Signal handlers are reset to the default and the signal mask is emptied (a forked child
 //!    inherits both; `execve` keeps the mask).
 //! 3. `PR_SET_PDEATHSIG(SIGKILL)`, then `getppid()` is compared with the master's pid: if the
@@ -462,6 +464,33 @@ impl ChildPlan {
             for (i, &tmp) in self.scratch.iter().enumerate() {
                 if libc::dup2(tmp, FIRST_INHERITED_FD + i as RawFd) < 0 {
                     fail(err_w);
+                }
+            }
+            // Anything else the master holds without close-on-exec (fds it inherited from its
+            // own parent, or that a C library opened carelessly) must not reach the worker:
+            // mark every fd from `floor` up close-on-exec. Marking, not closing, keeps the
+            // exec-error pipe working until the exec itself.
+            if libc::syscall(
+                libc::SYS_close_range,
+                floor as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                // Kernels before 5.11: walk the table up to the soft fd limit.
+                let mut lim: libc::rlimit = std::mem::zeroed();
+                let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                    lim.rlim_cur.min(1 << 16) as RawFd
+                } else {
+                    1024
+                };
+                let mut fd = floor;
+                while fd < top {
+                    let fl = libc::fcntl(fd, libc::F_GETFD);
+                    if fl >= 0 && fl & libc::FD_CLOEXEC == 0 {
+                        libc::fcntl(fd, libc::F_SETFD, fl | libc::FD_CLOEXEC);
+                    }
+                    fd += 1;
                 }
             }
             // Signals: default handlers, empty mask.

@@ -55,7 +55,9 @@ impl Lines {
                 match r.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let s = String::from_utf8_lossy(&buf).trim_end_matches('\n').to_string();
+                        let s = String::from_utf8_lossy(&buf)
+                            .trim_end_matches('\n')
+                            .to_string();
                         if std::env::var_os("TESTKIT_ECHO").is_some() {
                             eprintln!("[{echo}] {s}");
                         }
@@ -89,7 +91,12 @@ impl Lines {
     }
 
     /// Waits until `n` lines satisfy `pred`; returns them.
-    pub fn wait_count(&self, deadline: Duration, n: usize, pred: &dyn Fn(&str) -> bool) -> Vec<String> {
+    pub fn wait_count(
+        &self,
+        deadline: Duration,
+        n: usize,
+        pred: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
         let end = Instant::now() + deadline;
         let (m, c) = &*self.inner;
         let mut g = m.lock().unwrap();
@@ -113,7 +120,14 @@ impl Lines {
 
     /// How many lines satisfy `pred` now.
     pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
-        self.inner.0.lock().unwrap().0.iter().filter(|l| pred(l)).count()
+        self.inner
+            .0
+            .lock()
+            .unwrap()
+            .0
+            .iter()
+            .filter(|l| pred(l))
+            .count()
     }
 }
 
@@ -132,7 +146,9 @@ pub struct Master {
 impl Master {
     /// Starts `cmd` with piped stdout/stderr (and stdin from /dev/null).
     pub fn start(mut cmd: Command) -> Master {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -181,7 +197,10 @@ impl Master {
             .into_iter()
             .filter_map(|p| {
                 let argv = cmdline(p)?;
-                let v = argv.iter().find_map(|a| a.strip_prefix(&prefix))?.to_string();
+                let v = argv
+                    .iter()
+                    .find_map(|a| a.strip_prefix(&prefix))?
+                    .to_string();
                 Some((v, p))
             })
             .collect()
@@ -201,7 +220,9 @@ impl Master {
         let status = wait_for(deadline, "the master to exit", || child.try_wait().unwrap());
         self.child = None;
         use std::os::unix::process::ExitStatusExt;
-        status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
     }
 
     /// True while the master has not exited.
@@ -266,7 +287,9 @@ pub fn alive(pid: i32) -> bool {
 
 /// All pids whose parent is `parent` (zombies included).
 pub fn children_of(parent: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut v: Vec<i32> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&p| ppid(p) == Some(parent))
@@ -299,7 +322,9 @@ pub fn cmdline(pid: i32) -> Option<Vec<String>> {
 
 /// The open fds of a process: number → what it points to (`socket:[…]`, `pipe:[…]`, a path).
 pub fn fds(pid: i32) -> BTreeMap<i32, String> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return BTreeMap::new() };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return BTreeMap::new();
+    };
     dir.filter_map(|e| {
         let e = e.ok()?;
         let n = e.file_name().to_str()?.parse().ok()?;
@@ -333,12 +358,17 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     parse_response(&buf)
         .map(|(status, _, body)| (status, String::from_utf8_lossy(body).into_owned()))
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&buf))))
+        .ok_or_else(|| {
+            std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&buf)))
+        })
 }
 
 /// Parses one complete HTTP/1.1 response with a `Content-Length` (or read to EOF): (status,
@@ -371,5 +401,6 @@ pub fn listening_addr(lines: &Lines) -> SocketAddr {
     let l = lines.wait_line(DEADLINE, |l| l.contains("listening on "));
     let tail = l.rsplit("listening on ").next().unwrap().trim();
     let tail = tail.trim_start_matches("http://").trim_end_matches('/');
-    tail.parse().unwrap_or_else(|e| panic!("cannot parse address from {l:?}: {e}"))
+    tail.parse()
+        .unwrap_or_else(|e| panic!("cannot parse address from {l:?}: {e}"))
 }

@@ -1,0 +1,346 @@
+//! Fixture: a prefork master with switchable worker behaviour, for the black-box tests.
+//!
+//! `fx-master [--workers N | --workers-file PATH] [--mode MODE] [--readiness explicit|implicit]
+//!            [--shutdown-ms N] [--stop-ms N] [--backoff-ms INITIAL,MAX] [--ready-ms N]
+//!            [--threads N] [--nice N] [--cpus LIST] [--hooks] [--default-settings]`
+//!
+//! Modes (what each worker does): `serve` (accept on the inherited listener, answer
+//! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
+//! adopted), `crash` (exit 3 at once), `ignore-term` (ignore SIGTERM, sleep), `sleep` (sleep until
+//! killed), `drain` (install the stop signal, then exit 0 when asked).
+//!
+//! It prints `listening on 127.0.0.1:PORT` once it bound its socket, `hook <name>` for each
+//! hook call with `--hooks`, and workers print `worker <id> started pid <pid> gen <g> at <ms>` and
+//! `worker env PREFORK_WORKER=<value|unset>`.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prefork_core::{
+    InheritedListener, Pid, Readiness, RuntimeOptions, WorkerContext, WorkerSet, default_main,
+    default_settings, fork_worker_process, relaunch_settings,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Fx {
+    id: u32,
+    mode: String,
+    listener: Option<InheritedListener>,
+    threads: Option<usize>,
+    nice: Option<i32>,
+    cpus: Option<Vec<usize>>,
+}
+
+// Implemented by hand on purpose: the derive is tested elsewhere, this is the manual path.
+impl WorkerContext for Fx {
+    type Id = u32;
+    fn id(&self) -> u32 {
+        self.id
+    }
+    fn args(&self) -> Vec<String> {
+        vec![format!("id={}", self.id), format!("mode={}", self.mode)]
+    }
+    fn runtime_options(&self) -> RuntimeOptions {
+        let mut o = RuntimeOptions::default().env("FX_FROM_RUNTIME_OPTIONS", "yes");
+        if let Some(t) = self.threads {
+            o = o.threads(t);
+        }
+        if let Some(n) = self.nice {
+            o = o.nice(n);
+        }
+        if let Some(c) = &self.cpus {
+            o = o.cpu_affinity(c.iter().copied());
+        }
+        o
+    }
+    fn visit_fds(&mut self, f: &mut dyn FnMut(&mut InheritedListener)) {
+        if let Some(l) = &mut self.listener {
+            f(l);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Opts {
+    workers: u32,
+    workers_file: Option<String>,
+    mode: String,
+    readiness: Option<Readiness>,
+    shutdown_ms: Option<u64>,
+    stop_ms: Option<u64>,
+    ready_ms: Option<u64>,
+    backoff: Option<(u64, u64)>,
+    threads: Option<usize>,
+    nice: Option<i32>,
+    cpus: Option<Vec<usize>>,
+    hooks: bool,
+    default_settings: bool,
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut o = Opts {
+        workers: 2,
+        mode: "serve".into(),
+        ..Opts::default()
+    };
+    let args = prefork_core::args();
+    let mut it = args.into_iter().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        let num = |s: String| {
+            s.parse::<u64>()
+                .map_err(|e| format!("bad number {s:?}: {e}"))
+        };
+        match a.as_str() {
+            "--workers" => o.workers = num(val()?)? as u32,
+            "--workers-file" => o.workers_file = Some(val()?),
+            "--mode" => o.mode = val()?,
+            "--readiness" => {
+                o.readiness = Some(match val()?.as_str() {
+                    "explicit" => Readiness::Explicit,
+                    "implicit" => Readiness::Implicit,
+                    other => return Err(format!("bad readiness {other}")),
+                })
+            }
+            "--shutdown-ms" => o.shutdown_ms = Some(num(val()?)?),
+            "--stop-ms" => o.stop_ms = Some(num(val()?)?),
+            "--ready-ms" => o.ready_ms = Some(num(val()?)?),
+            "--backoff-ms" => {
+                let v = val()?;
+                let (a, b) = v.split_once(',').ok_or("--backoff-ms INITIAL,MAX")?;
+                o.backoff = Some((num(a.into())?, num(b.into())?));
+            }
+            "--threads" => o.threads = Some(num(val()?)? as usize),
+            "--nice" => o.nice = Some(val()?.parse().map_err(|e| format!("{e}"))?),
+            "--cpus" => {
+                o.cpus = Some(
+                    val()?
+                        .split(',')
+                        .map(|c| c.parse().map_err(|e| format!("{e}")))
+                        .collect::<Result<_, String>>()?,
+                )
+            }
+            "--hooks" => o.hooks = true,
+            "--default-settings" => o.default_settings = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(o)
+}
+
+fn say(s: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{s}");
+    let _ = out.flush();
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+fn desired_count(o: &Opts) -> Option<u32> {
+    match &o.workers_file {
+        None => Some(o.workers),
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(s) => match s.trim().parse() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    say(format!("config rejected: {e}"));
+                    None
+                }
+            },
+            Err(e) => {
+                say(format!("config rejected: {e}"));
+                None
+            }
+        },
+    }
+}
+
+fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("fx-master: {e}");
+            std::process::exit(2)
+        }
+    };
+    let hooks = o.hooks;
+    let hook = move |name: &str| {
+        if hooks {
+            say(format!("hook {name}"));
+        }
+    };
+    let template = Fx {
+        id: 0,
+        mode: o.mode.clone(),
+        listener: None,
+        threads: o.threads,
+        nice: o.nice,
+        cpus: o.cpus.clone(),
+    };
+    let mut shared: Option<InheritedListener> = None;
+    let fork = move |w: &Fx| -> prefork_core::Result<Pid> {
+        let l = match &shared {
+            Some(l) => l.clone(),
+            None => {
+                let std_l = TcpListener::bind("127.0.0.1:0").map_err(|source| {
+                    prefork_core::Error::Listen {
+                        addr: "127.0.0.1:0".into(),
+                        source,
+                    }
+                })?;
+                if let Ok(a) = std_l.local_addr() {
+                    say(format!("listening on {a}"));
+                }
+                shared.insert(InheritedListener::tcp(std_l)).clone()
+            }
+        };
+        let mut w = w.clone();
+        w.listener = Some(l);
+        fork_worker_process(&w)
+    };
+
+    let settings = if o.default_settings {
+        // Haskell's defaultSettings shape: update_server forks the workers, nothing relaunches.
+        let mut fork = fork;
+        let t = template.clone();
+        let n = o.workers;
+        default_settings::<(), Fx>()
+            .update_config(move || Some(()))
+            .update_server(move |_| {
+                hook("update_server");
+                (0..n)
+                    .filter_map(|id| fork(&Fx { id, ..t.clone() }).ok())
+                    .collect()
+            })
+    } else {
+        let t = template.clone();
+        let o2 = Opts {
+            workers: o.workers,
+            workers_file: o.workers_file.clone(),
+            ..Opts::default()
+        };
+        relaunch_settings(
+            move |set: &mut WorkerSet<Fx>| {
+                let n = desired_count(&o2)?;
+                set.set((0..n).map(|id| Fx { id, ..t.clone() }));
+                say(format!("update desired {n}"));
+                Some(())
+            },
+            fork,
+        )
+        .update_server(move |_| {
+            hook("update_server");
+            Vec::new()
+        })
+    };
+    let mut settings = settings
+        .on_start(move |_| hook("on_start"))
+        .on_finish(move |_| hook("on_finish"))
+        .on_quit(move |_| hook("on_quit"))
+        .on_terminate(move |_, pids| {
+            hook("on_terminate");
+            for &p in pids {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+            }
+        })
+        .on_interrupt(move |_, pids| {
+            hook("on_interrupt");
+            for &p in pids {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGINT);
+            }
+        })
+        .cleanup_child(move |_, pid| {
+            if hooks {
+                say(format!("hook cleanup_child {pid}"));
+            }
+        });
+    if let Some(r) = o.readiness {
+        settings = settings.readiness(r);
+    } else if o.mode == "serve" {
+        settings = settings.readiness(Readiness::Explicit);
+    }
+    if let Some(ms) = o.shutdown_ms {
+        settings = settings.shutdown_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = o.stop_ms {
+        settings = settings.stop_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = o.ready_ms {
+        settings = settings.ready_timeout(Duration::from_millis(ms));
+    }
+    if let Some((a, b)) = o.backoff {
+        settings = settings.backoff(Duration::from_millis(a), Duration::from_millis(b));
+    }
+    default_main(settings, worker)
+}
+
+fn worker(w: Fx) -> Result<(), String> {
+    say(format!(
+        "worker {} started pid {} gen {} at {}",
+        w.id,
+        std::process::id(),
+        prefork_core::worker::generation(),
+        now_ms()
+    ));
+    say(format!(
+        "worker env PREFORK_WORKER={}",
+        std::env::var("PREFORK_WORKER").unwrap_or_else(|_| "unset".into())
+    ));
+    match w.mode.as_str() {
+        "serve" => {
+            let l = w
+                .listener
+                .ok_or("no listener in the context")?
+                .into_tcp()
+                .map_err(|e| e.to_string())?;
+            prefork_core::worker::ready();
+            for conn in l.incoming() {
+                let mut c = conn.map_err(|e| e.to_string())?;
+                let _ = writeln!(
+                    c,
+                    "pid {} id {} gen {}",
+                    std::process::id(),
+                    w.id,
+                    prefork_core::worker::generation()
+                );
+            }
+            Ok(())
+        }
+        "crash" => std::process::exit(3),
+        "ignore-term" => {
+            // SAFETY: setting a signal to SIG_IGN installs no handler code.
+            unsafe {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGTERM,
+                    nix::sys::signal::SigHandler::SigIgn,
+                )
+            }
+            .map_err(|e| e.to_string())?;
+            prefork_core::worker::ready();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        "drain" => {
+            let stop = prefork_core::worker::stop_signal().map_err(|e| e.to_string())?;
+            prefork_core::worker::ready();
+            stop.wait();
+            say(format!("worker {} drained", w.id));
+            Ok(())
+        }
+        _ => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
+}
