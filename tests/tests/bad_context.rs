@@ -1,0 +1,143 @@
+//! A worker whose context is missing, truncated or garbage, or whose inherited fd is not what
+//! the context says, ends with one line on stderr and a non-zero status: no panic, no hang.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn run_worker(stdin: &[u8], setup: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
+    cmd.env("PREFORK_WORKER", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    setup(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let mut sin = child.stdin.take().unwrap();
+    sin.write_all(stdin).unwrap();
+    drop(sin);
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the worker hung on a bad context");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn assert_one_line_failure(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "status; stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stderr, got: {err}");
+    assert!(lines[0].starts_with("prefork worker "), "{err}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty(), "the worker function never ran");
+}
+
+const HEADER: &str = r#"{"v":1,"generation":0,"readiness":"implicit","notify_fd":null,"fds":[],"threads":null,"master_args":[]}"#;
+
+#[test]
+fn garbage_context() {
+    let out = run_worker(b"\x00\xffthis is not a prefork context at all", |_| {});
+    assert_one_line_failure(&out, "cannot decode the worker context");
+}
+
+#[test]
+fn empty_context() {
+    let out = run_worker(b"", |_| {});
+    assert_one_line_failure(&out, "no header line");
+}
+
+#[test]
+fn truncated_context() {
+    let doc = format!("{HEADER}\n{{\"id\":0,\"mode\":\"serve\",\"listen");
+    let out = run_worker(doc.as_bytes(), |_| {});
+    assert_one_line_failure(&out, "cannot decode the worker context");
+}
+
+#[test]
+fn context_of_the_wrong_shape() {
+    let doc = format!("{HEADER}\n{{\"name\":\"not a worker\"}}");
+    let out = run_worker(doc.as_bytes(), |_| {});
+    assert_one_line_failure(&out, "missing field");
+}
+
+#[test]
+fn declared_fd_that_is_not_open() {
+    let header = HEADER.replace(r#""fds":[]"#, r#""fds":[[7,"tcp"]]"#);
+    let doc = format!(
+        "{header}\n{{\"id\":0,\"mode\":\"serve\",\"listener\":{{\"kind\":\"tcp\",\"fd\":7}},\"threads\":null,\"nice\":null,\"cpus\":null}}"
+    );
+    let out = run_worker(doc.as_bytes(), |_| {});
+    assert_one_line_failure(
+        &out,
+        "inherited fd 7 is not a listening TCP socket: not an open fd",
+    );
+}
+
+#[test]
+fn declared_fd_that_is_a_file() {
+    let header = HEADER.replace(r#""fds":[]"#, r#""fds":[[3,"tcp"]]"#);
+    let doc = format!(
+        "{header}\n{{\"id\":0,\"mode\":\"serve\",\"listener\":{{\"kind\":\"tcp\",\"fd\":3}},\"threads\":null,\"nice\":null,\"cpus\":null}}"
+    );
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let raw = file.as_raw_fd();
+    let out = run_worker(doc.as_bytes(), |cmd| {
+        // SAFETY: dup2 in the forked child before exec is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2(3, 3) would keep close-on-exec: clear it explicitly too.
+                if nix::libc::dup2(raw, 3) < 0 || nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    assert_one_line_failure(
+        &out,
+        "inherited fd 3 is not a listening TCP socket: a character device",
+    );
+}
+
+#[test]
+fn declared_fd_that_is_a_connected_socket_not_a_listener() {
+    let header = HEADER.replace(r#""fds":[]"#, r#""fds":[[3,"tcp"]]"#);
+    let doc = format!(
+        "{header}\n{{\"id\":0,\"mode\":\"serve\",\"listener\":{{\"kind\":\"tcp\",\"fd\":3}},\"threads\":null,\"nice\":null,\"cpus\":null}}"
+    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let conn = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let raw = conn.as_raw_fd();
+    let out = run_worker(doc.as_bytes(), |cmd| {
+        // SAFETY: dup2 in the forked child before exec is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2(3, 3) would keep close-on-exec: clear it explicitly too.
+                if nix::libc::dup2(raw, 3) < 0 || nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    assert_one_line_failure(&out, "a stream socket that is not listening");
+}
+
+#[test]
+fn wrong_header_version() {
+    let doc = format!("{}\n{{}}", HEADER.replace(r#""v":1"#, r#""v":99"#));
+    let out = run_worker(doc.as_bytes(), |_| {});
+    assert_one_line_failure(&out, "header version 99");
+}
