@@ -4,7 +4,10 @@ use prefork_core::WorkerContext;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+// The derive adds no bounds: the type declares what `WorkerContext` needs. `serde(bound)` keeps
+// serde from adding `I: Deserialize<'de>` next to `I: DeserializeOwned`.
 #[derive(Clone, Debug, Serialize, Deserialize, WorkerContext)]
+#[serde(bound(deserialize = ""))]
 struct Worker<I, T>
 where
     I: Ord + Clone + Debug + Display + Send + Serialize + DeserializeOwned + 'static,
@@ -21,4 +24,6 @@ fn main() {
     assert_eq!(w.args(), ["id=4"]);
     let w = Worker { id: "a".to_string(), payload: () };
     assert_eq!(w.id(), "a");
+    let back = Worker::<String, ()>::decode(&w.encode().unwrap()).unwrap();
+    assert_eq!(back.id(), "a");
 }
