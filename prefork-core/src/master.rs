@@ -9,7 +9,7 @@
 //! flags, so a signal that lands while it works is never lost: it leaves a byte for the next
 //! `poll`.
 //!
-//! Then, in this order: reap, readiness messages, TERM/INT, QUIT, HUP, timers.
+//! Then, in this order: readiness messages, reap, TERM/INT, QUIT, HUP, timers.
 //!
 //! # Reaping
 //!
@@ -303,10 +303,13 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     /// One turn of the loop, after a wake-up.
     fn step(&mut self) {
         use signal_hook::consts::*;
+        // Readiness before reaping: a worker that said "ready" and then died queued its datagram
+        // before its SIGCHLD, and must count as having served (respawn at once), not as a
+        // failed start (backoff).
+        self.read_ready();
         if self.inbox.take(SIGCHLD) {
             self.reap_all();
         }
-        self.read_ready();
         if self.inbox.take(SIGTERM) {
             self.stop(Signal::SIGTERM);
         }

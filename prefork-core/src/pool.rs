@@ -244,6 +244,10 @@ impl<W: WorkerContext> Pool<W> {
             if slot.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
+            // Due now. If it cannot start yet (the replacement budget is full), the event that
+            // frees the budget wakes the loop; a past deadline must not stay behind, or the
+            // loop would spin on it.
+            slot.retry_at = None;
             let into_next = if slot.current.is_none() {
                 false
             } else if slot.wants_replacement
@@ -254,7 +258,6 @@ impl<W: WorkerContext> Pool<W> {
             } else {
                 continue;
             };
-            slot.retry_at = None;
             match ops.spawn(&slot.ctx, generation) {
                 Ok(pid) => {
                     tracing::debug!(worker_id = ?id, %pid, generation, replacement = into_next, "worker spawned");
@@ -888,6 +891,34 @@ mod tests {
         assert_eq!(f.signals.len(), 4);
         let ids: Vec<u32> = f.spawned[4..].iter().map(|s| s.0).collect();
         assert_eq!(ids, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_due_retry_blocked_by_the_budget_leaves_no_past_deadline() {
+        let cfg = PoolConfig {
+            max_parallel_replacements: 1,
+            backoff_initial: ms(100),
+            ..explicit()
+        };
+        let (mut p, mut f, t0) = running(2, cfg);
+        p.reload(set(0..2, 0), t0, &mut f);
+        // id 0's replacement fails: retry in 100 ms; id 1's replacement starts meanwhile.
+        let bad = f.spawned.last().unwrap().1;
+        p.exited(bad, ChildExit::Exited(1), t0 + ms(1), &mut f);
+        assert_eq!(f.spawned.last().unwrap().0, 1);
+        // At the retry time the budget is still taken by id 1's replacement.
+        p.tick(t0 + ms(101), &mut f);
+        let d = p.next_deadline().unwrap();
+        assert!(
+            d > t0 + ms(101),
+            "no deadline in the past: the loop would spin"
+        );
+        // id 1's replacement becomes ready: the budget frees and id 0 is retried at once.
+        let n = f.spawned.len();
+        let new1 = f.spawned.last().unwrap().1;
+        p.ready(new1, t0 + ms(150), &mut f);
+        assert_eq!(f.spawned.len(), n + 1);
+        assert_eq!(f.spawned.last().unwrap().0, 0);
     }
 
     #[test]
