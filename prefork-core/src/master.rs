@@ -45,7 +45,7 @@ use nix::unistd::Pid;
 use crate::context::{WorkerContext, WorkerSet};
 use crate::error::{Error, Result};
 use crate::pool::{ChildExit, Pool, Processes};
-use crate::settings::Settings;
+use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::{SpawnEnv, set_spawn_env, with_spawn_env};
 
 const HANDLED: [i32; 5] = [
@@ -143,7 +143,7 @@ enum Phase {
 
 struct Master<C, W: WorkerContext> {
     s: Settings<C, W>,
-    fork: Option<Box<dyn FnMut(&W) -> Result<Pid>>>,
+    fork: Option<ForkFn<W>>,
     config: Option<C>,
     desired: WorkerSet<W>,
     pool: Pool<W>,
@@ -237,12 +237,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         }
         for pid in pids {
-            loop {
-                match nix::sys::wait::waitpid(pid, None) {
-                    Err(Errno::EINTR) => continue,
-                    _ => break,
-                }
-            }
+            while let Err(Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
         }
     }
 
@@ -255,18 +250,20 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     fn run(&mut self) -> Result<()> {
         loop {
             let now = Instant::now();
-            if let Phase::Stopping { .. } = self.phase {
-                if self.live().is_empty() {
-                    break;
-                }
+            if let Phase::Stopping { .. } = self.phase
+                && self.live().is_empty()
+            {
+                break;
             }
             let deadline = self.next_deadline();
             let timeout = match deadline {
                 None => PollTimeout::NONE,
                 Some(t) => {
-                    let ms = t.saturating_duration_since(now).as_millis();
-                    // Round up, so the loop does not spin on a deadline that is < 1 ms away.
-                    let ms = if t > now { ms.max(1) } else { 0 };
+                    // Round up: waking before the deadline would only cost another turn.
+                    let ms = t
+                        .saturating_duration_since(now)
+                        .as_nanos()
+                        .div_ceil(1_000_000);
                     PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
                         .unwrap_or(PollTimeout::MAX)
                 }
@@ -333,21 +330,20 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             deadline,
             killed: false,
         } = self.phase
+            && now >= deadline
         {
-            if now >= deadline {
-                let live = self.live();
-                tracing::warn!(
-                    remaining = live.len(),
-                    "shutdown deadline passed; sending SIGKILL"
-                );
-                for pid in live {
-                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                }
-                self.phase = Phase::Stopping {
-                    deadline,
-                    killed: true,
-                };
+            let live = self.live();
+            tracing::warn!(
+                remaining = live.len(),
+                "shutdown deadline passed; sending SIGKILL"
+            );
+            for pid in live {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             }
+            self.phase = Phase::Stopping {
+                deadline,
+                killed: true,
+            };
         }
     }
 
@@ -385,11 +381,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 (self.s.cleanup_child)(c, pid);
             }
         }
-        if reaped > 0 {
-            if let (Some(c), Phase::Running) = (&self.config, &self.phase) {
-                let extra = (self.s.on_child_finished)(c);
-                self.unmanaged.extend(extra);
-            }
+        if reaped > 0
+            && let (Some(c), Phase::Running) = (&self.config, &self.phase)
+        {
+            let extra = (self.s.on_child_finished)(c);
+            self.unmanaged.extend(extra);
         }
     }
 
@@ -493,10 +489,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
 /// Calls the user's update callback; a panic in it is caught and treated as `None`, so a bad
 /// configuration never takes the master (and with it, every worker) down.
-fn call_update<C, W: WorkerContext>(
-    f: &mut Box<dyn FnMut(&mut WorkerSet<W>) -> Option<C>>,
-    set: &mut WorkerSet<W>,
-) -> Option<C> {
+fn call_update<C, W: WorkerContext>(f: &mut UpdateFn<C, W>, set: &mut WorkerSet<W>) -> Option<C> {
     match std::panic::catch_unwind(AssertUnwindSafe(|| f(set))) {
         Ok(c) => c,
         Err(_) => {

@@ -463,15 +463,15 @@ impl<W: WorkerContext> Pool<W> {
                     consider(p.ready_deadline);
                 }
             }
-            if let Some(n) = &slot.next {
-                if n.ready_at.is_some() {
-                    consider(n.spawned_at + window);
-                }
+            if let Some(n) = &slot.next
+                && n.ready_at.is_some()
+            {
+                consider(n.spawned_at + window);
             }
-            if !self.shutting_down {
-                if let Some(t) = slot.retry_at {
-                    consider(t);
-                }
+            if !self.shutting_down
+                && let Some(t) = slot.retry_at
+            {
+                consider(t);
             }
         }
         best

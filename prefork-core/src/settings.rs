@@ -11,6 +11,17 @@ use crate::error::Result;
 use crate::pool::PoolConfig;
 use crate::protocol::Readiness;
 
+/// The `fork` callback of relaunch settings.
+pub(crate) type ForkFn<W> = Box<dyn FnMut(&W) -> Result<Pid>>;
+/// The `update` callback: edits the desired set, returns the configuration.
+pub(crate) type UpdateFn<C, W> = Box<dyn FnMut(&mut WorkerSet<W>) -> Option<C>>;
+
+type MaybeConfigHook<C> = Box<dyn FnMut(Option<&C>)>;
+type PidsHook<C> = Box<dyn FnMut(&C, &[Pid])>;
+type ConfigHook<C> = Box<dyn FnMut(&C)>;
+type SpawnHook<C> = Box<dyn FnMut(&C) -> Vec<Pid>>;
+type ChildHook<C> = Box<dyn FnMut(&C, Pid)>;
+
 /// How the master behaves: the hooks of haskell-prefork's `PreforkSettings`, plus supervision
 /// settings. `C` is the application's configuration, `W` its worker context.
 ///
@@ -33,16 +44,16 @@ use crate::protocol::Readiness;
 ///
 /// Hooks run on the master's thread, one at a time, never inside a signal handler.
 pub struct Settings<C, W: WorkerContext> {
-    pub(crate) on_start: Box<dyn FnMut(Option<&C>)>,
-    pub(crate) on_finish: Box<dyn FnMut(Option<&C>)>,
-    pub(crate) on_terminate: Box<dyn FnMut(&C, &[Pid])>,
-    pub(crate) on_interrupt: Box<dyn FnMut(&C, &[Pid])>,
-    pub(crate) on_quit: Box<dyn FnMut(&C)>,
-    pub(crate) on_child_finished: Box<dyn FnMut(&C) -> Vec<Pid>>,
-    pub(crate) update_server: Box<dyn FnMut(&C) -> Vec<Pid>>,
-    pub(crate) cleanup_child: Box<dyn FnMut(&C, Pid)>,
-    pub(crate) update_config: Box<dyn FnMut(&mut WorkerSet<W>) -> Option<C>>,
-    pub(crate) fork: Option<Box<dyn FnMut(&W) -> Result<Pid>>>,
+    pub(crate) on_start: MaybeConfigHook<C>,
+    pub(crate) on_finish: MaybeConfigHook<C>,
+    pub(crate) on_terminate: PidsHook<C>,
+    pub(crate) on_interrupt: PidsHook<C>,
+    pub(crate) on_quit: ConfigHook<C>,
+    pub(crate) on_child_finished: SpawnHook<C>,
+    pub(crate) update_server: SpawnHook<C>,
+    pub(crate) cleanup_child: ChildHook<C>,
+    pub(crate) update_config: UpdateFn<C, W>,
+    pub(crate) fork: Option<ForkFn<W>>,
     pub(crate) pool: PoolConfig,
     pub(crate) readiness: Readiness,
     pub(crate) shutdown_timeout: Duration,

@@ -397,11 +397,8 @@ impl ChildPlan {
         }
         // The child failed before or at exec and is exiting: reap it here, so the master's
         // reaper never sees a pid it was not told about.
-        loop {
-            match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(Pid::from_raw(pid), None)
+        {
         }
         let errno = i32::from_ne_bytes(buf);
         Err(io::Error::from_raw_os_error(errno))
@@ -420,9 +417,8 @@ impl ChildPlan {
         argv: &[*const libc::c_char],
         envp: &[*const libc::c_char],
     ) -> ! {
-        // SAFETY (whole body): only raw system calls; no allocation, no locks, no panics (all
-        // indexing is on vectors whose lengths were fixed before the fork and is checked by
-        // `get`, so it cannot panic).
+        // SAFETY: only raw, async-signal-safe system calls on memory allocated before the fork;
+        // no allocation, no locks, no panics (indexing goes through `get`, which cannot panic).
         unsafe {
             let fail = |err_w: RawFd| -> ! {
                 let errno = *libc::__errno_location();
@@ -539,10 +535,10 @@ impl ChildPlan {
                     fail(err_w);
                 }
             }
-            if let Some(set) = &self.affinity {
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
-                    fail(err_w);
-                }
+            if let Some(set) = &self.affinity
+                && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0
+            {
+                fail(err_w);
             }
             for (res, lim) in &self.rlimits {
                 if libc::setrlimit(*res, lim) != 0 {

@@ -245,8 +245,10 @@ fn install_stop() -> Result<StopSignal> {
     std::thread::Builder::new()
         .name("prefork-stop".into())
         .spawn(move || {
-            if signals.forever().next().is_some() {
-                if let Some(inner) = weak.upgrade() {
+            if signals.forever().next().is_some()
+                && let Some(inner) = weak.upgrade()
+            {
+                {
                     inner.stopping.store(true, Ordering::Release);
                     let mut g = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
                     *g = true;

@@ -37,10 +37,13 @@ pub fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
     wait_for(deadline, what, || f().then_some(()))
 }
 
+/// The lines so far and whether the stream closed, with a condvar signalled on each change.
+type LineState = Arc<(Mutex<(Vec<String>, bool)>, Condvar)>;
+
 /// Lines captured from one output stream of a process.
 #[derive(Clone, Debug, Default)]
 pub struct Lines {
-    inner: Arc<(Mutex<(Vec<String>, bool)>, Condvar)>,
+    inner: LineState,
 }
 
 impl Lines {
@@ -371,9 +374,12 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         })
 }
 
+/// Response headers, names lowercased.
+pub type Headers = Vec<(String, String)>;
+
 /// Parses one complete HTTP/1.1 response with a `Content-Length` (or read to EOF): (status,
 /// headers lowercased, body). `None` if it is incomplete or malformed.
-pub fn parse_response(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, &[u8])> {
+pub fn parse_response(buf: &[u8]) -> Option<(u16, Headers, &[u8])> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = head.split("\r\n");
