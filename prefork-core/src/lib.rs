@@ -38,7 +38,8 @@
 //!         fork_worker_process(&Worker { listener: Some(l), ..w.clone() })
 //!     };
 //!     default_main(relaunch_settings(update, fork), |w: Worker| -> std::io::Result<()> {
-//!         let listener = w.listener.expect("declared").into_tcp().map_err(std::io::Error::other)?;
+//!         let listener = w.listener.ok_or_else(|| std::io::Error::other("no listener"))?;
+//!         let listener = listener.into_tcp().map_err(std::io::Error::other)?;
 //!         for conn in listener.incoming() {
 //!             conn?.write_all(b"hello\n")?;
 //!         }

@@ -1,6 +1,7 @@
 //! What travels from the master to a worker (its standard input) and back (the readiness socket).
 //!
-//! Master → worker: one line of JSON, the [`Header`], then the context as its
+//! Master → worker: one line of JSON (the header: version, generation, readiness mode, the
+//! inherited fds and their kinds, the thread count, the master's argv), then the context as its
 //! [`encode`](crate::WorkerContext::encode) produced it, up to end-of-file. The master writes the
 //! whole document into the pipe before forking and closes its end, so end-of-file comes as soon
 //! as the worker has read it all.

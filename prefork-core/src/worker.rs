@@ -2,7 +2,7 @@
 //!
 //! A worker is the same program, started again by the master with the marker environment
 //! variable [`PREFORK_WORKER`](crate::protocol::WORKER_ENV) set. At boot (the first call of
-//! [`default_main`](crate::default_main) or [`args`](crate::args)) it:
+//! [`default_main`](crate::default_main) or [`args`]) it:
 //!
 //! 1. removes the marker, so the worker's own children are not mistaken for workers;
 //! 2. reads the whole context document from standard input, then points fd 0 at `/dev/null`;
