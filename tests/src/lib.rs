@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod load;
+
 pub use nix::sys::signal::Signal;
 pub use nix::unistd::Pid;
 
