@@ -40,6 +40,7 @@ type ChildHook<C> = Box<dyn FnMut(&C, Pid)>;
 /// .readiness(Readiness::Explicit)
 /// .stop_timeout(Duration::from_secs(10))
 /// .on_start(|_| eprintln!("master {} started", std::process::id()));
+/// # drop(settings);
 /// ```
 ///
 /// Hooks run on the master's thread, one at a time, never inside a signal handler.

@@ -485,7 +485,10 @@ fn dispatch(
         return None;
     }
     let arms = shapes.iter().zip(bodies).map(|(shape, body)| {
-        let (fields, code) = body.unwrap_or_default();
+        let (mut fields, code) = body.unwrap_or_default();
+        // One field can serve twice in a method (`#[prefork(threads, nice)]`); bind it once.
+        let mut seen = std::collections::BTreeSet::new();
+        fields.retain(|f| seen.insert(f.binding.to_string()));
         let path = &shape.path;
         let members = fields.iter().map(|f| &f.member);
         let bindings = fields.iter().map(|f| &f.binding);

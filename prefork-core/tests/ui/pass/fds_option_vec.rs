@@ -23,7 +23,10 @@ struct ByAttribute {
 }
 
 fn main() {
-    let mut w = ByAttribute { id: 1, all: vec![None, None] };
+    let mut w = ByAttribute {
+        id: 1,
+        all: vec![None, None],
+    };
     let mut n = 0;
     w.visit_fds(&mut |_| n += 1);
     assert_eq!(n, 0);

@@ -19,10 +19,16 @@ where
 }
 
 fn main() {
-    let w = Worker { id: 4u64, payload: vec![1, 2] };
+    let w = Worker {
+        id: 4u64,
+        payload: vec![1, 2],
+    };
     assert_eq!(w.id(), 4);
     assert_eq!(w.args(), ["id=4"]);
-    let w = Worker { id: "a".to_string(), payload: () };
+    let w = Worker {
+        id: "a".to_string(),
+        payload: (),
+    };
     assert_eq!(w.id(), "a");
     let back = Worker::<String, ()>::decode(&w.encode().unwrap()).unwrap();
     assert_eq!(back.id(), "a");

@@ -39,7 +39,12 @@ enum Pinned {
 }
 
 fn main() {
-    let w = Worker { id: 1, threads: 4, cpus: [3, 1].into(), nice: -2 };
+    let w = Worker {
+        id: 1,
+        threads: 4,
+        cpus: [3, 1].into(),
+        nice: -2,
+    };
     assert_eq!(w.args(), ["id=1", "cpus=2"]);
     let o = w.runtime_options();
     assert_eq!(o.threads, Some(4));
@@ -47,7 +52,13 @@ fn main() {
     assert_eq!(o.nice, Some(-2));
     assert_eq!(o.rlimits.len(), 1);
 
-    assert_eq!(Pinned::One(0, [5, 6]).runtime_options().cpu_affinity, Some(vec![5, 6]));
-    assert_eq!(Pinned::Two { id: 1, nice: 9 }.runtime_options().nice, Some(9));
+    assert_eq!(
+        Pinned::One(0, [5, 6]).runtime_options().cpu_affinity,
+        Some(vec![5, 6])
+    );
+    assert_eq!(
+        Pinned::Two { id: 1, nice: 9 }.runtime_options().nice,
+        Some(9)
+    );
     assert!(Pinned::One(0, [5, 6]).args().is_empty());
 }

@@ -2,7 +2,11 @@ use prefork_core::WorkerContext;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, WorkerContext)]
-struct Slot(#[prefork(id, arg = "slot")] u8, #[prefork(threads)] u16, String);
+struct Slot(
+    #[prefork(id, arg = "slot")] u8,
+    #[prefork(threads)] u16,
+    String,
+);
 
 fn main() {
     let s = Slot(3, 2, "x".into());
