@@ -110,22 +110,31 @@ impl InheritedListener {
     /// Binds a TCP listener for workers to share: `SO_REUSEADDR`, a backlog of
     /// [`DEFAULT_BACKLOG`], close-on-exec, and **non-blocking** (set once here, for every worker;
     /// see the module docs).
-    pub fn bind_tcp(addr: impl ToSocketAddrs + fmt::Display) -> Result<Self> {
-        let shown = addr.to_string();
-        let listen_err = |source| Error::Listen {
-            addr: shown.clone(),
-            source,
-        };
+    pub fn bind_tcp(addr: impl ToSocketAddrs) -> Result<Self> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| Error::Listen {
+                addr: "the given address".into(),
+                source,
+            })?
+            .collect();
         let mut last = None;
-        for a in addr.to_socket_addrs().map_err(listen_err)? {
+        for &a in &addrs {
             match bind_one(a) {
                 Ok(l) => return Ok(Self::tcp(l)),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some((a, e)),
             }
         }
-        Err(listen_err(last.unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
-        })))
+        Err(match last {
+            Some((a, source)) => Error::Listen {
+                addr: a.to_string(),
+                source,
+            },
+            None => Error::Listen {
+                addr: "the given address".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind"),
+            },
+        })
     }
 
     /// Wraps a TCP listener of the master. Its blocking mode is left as it is.
@@ -413,6 +422,18 @@ mod tests {
     fn master_side_cannot_adopt() {
         let l = InheritedListener::bind_tcp("127.0.0.1:0").unwrap();
         assert!(matches!(l.into_tcp(), Err(Error::ListenerMisuse(_))));
+    }
+
+    #[test]
+    fn bind_errors_name_the_address() {
+        let taken = InheritedListener::bind_tcp(("127.0.0.1", 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        // SO_REUSEADDR does not allow two listeners on one port.
+        let e = InheritedListener::bind_tcp(("127.0.0.1", port)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)")
+        );
     }
 
     #[test]

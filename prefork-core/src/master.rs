@@ -467,19 +467,23 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         self.generation += 1;
         with_spawn_env(|e| e.generation = self.generation);
         if let Some(fork) = self.fork.as_mut() {
+            tracing::info!(
+                generation = self.generation,
+                desired = set.len(),
+                "SIGHUP: reconciling the declared workers"
+            );
             self.desired = set.clone();
             let _ = self.pool.reload(
                 set.into_map(),
                 Instant::now(),
                 &mut Ops { fork: &mut **fork },
             );
-            self.generation = self.pool.generation();
+        } else {
+            tracing::info!(
+                generation = self.generation,
+                "SIGHUP: calling update_server"
+            );
         }
-        tracing::info!(
-            generation = self.generation,
-            desired = self.desired.len(),
-            "SIGHUP: reloading"
-        );
         if let Some(c) = &self.config {
             let extra = (self.s.update_server)(c);
             self.unmanaged.extend(extra);

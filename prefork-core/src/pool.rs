@@ -147,11 +147,6 @@ impl<W: WorkerContext> Pool<W> {
         }
     }
 
-    /// The reload generation (0 before the first `reload`, which makes it 1... see `reload`).
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     fn delay(&self, failures: u32) -> Duration {
         backoff(&self.cfg, failures)
     }
@@ -328,10 +323,10 @@ impl<W: WorkerContext> Pool<W> {
             if slot.next.as_ref().is_some_and(|n| n.settled(now, window)) {
                 let next = slot.next.take();
                 if let Some(old) = std::mem::replace(&mut slot.current, next) {
-                    tracing::info!(worker_id = ?id, old_pid = %old.pid,
-                        new_pid = ?slot.current.as_ref().map(|p| p.pid.as_raw()),
-                        generation = slot.current.as_ref().map(|p| p.generation),
-                        "worker replaced");
+                    if let Some(new) = &slot.current {
+                        tracing::info!(worker_id = ?id, old_pid = %old.pid, new_pid = %new.pid,
+                            generation = new.generation, "worker replaced");
+                    }
                     to_retire.push(old.pid);
                 }
                 slot.wants_replacement = false;
