@@ -1,0 +1,69 @@
+//! Five SIGHUP reloads under a load of keep-alive connections sending back to back plus fresh
+//! connections: not one failed request, not one non-200 response.
+//!
+//! The client may reconnect after a response that said `Connection: close` (that is how a
+//! draining worker hands its keep-alive clients over); it never retries a failed request.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::load::{Load, LoadSpec};
+use testkit::{DEADLINE, Master, Signal, listening_addr, wait_for, zombies_of};
+
+fn replaced(m: &Master, before: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {
+    wait_for(DEADLINE, "every worker replaced", || {
+        let now = m.workers_by_arg("id");
+        (now.len() == before.len()
+            && m.workers().len() == before.len()
+            && now.iter().all(|(id, pid)| before.get(id) != Some(pid)))
+        .then_some(now)
+    })
+}
+
+#[test]
+fn five_reloads_under_keepalive_and_fresh_load_lose_nothing() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sample-warp-like"));
+    cmd.args(["-p", "0", "-w", "4", "--threads", "1"]);
+    let mut m = Master::start(cmd);
+    let addr = listening_addr(&m.stderr);
+    let mut pids = m.wait_workers(4, "id");
+    let load = Load::start(
+        addr,
+        LoadSpec {
+            keepalive: 8,
+            fresh: 2,
+            max_requests_per_thread: 1_000_000,
+            max_time: Duration::from_secs(120),
+            io_timeout: Duration::from_secs(15),
+        },
+    );
+    wait_for(DEADLINE, "the load to get going", || {
+        (load.progress() > 200).then_some(())
+    });
+    for round in 0..5 {
+        let before_requests = load.progress();
+        m.signal(Signal::SIGHUP);
+        pids = replaced(&m, &pids);
+        // Let the load run on the new workers too before the next reload.
+        wait_for(DEADLINE, "requests after the reload", || {
+            (load.progress() > before_requests + 1000).then_some(())
+        });
+        eprintln!(
+            "reload {round}: workers {pids:?}, {} requests so far",
+            load.progress()
+        );
+    }
+    let report = load.finish();
+    eprintln!("{report:?}");
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
+    assert_eq!(report.non_200, 0, "non-200 responses: {:?}", report.errors);
+    assert!(report.ok > 5000, "the load really ran: {report:?}");
+    assert!(
+        report.closes > 0,
+        "draining workers handed keep-alive clients over with Connection: close"
+    );
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.wait_exit(DEADLINE), 0);
+    assert!(zombies_of(m.pid().as_raw()).is_empty());
+}
