@@ -133,7 +133,7 @@ fn main() {
         let listener = match &shared {
             Some(l) => l.clone(),
             None => {
-                let l = InheritedListener::bind_tcp(format!("127.0.0.1:{port}"))?;
+                let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
                 eprintln!("sample-warp-like: listening on http://{}", l.local_addr()?);
                 shared.insert(l).clone()
             }
