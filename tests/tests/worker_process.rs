@@ -172,3 +172,42 @@ fn worker_has_an_empty_signal_mask_and_no_marker() {
     m.stdout
         .wait_line(DEADLINE, |l| l == "worker env PREFORK_WORKER=unset");
 }
+
+#[test]
+fn unix_and_tcp_listeners_are_both_inherited_and_rlimits_applied() {
+    let dir = std::env::temp_dir().join(format!("prefork-unix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("fx.sock");
+    let mut cmd = fx();
+    cmd.args(["--workers", "1", "--nofile", "512", "--unix"])
+        .arg(&sock);
+    let m = Master::start(cmd);
+    let addr = listening_addr(&m.stdout);
+    let w = m.wait_workers(1, "id");
+    let pid = w["0"];
+    m.stdout
+        .wait_line(DEADLINE, |l| l.starts_with("worker 0 started"));
+    // Both sockets, in declaration order, then the readiness socket.
+    let table = fds(pid);
+    assert_eq!(
+        table.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4, 5],
+        "{table:?}"
+    );
+    assert_eq!(ask(addr).trim(), format!("pid {pid} id 0 gen 0"));
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect unix");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out.trim(), format!("unix pid {pid} id 0"));
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = nofile.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums, vec!["512", "512"], "{nofile}");
+    drop(m);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,7 +2,8 @@
 //!
 //! `fx-master [--workers N | --workers-file PATH] [--mode MODE] [--readiness explicit|implicit]
 //!            [--shutdown-ms N] [--stop-ms N] [--backoff-ms INITIAL,MAX] [--ready-ms N]
-//!            [--threads N] [--nice N] [--cpus LIST] [--hooks] [--default-settings]`
+//!            [--threads N] [--nice N] [--cpus LIST] [--nofile N] [--unix PATH] [--hooks]
+//!            [--default-settings]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
@@ -28,7 +29,9 @@ struct Fx {
     id: u32,
     mode: String,
     listener: Option<InheritedListener>,
+    unix: Option<InheritedListener>,
     threads: Option<usize>,
+    nofile: Option<u64>,
     nice: Option<i32>,
     cpus: Option<Vec<usize>>,
 }
@@ -53,10 +56,16 @@ impl WorkerContext for Fx {
         if let Some(c) = &self.cpus {
             o = o.cpu_affinity(c.iter().copied());
         }
+        if let Some(n) = self.nofile {
+            o = o.rlimit(prefork_core::RlimitResource::NoFile, n, n);
+        }
         o
     }
     fn visit_fds(&mut self, f: &mut dyn FnMut(&mut InheritedListener)) {
         if let Some(l) = &mut self.listener {
+            f(l);
+        }
+        if let Some(l) = &mut self.unix {
             f(l);
         }
     }
@@ -75,6 +84,8 @@ struct Opts {
     threads: Option<usize>,
     nice: Option<i32>,
     cpus: Option<Vec<usize>>,
+    nofile: Option<u64>,
+    unix: Option<String>,
     hooks: bool,
     default_settings: bool,
 }
@@ -122,6 +133,8 @@ fn parse() -> Result<Opts, String> {
                         .collect::<Result<_, String>>()?,
                 )
             }
+            "--nofile" => o.nofile = Some(num(val()?)?),
+            "--unix" => o.unix = Some(val()?),
             "--hooks" => o.hooks = true,
             "--default-settings" => o.default_settings = true,
             other => return Err(format!("unknown argument {other}")),
@@ -185,10 +198,14 @@ fn main() {
         id: 0,
         mode: o.mode.clone(),
         listener: None,
+        unix: None,
         threads: o.threads,
         nice: o.nice,
         cpus: o.cpus.clone(),
+        nofile: o.nofile,
     };
+    let unix_path = o.unix.clone();
+    let mut shared_unix: Option<InheritedListener> = None;
     let mut shared: Option<InheritedListener> = None;
     let fork = move |w: &Fx| -> prefork_core::Result<Pid> {
         let l = match &shared {
@@ -208,6 +225,17 @@ fn main() {
         };
         let mut w = w.clone();
         w.listener = Some(l);
+        if let Some(path) = &unix_path {
+            let u = match &shared_unix {
+                Some(u) => u.clone(),
+                None => {
+                    let u = InheritedListener::bind_unix(path)?;
+                    say(format!("listening on unix {path}"));
+                    shared_unix.insert(u).clone()
+                }
+            };
+            w.unix = Some(u);
+        }
         fork_worker_process(&w)
     };
 
@@ -305,6 +333,23 @@ fn worker(w: Fx) -> Result<(), String> {
                 .ok_or("no listener in the context")?
                 .into_tcp()
                 .map_err(|e| e.to_string())?;
+            if let Some(u) = w.unix {
+                let u = u.into_unix().map_err(|e| e.to_string())?;
+                // The master made it non-blocking (shared by all workers): poll, do not spin.
+                std::thread::spawn(move || {
+                    loop {
+                        match u.accept() {
+                            Ok((mut c, _)) => {
+                                let _ = writeln!(c, "unix pid {} id {}", std::process::id(), w.id);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(5))
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                });
+            }
             prefork_core::worker::ready();
             for conn in l.incoming() {
                 let mut c = conn.map_err(|e| e.to_string())?;
