@@ -363,6 +363,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 }
             };
             reaped += 1;
+            // A child queues its readiness datagram before it can exit, so once waitpid returned
+            // it, the message is readable: read it before classifying the death. (Reading once
+            // per wake-up is not enough: a replacement spawned earlier in this same pass can
+            // report ready and die before the pass ends.)
+            self.read_ready();
             let now = Instant::now();
             let known = match self.fork.as_mut() {
                 Some(fork) => self

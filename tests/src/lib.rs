@@ -154,7 +154,7 @@ impl Master {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if std::env::var_os("RUST_LOG").is_none() {
+        if std::env::var_os("RUST_LOG").is_none() && !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", "info");
         }
         let mut child = cmd.spawn().expect("cannot start the master under test");
@@ -230,6 +230,14 @@ impl Master {
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
     }
 
+    /// Waits until the master's stdout and stderr reached end-of-file (every process holding
+    /// them exited), so every line they wrote has been captured.
+    pub fn wait_output_closed(&self, deadline: Duration) {
+        wait_until(deadline, "the master's output to close", || {
+            self.stdout.closed() && self.stderr.closed()
+        });
+    }
+
     /// True while the master has not exited.
     pub fn running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -291,7 +299,19 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// All pids whose parent is `parent` (zombies included).
+///
+/// Reads `/proc/<parent>/task/<parent>/children`, an atomic snapshot of the children of the
+/// parent's main thread (the master spawns from its main thread); falls back to a walk of
+/// `/proc`, which is not atomic under churn.
 pub fn children_of(parent: i32) -> Vec<i32> {
+    if let Ok(s) = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")) {
+        let mut v: Vec<i32> = s
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        v.sort();
+        return v;
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
