@@ -11,9 +11,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sample-warp-like");
 
 #[test]
 fn a_port_that_is_not_a_number_is_a_usage_error() {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["-p", "notaport", "-w", "2"]);
-    let mut m = Master::start(cmd);
+    let mut m = Master::start_program(BIN, &["-p", "notaport", "-w", "2"]);
     assert_eq!(m.wait_exit(DEADLINE), 2);
     wait_until(DEADLINE, "stderr to close", || m.stderr.closed());
     let err = m.stderr.all().join("\n");

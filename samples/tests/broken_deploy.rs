@@ -4,32 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use testkit::load::{Load, LoadSpec};
-use testkit::{DEADLINE, Master, Signal, alive, listening_addr, ppid, wait_for};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "prefork-deploy-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use testkit::{DEADLINE, Master, Signal, TempDir, alive, listening_addr, ppid, wait_for};
 
 /// Writes `content` beside `target` and renames it over `target` (atomic, as a deploy does).
 fn deploy(target: &Path, content: &[u8]) {
@@ -66,15 +45,13 @@ fn assert_old_workers_serve(m: &Master, original: &BTreeMap<String, i32>) {
 
 #[test]
 fn a_broken_binary_keeps_the_old_workers_and_a_fixed_one_recovers_at_once() {
-    let dir = TempDir::new();
-    let bin = dir.0.join("sample-warp-like");
+    let dir = TempDir::new("deploy");
+    let bin = dir.path().join("sample-warp-like");
     let good = std::fs::read(env!("CARGO_BIN_EXE_sample-warp-like")).unwrap();
     deploy(&bin, &good);
-    let log = dir.0.join("attempts.log");
+    let log = dir.path().join("attempts.log");
 
-    let mut cmd = Command::new(&bin);
-    cmd.args(["-p", "0", "-w", "3", "--threads", "1"]);
-    let mut m = Master::start(cmd);
+    let mut m = Master::start_program(&bin, &["-p", "0", "-w", "3", "--threads", "1"]);
     let addr = listening_addr(&m.stderr);
     let original = m.wait_workers(3, "id");
     let load = Load::start(
@@ -128,13 +105,7 @@ fn a_broken_binary_keeps_the_old_workers_and_a_fixed_one_recovers_at_once() {
     deploy(&bin, &good);
     let t = Instant::now();
     m.signal(Signal::SIGHUP);
-    let fixed = wait_for(DEADLINE, "all workers replaced by the fixed binary", || {
-        let now = m.workers_by_arg("id");
-        (now.len() == 3
-            && m.workers().len() == 3
-            && now.iter().all(|(id, pid)| original[id] != *pid))
-        .then_some(now)
-    });
+    let fixed = m.wait_replaced(&original);
     let took = t.elapsed();
     assert!(
         took < Duration::from_secs(5),

@@ -5,7 +5,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
 use testkit::{
@@ -60,11 +59,12 @@ fn expect_clean_eof(s: &mut TcpStream, what: &str) {
 
 #[test]
 fn idle_keep_alive_connections_are_not_cut_mid_request() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sample-warp-like"));
     // One worker, so both connections belong to it; a grace period that leaves this test ample
     // time to send its request after seeing the drain begin.
-    cmd.args(["-p", "0", "-w", "1", "--drain-grace", "3"]);
-    let mut m = Master::start(cmd);
+    let mut m = Master::start_program(
+        env!("CARGO_BIN_EXE_sample-warp-like"),
+        &["-p", "0", "-w", "1", "--drain-grace", "3"],
+    );
     let addr = listening_addr(&m.stderr);
     let old = m.wait_workers(1, "id")["0"];
 

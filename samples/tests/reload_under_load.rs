@@ -4,28 +4,17 @@
 //! The client may reconnect after a response that said `Connection: close` (that is how a
 //! draining worker hands its keep-alive clients over); it never retries a failed request.
 
-use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use testkit::load::{Load, LoadSpec};
 use testkit::{DEADLINE, Master, Signal, listening_addr, wait_for, zombies_of};
 
-fn replaced(m: &Master, before: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {
-    wait_for(DEADLINE, "every worker replaced", || {
-        let now = m.workers_by_arg("id");
-        (now.len() == before.len()
-            && m.workers().len() == before.len()
-            && now.iter().all(|(id, pid)| before.get(id) != Some(pid)))
-        .then_some(now)
-    })
-}
-
 #[test]
 fn five_reloads_under_keepalive_and_fresh_load_lose_nothing() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sample-warp-like"));
-    cmd.args(["-p", "0", "-w", "4", "--threads", "1"]);
-    let mut m = Master::start(cmd);
+    let mut m = Master::start_program(
+        env!("CARGO_BIN_EXE_sample-warp-like"),
+        &["-p", "0", "-w", "4", "--threads", "1"],
+    );
     let addr = listening_addr(&m.stderr);
     let mut pids = m.wait_workers(4, "id");
     let load = Load::start(
@@ -44,7 +33,7 @@ fn five_reloads_under_keepalive_and_fresh_load_lose_nothing() {
     for round in 0..5 {
         let before_requests = load.progress();
         m.signal(Signal::SIGHUP);
-        pids = replaced(&m, &pids);
+        pids = m.wait_replaced(&pids);
         // Let the load run on the new workers too before the next reload.
         wait_for(DEADLINE, "requests after the reload", || {
             (load.progress() > before_requests + 1000).then_some(())

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,9 +17,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts `sample-warp-like -p 0 -w 5`, waits for its five workers and a first answer.
 fn start() -> (Master, SocketAddr, BTreeMap<String, i32>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sample-warp-like"));
-    cmd.args(["-p", "0", "-w", "5"]);
-    let m = Master::start(cmd);
+    let m = Master::start_program(
+        env!("CARGO_BIN_EXE_sample-warp-like"),
+        &["-p", "0", "-w", "5"],
+    );
     let addr = listening_addr(&m.stderr);
     assert!(addr.ip().is_loopback(), "{addr}");
     let workers = m.wait_workers(5, "id");

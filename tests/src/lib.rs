@@ -6,12 +6,18 @@
 //! (the [`Master`] guard does it in `Drop`).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod fx;
 pub mod load;
 
 pub use nix::sys::signal::Signal;
@@ -89,10 +95,10 @@ impl Lines {
         self.inner.0.lock().unwrap().1
     }
 
-    /// Waits until a line satisfies `pred`; returns it. Panics after `deadline`, showing what
-    /// was seen.
+    /// Waits until a line satisfies `pred`; returns the first such line. Panics after
+    /// `deadline`, showing what was seen.
     pub fn wait_line(&self, deadline: Duration, pred: impl Fn(&str) -> bool) -> String {
-        self.wait_count(deadline, 1, &pred).pop().unwrap()
+        self.wait_count(deadline, 1, &pred).swap_remove(0)
     }
 
     /// Waits until `n` lines satisfy `pred`; returns them.
@@ -170,6 +176,13 @@ impl Master {
         }
     }
 
+    /// Starts `program` with `args`, as [`Master::start`] does.
+    pub fn start_program(program: impl AsRef<OsStr>, args: &[&str]) -> Master {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Master::start(cmd)
+    }
+
     /// The master's pid.
     pub fn pid(&self) -> Pid {
         self.pid
@@ -216,6 +229,19 @@ impl Master {
         wait_for(DEADLINE, &format!("{n} workers with {key}=…"), || {
             let w = self.workers_by_arg(key);
             (w.len() == n && self.workers().len() == n).then_some(w)
+        })
+    }
+
+    /// Waits until every worker of `before` (id → pid, as [`Master::wait_workers`] returns it)
+    /// has been replaced: as many live workers as before, all showing `id=`, none of them with
+    /// its id's old pid. Returns the new id → pid.
+    pub fn wait_replaced(&self, before: &BTreeMap<String, i32>) -> BTreeMap<String, i32> {
+        wait_for(DEADLINE, "every worker replaced", || {
+            let now = self.workers_by_arg("id");
+            (now.len() == before.len()
+                && self.workers().len() == before.len()
+                && now.iter().all(|(id, pid)| before.get(id) != Some(pid)))
+            .then_some(now)
         })
     }
 
@@ -270,6 +296,101 @@ impl Drop for Master {
                 let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
             }
         }
+    }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is before it): the
+/// clock of the `at <unix ms>` in the fixture's start lines.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A new path in the system temp dir, unique to this process and call:
+/// `prefork-<tag>-<pid>-<n>-<unix ns>`.
+fn temp_path(tag: &str) -> PathBuf {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("prefork-{tag}-{}-{n}-{nanos}", std::process::id()))
+}
+
+/// A path for a file in the system temp dir, unique to the test; the file (not created until
+/// [`TempFile::write`]) is removed on drop.
+#[derive(Debug)]
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// A new path named after `tag`.
+    pub fn new(tag: &str) -> TempFile {
+        TempFile(temp_path(tag))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Creates the file or replaces its content; panics on failure.
+    pub fn write(&self, content: impl AsRef<[u8]>) {
+        std::fs::write(&self.0, content)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.0.display()));
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A directory created in the system temp dir, unique to the test, removed with everything in
+/// it on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a new directory named after `tag`; panics on failure.
+    pub fn new(tag: &str) -> TempDir {
+        let p = temp_path(tag);
+        std::fs::create_dir_all(&p)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", p.display()));
+        TempDir(p)
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Makes the process that `cmd` starts inherit this process's open `fd` as fd `target`, without
+/// close-on-exec (with `fd == target`, it only clears close-on-exec). `fd` must stay open until
+/// the spawn.
+pub fn inherit_fd(cmd: &mut Command, fd: RawFd, target: RawFd) {
+    // SAFETY: the closure runs in the forked child before exec; it only calls dup2 and fcntl,
+    // which are async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2(fd, fd) would keep close-on-exec: clear it explicitly too.
+            if nix::libc::dup2(fd, target) < 0
+                || nix::libc::fcntl(target, nix::libc::F_SETFD, 0) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -2,10 +2,11 @@
 //! the context says, ends with one line on stderr and a non-zero status: no panic, no hang.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use testkit::inherit_fd;
 
 fn run_worker(stdin: &[u8], setup: impl FnOnce(&mut Command)) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
@@ -46,6 +47,22 @@ fn assert_one_line_failure(out: &Output, needle: &str) {
 
 const HEADER: &str = r#"{"v":1,"generation":0,"readiness":"implicit","notify_fd":null,"fds":[],"threads":null,"master_args":[]}"#;
 
+/// A context that declares `fd` as a TCP listener and gives it to a serving worker.
+fn context_with_tcp_fd(fd: i32) -> String {
+    let header = HEADER.replace(r#""fds":[]"#, &format!(r#""fds":[[{fd},"tcp"]]"#));
+    format!(
+        "{header}\n{{\"id\":0,\"mode\":\"serve\",\"listener\":{{\"kind\":\"tcp\",\"fd\":{fd}}},\"threads\":null,\"nice\":null,\"cpus\":null}}"
+    )
+}
+
+/// Runs a worker whose context declares fd 3 a TCP listener, with this process's `fd` as its
+/// fd 3.
+fn run_worker_with_fd_3(fd: RawFd) -> Output {
+    run_worker(context_with_tcp_fd(3).as_bytes(), |cmd| {
+        inherit_fd(cmd, fd, 3)
+    })
+}
+
 #[test]
 fn garbage_context() {
     let out = run_worker(b"\x00\xffthis is not a prefork context at all", |_| {});
@@ -74,10 +91,7 @@ fn context_of_the_wrong_shape() {
 
 #[test]
 fn declared_fd_that_is_not_open() {
-    let header = HEADER.replace(r#""fds":[]"#, r#""fds":[[7,"tcp"]]"#);
-    let doc = format!(
-        "{header}\n{{\"id\":0,\"mode\":\"serve\",\"listener\":{{\"kind\":\"tcp\",\"fd\":7}},\"threads\":null,\"nice\":null,\"cpus\":null}}"
-    );
+    let doc = context_with_tcp_fd(7);
     let out = run_worker(doc.as_bytes(), |_| {});
     assert_one_line_failure(
         &out,
@@ -87,24 +101,8 @@ fn declared_fd_that_is_not_open() {
 
 #[test]
 fn declared_fd_that_is_a_file() {
-    let header = HEADER.replace(r#""fds":[]"#, r#""fds":[[3,"tcp"]]"#);
-    let doc = format!(
-        "{header}\n{{\"id\":0,\"mode\":\"serve\",\"listener\":{{\"kind\":\"tcp\",\"fd\":3}},\"threads\":null,\"nice\":null,\"cpus\":null}}"
-    );
     let file = std::fs::File::open("/dev/null").unwrap();
-    let raw = file.as_raw_fd();
-    let out = run_worker(doc.as_bytes(), |cmd| {
-        // SAFETY: dup2 in the forked child before exec is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2(3, 3) would keep close-on-exec: clear it explicitly too.
-                if nix::libc::dup2(raw, 3) < 0 || nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let out = run_worker_with_fd_3(file.as_raw_fd());
     assert_one_line_failure(
         &out,
         "inherited fd 3 is not a listening TCP socket: a character device",
@@ -113,25 +111,9 @@ fn declared_fd_that_is_a_file() {
 
 #[test]
 fn declared_fd_that_is_a_connected_socket_not_a_listener() {
-    let header = HEADER.replace(r#""fds":[]"#, r#""fds":[[3,"tcp"]]"#);
-    let doc = format!(
-        "{header}\n{{\"id\":0,\"mode\":\"serve\",\"listener\":{{\"kind\":\"tcp\",\"fd\":3}},\"threads\":null,\"nice\":null,\"cpus\":null}}"
-    );
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let conn = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let raw = conn.as_raw_fd();
-    let out = run_worker(doc.as_bytes(), |cmd| {
-        // SAFETY: dup2 in the forked child before exec is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2(3, 3) would keep close-on-exec: clear it explicitly too.
-                if nix::libc::dup2(raw, 3) < 0 || nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let out = run_worker_with_fd_3(conn.as_raw_fd());
     assert_one_line_failure(&out, "a stream socket that is not listening");
 }
 

@@ -5,104 +5,27 @@
 //! file that does not parse makes `update` print `config rejected: …` and return `None`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use testkit::{DEADLINE, Master, Signal, wait_for};
+use testkit::fx::{starts_total, wait_generation};
+use testkit::{DEADLINE, Master, Signal, TempFile, fx};
 
-fn fx(args: &[&str]) -> Master {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.args(args);
-    Master::start(cmd)
-}
-
-/// The log text without its ANSI colour codes (tracing-subscriber colours even into a pipe).
-fn plain(l: &str) -> String {
-    let mut out = String::with_capacity(l.len());
-    let mut it = l.chars();
-    while let Some(c) = it.next() {
-        if c == '\u{1b}' {
-            for d in it.by_ref() {
-                if ('\u{40}'..='\u{7e}').contains(&d) && d != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A file removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        TempFile(std::env::temp_dir().join(format!("prefork-{tag}-{}-{nanos}", std::process::id())))
-    }
-
-    fn write(&self, s: &str) {
-        std::fs::write(&self.0, s).expect("write the workers file");
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// id → pid of the `worker <id> started pid <pid> gen <gen> …` lines of generation `gen`.
-fn started(m: &Master, gen_: u64) -> BTreeMap<String, i32> {
+/// Writes `n` to the workers file, sends `SIGHUP`, and waits for the update to `n` workers and
+/// for the ids `0..n` of generation `gen_` to run; returns them.
+fn resize(m: &Master, file: &TempFile, n: usize, gen_: u64) -> BTreeMap<String, i32> {
+    file.write(n.to_string());
+    m.signal(Signal::SIGHUP);
     m.stdout
-        .all()
-        .iter()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                ["worker", id, "started", "pid", pid, "gen", g, "at", _]
-                    if g.parse::<u64>().ok() == Some(gen_) =>
-                {
-                    Some((id.to_string(), pid.parse().ok()?))
-                }
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-fn starts_total(m: &Master) -> usize {
-    m.stdout.count(|l| l.contains(" started pid "))
-}
-
-/// Waits until the running workers are exactly generation `gen`'s, ids `0..n`.
-fn wait_generation(m: &Master, gen_: u64, n: usize) -> BTreeMap<String, i32> {
-    let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    wait_for(
-        DEADLINE,
-        &format!("ids 0..{n} of generation {gen_}"),
-        || {
-            let want = started(m, gen_);
-            (want.keys().cloned().collect::<Vec<_>>() == ids
-                && m.workers_by_arg("id") == want
-                && m.workers().len() == n)
-                .then_some(want)
-        },
-    )
+        .wait_line(DEADLINE, |l| l == format!("update desired {n}"));
+    wait_generation(m, gen_, n)
 }
 
 #[test]
 fn a_rejected_config_keeps_the_workers_and_good_ones_resize_the_pool() {
     let file = TempFile::new("workers");
     file.write("3");
-    let path = file.0.to_str().expect("a UTF-8 temp path").to_string();
-    let m = fx(&["--workers-file", &path, "--mode", "serve"]);
+    let path = file.path().to_str().expect("a UTF-8 temp path");
+    let m = fx!(&["--workers-file", path, "--mode", "serve"]);
     let gen0 = wait_generation(&m, 0, 3);
 
     // A bad file: rejected, nothing moves.
@@ -111,7 +34,7 @@ fn a_rejected_config_keeps_the_workers_and_good_ones_resize_the_pool() {
     m.stdout
         .wait_line(DEADLINE, |l| l.starts_with("config rejected"));
     m.stderr.wait_line(DEADLINE, |l| {
-        plain(l).contains("update returned no configuration; keeping the running workers")
+        l.contains("update returned no configuration; keeping the running workers")
     });
     let t = Instant::now();
     let mut checks = 0;
@@ -139,20 +62,14 @@ fn a_rejected_config_keeps_the_workers_and_good_ones_resize_the_pool() {
     );
 
     // Two: id 2 stops, ids 0 and 1 are replaced (generation 1: the rejected HUP did not count).
-    file.write("2");
-    m.signal(Signal::SIGHUP);
-    m.stdout.wait_line(DEADLINE, |l| l == "update desired 2");
-    let gen1 = wait_generation(&m, 1, 2);
+    let gen1 = resize(&m, &file, 2, 1);
     for (id, pid) in &gen1 {
         assert_ne!(gen0.get(id), Some(pid), "id {id} was replaced");
     }
     assert!(!testkit::alive(gen0["2"]), "id 2's worker stopped");
 
     // Four: ids 0 and 1 are replaced again, 2 and 3 start.
-    file.write("4");
-    m.signal(Signal::SIGHUP);
-    m.stdout.wait_line(DEADLINE, |l| l == "update desired 4");
-    let gen2 = wait_generation(&m, 2, 4);
+    let gen2 = resize(&m, &file, 4, 2);
     for (id, pid) in &gen1 {
         assert_ne!(gen2.get(id), Some(pid), "id {id} was replaced");
     }

@@ -6,42 +6,32 @@
 //! start. The gap between two starts is the crashed worker's life, plus the reap, plus the
 //! backoff delay, plus the next exec: never less than the delay (timers must not fire early).
 
-use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use testkit::{DEADLINE, Master, Signal, state, wait_until};
+use testkit::{DEADLINE, Master, Signal, fx, now_ms, state, wait_until};
 
 /// Clock slack: the gaps are measured with the workers' wall clock, the delays with the
 /// master's monotonic clock.
 const TOLERANCE_MS: u64 = 5;
 
-fn fx(args: &[&str]) -> Master {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.args(args);
-    Master::start(cmd)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Starts one `crash` worker with implicit readiness and `--backoff-ms <backoff>`.
+fn crash_loop(backoff: &str) -> Master {
+    fx!(&[
+        "--workers",
+        "1",
+        "--mode",
+        "crash",
+        "--readiness",
+        "implicit",
+        "--backoff-ms",
+        backoff,
+    ])
 }
 
 /// (generation, unix ms) of every `worker 0 started …` line so far.
 fn starts(m: &Master) -> Vec<(u64, u64)> {
-    m.stdout
-        .all()
-        .iter()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                ["worker", "0", "started", "pid", _, "gen", g, "at", at] => {
-                    Some((g.parse().ok()?, at.parse().ok()?))
-                }
-                _ => None,
-            }
-        })
+    fx::starts(m)
+        .into_iter()
+        .filter(|s| s.id == 0)
+        .map(|s| (s.generation, s.at_ms))
         .collect()
 }
 
@@ -56,16 +46,7 @@ fn scheduled(initial: u64, max: u64, n: usize) -> u64 {
 
 #[test]
 fn crash_loop_backs_off_exponentially_up_to_the_cap() {
-    let m = fx(&[
-        "--workers",
-        "1",
-        "--mode",
-        "crash",
-        "--readiness",
-        "implicit",
-        "--backoff-ms",
-        "100,800",
-    ]);
+    let m = crash_loop("100,800");
     let first = m.stdout.wait_line(DEADLINE, is_start);
     let t0: u64 = first.rsplit(' ').next().unwrap().parse().unwrap();
     // Watch 5 s of it (from the first start), bounded by the deadline.
@@ -119,16 +100,7 @@ fn crash_loop_backs_off_exponentially_up_to_the_cap() {
 fn hup_resets_the_backoff_and_retries_at_once() {
     // Delays 300, 600, 1200, 2400, 4800 ms.
     let (initial, max) = (300u64, 4800u64);
-    let m = fx(&[
-        "--workers",
-        "1",
-        "--mode",
-        "crash",
-        "--readiness",
-        "implicit",
-        "--backoff-ms",
-        &format!("{initial},{max}"),
-    ]);
+    let m = crash_loop(&format!("{initial},{max}"));
     // Four failed starts: the next retry is scheduled 2400 ms after the fourth death.
     let fourth = m.stdout.wait_count(DEADLINE, 4, &is_start).remove(3);
     // Once it is reaped, the retry is pending (without this wait, a HUP that overtakes the

@@ -3,24 +3,14 @@
 //! on_quit and the master keeps running; with relaunch settings a HUP yields exactly the desired
 //! number of new workers, and a TERMed worker yields exactly one relaunch of the same id.
 
-use std::process::Command;
 use std::time::Duration;
 
-use testkit::{DEADLINE, Master, Signal, listening_addr, wait_until};
-
-fn fx(args: &[&str]) -> Master {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.args(args);
-    Master::start(cmd)
-}
-
-fn hook(name: &'static str) -> impl Fn(&str) -> bool {
-    move |l: &str| l == format!("hook {name}")
-}
+use testkit::fx::{hook, is_start_line, starts_total};
+use testkit::{DEADLINE, Signal, fx, listening_addr, wait_until};
 
 #[test]
 fn on_start_runs_and_hup_calls_update_server() {
-    let m = fx(&[
+    let m = fx!(&[
         "--default-settings",
         "--hooks",
         "--workers",
@@ -37,47 +27,39 @@ fn on_start_runs_and_hup_calls_update_server() {
     wait_until(DEADLINE, "two sleeping workers", || m.workers().len() == 2);
 }
 
-#[test]
-fn sigterm_ends_with_on_finish() {
-    let mut m = fx(&["--hooks", "--workers", "2"]);
+/// Stops a master with hooks by `sig`: it exits 0, and its hook `called` runs before
+/// `on_finish`.
+fn ends_with_on_finish(sig: Signal, called: &str) {
+    let mut m = fx!(&["--hooks", "--workers", "2"]);
     let _ = listening_addr(&m.stdout);
     m.wait_workers(2, "id");
-    m.signal(Signal::SIGTERM);
+    m.signal(sig);
     assert_eq!(m.wait_exit(DEADLINE), 0);
     let out = m.stdout.all();
-    let t = out
+    let c = out
         .iter()
-        .position(|l| l == "hook on_terminate")
-        .expect("on_terminate");
+        .position(|l| *l == format!("hook {called}"))
+        .expect(called);
     let f = out
         .iter()
         .position(|l| l == "hook on_finish")
         .expect("on_finish");
-    assert!(t < f, "{out:?}");
+    assert!(c < f, "{out:?}");
+}
+
+#[test]
+fn sigterm_ends_with_on_finish() {
+    ends_with_on_finish(Signal::SIGTERM, "on_terminate");
 }
 
 #[test]
 fn sigint_ends_with_on_finish() {
-    let mut m = fx(&["--hooks", "--workers", "2"]);
-    let _ = listening_addr(&m.stdout);
-    m.wait_workers(2, "id");
-    m.signal(Signal::SIGINT);
-    assert_eq!(m.wait_exit(DEADLINE), 0);
-    let out = m.stdout.all();
-    let i = out
-        .iter()
-        .position(|l| l == "hook on_interrupt")
-        .expect("on_interrupt");
-    let f = out
-        .iter()
-        .position(|l| l == "hook on_finish")
-        .expect("on_finish");
-    assert!(i < f, "{out:?}");
+    ends_with_on_finish(Signal::SIGINT, "on_interrupt");
 }
 
 #[test]
 fn sigquit_calls_on_quit_and_the_master_keeps_running() {
-    let mut m = fx(&["--hooks", "--workers", "2"]);
+    let mut m = fx!(&["--hooks", "--workers", "2"]);
     let _ = listening_addr(&m.stdout);
     let before = m.wait_workers(2, "id");
     m.signal(Signal::SIGQUIT);
@@ -89,7 +71,7 @@ fn sigquit_calls_on_quit_and_the_master_keeps_running() {
 
 #[test]
 fn relaunch_hup_yields_exactly_the_desired_number_of_new_workers() {
-    let m = fx(&["--workers", "3"]);
+    let m = fx!(&["--workers", "3"]);
     let _ = listening_addr(&m.stdout);
     let before = m.wait_workers(3, "id");
     m.stdout.wait_count(DEADLINE, 3, &|l| {
@@ -99,50 +81,31 @@ fn relaunch_hup_yields_exactly_the_desired_number_of_new_workers() {
     m.stdout.wait_count(DEADLINE, 3, &|l| {
         l.contains(" started pid ") && l.contains(" gen 1 ")
     });
-    let after = wait_for_new(&m, &before);
+    let after = m.wait_replaced(&before);
     assert_eq!(after.keys().collect::<Vec<_>>(), vec!["0", "1", "2"]);
     // Exactly three new workers were started by the HUP, no more.
-    let started = m.stdout.count(|l| l.contains(" started pid "));
-    assert_eq!(started, 6, "{:?}", m.stdout.all());
-}
-
-fn wait_for_new(
-    m: &Master,
-    before: &std::collections::BTreeMap<String, i32>,
-) -> std::collections::BTreeMap<String, i32> {
-    testkit::wait_for(DEADLINE, "every worker replaced", || {
-        let now = m.workers_by_arg("id");
-        (now.len() == before.len()
-            && m.workers().len() == before.len()
-            && now.iter().all(|(id, pid)| before.get(id) != Some(pid)))
-        .then_some(now)
-    })
+    assert_eq!(starts_total(&m), 6, "{:?}", m.stdout.all());
 }
 
 #[test]
 fn relaunch_a_termed_worker_yields_exactly_one_relaunch_of_the_same_id() {
-    let m = fx(&["--workers", "3"]);
+    let m = fx!(&["--workers", "3"]);
     let _ = listening_addr(&m.stdout);
     let before = m.wait_workers(3, "id");
-    m.stdout
-        .wait_count(DEADLINE, 3, &|l| l.contains(" started pid "));
+    m.stdout.wait_count(DEADLINE, 3, &is_start_line);
     nix::sys::signal::kill(testkit::Pid::from_raw(before["1"]), Signal::SIGTERM).unwrap();
-    m.stdout
-        .wait_count(DEADLINE, 4, &|l| l.contains(" started pid "));
+    m.stdout.wait_count(DEADLINE, 4, &is_start_line);
     let after = m.wait_workers(3, "id");
     assert_ne!(after["1"], before["1"]);
     assert_eq!(after["0"], before["0"]);
     assert_eq!(after["2"], before["2"]);
     let relaunched = m.stdout.all();
-    let ids: Vec<&String> = relaunched
-        .iter()
-        .filter(|l| l.contains(" started pid "))
-        .collect();
+    let ids: Vec<&String> = relaunched.iter().filter(|l| is_start_line(l)).collect();
     assert!(ids[3].starts_with("worker 1 started"), "{ids:?}");
     // And nothing more happens: still exactly four starts a moment later.
     let t = std::time::Instant::now();
     wait_until(DEADLINE, "a quiet second", || {
         t.elapsed() > Duration::from_secs(1)
     });
-    assert_eq!(m.stdout.count(|l| l.contains(" started pid ")), 4);
+    assert_eq!(starts_total(&m), 4);
 }

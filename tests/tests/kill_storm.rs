@@ -9,75 +9,15 @@
 //! one). Only then is the kill sure to hit a worker the master knows to be ready.
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use testkit::{DEADLINE, Master, Pid, Signal, cmdline, state, wait_for, zombies_of};
+use testkit::fx::starts;
+use testkit::{DEADLINE, Master, Pid, Signal, cmdline, fx, now_ms, state, wait_for, zombies_of};
 
 const N: usize = 4;
 const KILLS: usize = 100;
-
-fn fx(args: &[&str]) -> Master {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.args(args);
-    Master::start(cmd)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A worker's `worker <id> started pid <pid> gen <g> at <ms>` line.
-#[derive(Clone, Copy, Debug)]
-struct Start {
-    id: u32,
-    pid: i32,
-    at_ms: u64,
-}
-
-fn parse_start(l: &str) -> Option<Start> {
-    let f: Vec<&str> = l.split_whitespace().collect();
-    match f.as_slice() {
-        ["worker", id, "started", "pid", pid, "gen", _g, "at", at] => Some(Start {
-            id: id.parse().ok()?,
-            pid: pid.parse().ok()?,
-            at_ms: at.parse().ok()?,
-        }),
-        _ => None,
-    }
-}
-
-fn starts(m: &Master) -> Vec<Start> {
-    m.stdout
-        .all()
-        .iter()
-        .filter_map(|l| parse_start(l))
-        .collect()
-}
-
-/// The log text without its ANSI colour codes (tracing-subscriber colours even into a pipe).
-fn plain(l: &str) -> String {
-    let mut out = String::with_capacity(l.len());
-    let mut it = l.chars();
-    while let Some(c) = it.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ params final-byte (0x40..=0x7e)
-            for d in it.by_ref() {
-                if ('\u{40}'..='\u{7e}').contains(&d) && d != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// What `/proc/<pid>/syscall` says.
 #[derive(Debug, PartialEq, Eq)]
@@ -187,7 +127,7 @@ impl Rng {
 
 #[test]
 fn a_storm_of_kills_keeps_every_id_serving_without_backoff() {
-    let m = fx(&["--workers", "4", "--mode", "serve"]);
+    let m = fx!(&["--workers", "4", "--mode", "serve"]);
     let master = m.pid().as_raw();
     assert_ne!(
         syscall(master),
@@ -294,13 +234,12 @@ fn a_storm_of_kills_keeps_every_id_serving_without_backoff() {
         "a respawn took {max_respawn} ms: {respawn_ms:?}"
     );
     let respawned = m.stderr.wait_count(DEADLINE, KILLS, &|l| {
-        plain(l).contains("worker exited; respawning")
+        l.contains("worker exited; respawning")
     });
     let logged: HashSet<i32> = respawned
         .iter()
         .filter_map(|l| {
-            let p = plain(l);
-            let tail = p.split(" pid=").nth(1)?;
+            let tail = l.split(" pid=").nth(1)?;
             tail.split_whitespace().next()?.parse().ok()
         })
         .collect();
@@ -310,8 +249,7 @@ fn a_storm_of_kills_keeps_every_id_serving_without_backoff() {
     let backoffs: Vec<String> = m
         .stderr
         .all()
-        .iter()
-        .map(|l| plain(l))
+        .into_iter()
         .filter(|l| l.contains("died while starting") || l.contains("retry_in_ms"))
         .collect();
     assert!(
@@ -343,7 +281,7 @@ impl Drop for ContOnDrop {
 /// judged.
 #[test]
 fn a_worker_that_died_right_after_reporting_ready_is_respawned_at_once() {
-    let m = fx(&["--workers", "1", "--mode", "serve"]);
+    let m = fx!(&["--workers", "1", "--mode", "serve"]);
     let master = m.pid().as_raw();
     let accept = accept_nrs();
     let ready_worker = || {
@@ -400,11 +338,10 @@ fn a_worker_that_died_right_after_reporting_ready_is_respawned_at_once() {
         testkit::wait_until(DEADLINE, "the new worker dead", || state(w1) == Some('Z'));
         nix::sys::signal::kill(m.pid(), Signal::SIGCONT).expect("cont(master)");
         cont.0.clear();
-        let line = plain(&m.stderr.wait_line(DEADLINE, |l| {
-            let p = plain(l);
-            p.contains(&format!(" pid={w1} "))
-                && (p.contains("worker exited; respawning") || p.contains("died while starting"))
-        }));
+        let line = m.stderr.wait_line(DEADLINE, |l| {
+            l.contains(&format!(" pid={w1} "))
+                && (l.contains("worker exited; respawning") || l.contains("died while starting"))
+        });
         assert!(
             line.contains("worker exited; respawning"),
             "a worker that had reported ready was treated as a failed start: {line}"

@@ -2,19 +2,12 @@
 //! worker is gone within 2 s, even workers that ignore `SIGTERM` (the death signal is
 //! `SIGKILL`).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::{DEADLINE, Master, Signal, alive, signal_masks, wait_until};
-
-fn fx(args: &[&str]) -> Master {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.args(args);
-    Master::start(cmd)
-}
+use testkit::{DEADLINE, Signal, alive, fx, signal_masks, wait_until};
 
 fn workers_die_with_the_master(mode: &str) {
-    let mut m = fx(&["--workers", "4", "--mode", mode]);
+    let mut m = fx!(&["--workers", "4", "--mode", mode]);
     let pids: Vec<i32> = m.wait_workers(4, "id").into_values().collect();
     if mode == "ignore-term" {
         let term = 1u64 << (nix::libc::SIGTERM - 1);

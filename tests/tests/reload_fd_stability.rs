@@ -2,50 +2,12 @@
 //! the master is closed again, and the listener and readiness socket are the same objects.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
-use testkit::{DEADLINE, Master, Signal, fds, state, wait_for, wait_until, zombies_of};
+use testkit::fx::wait_generation;
+use testkit::{DEADLINE, Master, Signal, fds, fx, state, wait_for, wait_until, zombies_of};
 
 const N: usize = 3;
 const RELOADS: u64 = 10;
-
-fn fx(args: &[&str]) -> Master {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.args(args);
-    Master::start(cmd)
-}
-
-/// id → pid of the `worker <id> started pid <pid> gen <gen> …` lines of generation `gen`.
-fn started(m: &Master, gen_: u64) -> BTreeMap<String, i32> {
-    m.stdout
-        .all()
-        .iter()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                ["worker", id, "started", "pid", pid, "gen", g, "at", _]
-                    if g.parse::<u64>().ok() == Some(gen_) =>
-                {
-                    Some((id.to_string(), pid.parse().ok()?))
-                }
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-/// Waits until the running workers are exactly the ones of generation `gen`, and returns them.
-fn wait_generation(m: &Master, gen_: u64) -> BTreeMap<String, i32> {
-    wait_for(
-        DEADLINE,
-        &format!("the workers of generation {gen_}"),
-        || {
-            let want = started(m, gen_);
-            (want.len() == N && m.workers_by_arg("id") == want && m.workers().len() == N)
-                .then_some(want)
-        },
-    )
-}
 
 /// The master's fd table, read while it is idle: asleep in `poll`, not half-way through a
 /// spawn (whose pipes are open only for its duration).
@@ -76,14 +38,14 @@ fn idle_fds(m: &Master) -> BTreeMap<i32, String> {
 
 #[test]
 fn ten_reloads_leave_the_master_fd_table_unchanged() {
-    let m = fx(&["--workers", "3", "--mode", "serve"]);
+    let m = fx!(&["--workers", "3", "--mode", "serve"]);
     let master = m.pid().as_raw();
-    let mut pids = wait_generation(&m, 0);
+    let mut pids = wait_generation(&m, 0, N);
     let before = idle_fds(&m);
     assert!(!before.is_empty(), "the master's fds are readable");
     for g in 1..=RELOADS {
         m.signal(Signal::SIGHUP);
-        let new = wait_generation(&m, g);
+        let new = wait_generation(&m, g, N);
         for (id, pid) in &new {
             assert_ne!(pids.get(id), Some(pid), "reload {g}: id {id} has a new pid");
         }

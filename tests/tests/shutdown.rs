@@ -3,66 +3,48 @@
 //! workers that drain on their stop signal end by themselves. The master exits 0 each time.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::{DEADLINE, Master, Signal, alive, signal_masks, wait_until};
+use testkit::fx::hook;
+use testkit::{DEADLINE, Master, Signal, alive, fx, signal_masks, wait_until};
 
 /// The `SIGTERM` bit of a `/proc/<pid>/status` signal set.
 const TERM_BIT: u64 = 1 << (nix::libc::SIGTERM - 1);
 
-fn fx(args: &[&str]) -> Master {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.args(args);
-    Master::start(cmd)
-}
-
-/// The log text without its ANSI colour codes (tracing-subscriber colours even into a pipe).
-fn plain(l: &str) -> String {
-    let mut out = String::with_capacity(l.len());
-    let mut it = l.chars();
-    while let Some(c) = it.next() {
-        if c == '\u{1b}' {
-            for d in it.by_ref() {
-                if ('\u{40}'..='\u{7e}').contains(&d) && d != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn logged(what: &'static str) -> impl Fn(&str) -> bool {
-    move |l: &str| plain(l).contains(what)
+    move |l: &str| l.contains(what)
 }
 
-/// Waits for `n` workers and for each to have `SIGTERM` in its ignored (`ign`) or caught
-/// (`!ign`) set, so that a stop signal meets the behaviour under test, not the default action.
-fn workers_with_term(m: &Master, n: usize, ign: bool) -> BTreeMap<String, i32> {
+/// Starts `n` workers in `mode` with `--shutdown-ms <shutdown_ms>`, and waits for each to have
+/// `SIGTERM` in its ignored (`ign`) or caught (`!ign`) set, so that a stop signal meets the
+/// behaviour under test, not the default action.
+fn start_with_term(
+    n: usize,
+    mode: &str,
+    shutdown_ms: &str,
+    ign: bool,
+) -> (Master, BTreeMap<String, i32>) {
+    let m = fx!(&[
+        "--workers",
+        &n.to_string(),
+        "--mode",
+        mode,
+        "--shutdown-ms",
+        shutdown_ms,
+    ]);
     let w = m.wait_workers(n, "id");
     for &pid in w.values() {
         wait_until(DEADLINE, &format!("worker {pid} handles SIGTERM"), || {
             signal_masks(pid).is_some_and(|(_, i, c)| (if ign { i } else { c }) & TERM_BIT != 0)
         });
     }
-    w
-}
-
-/// Waits until the master and every worker are gone and their output is read to the end
-/// (both pipes closed), so that what follows sees every line.
-fn wait_output_closed(m: &Master) {
-    wait_until(DEADLINE, "the master's stdout and stderr closed", || {
-        m.stdout.closed() && m.stderr.closed()
-    });
+    (m, w)
 }
 
 /// Asserts that the master's log says each of `pids` exited with `status` (e.g. `signal SIGKILL`).
 fn assert_exits(m: &Master, pids: &BTreeMap<String, i32>, status: &str) {
-    wait_output_closed(m);
-    let log: Vec<String> = m.stderr.all().iter().map(|l| plain(l)).collect();
+    m.wait_output_closed(DEADLINE);
+    let log = m.stderr.all();
     for pid in pids.values() {
         let line = log
             .iter()
@@ -78,21 +60,13 @@ fn assert_exits(m: &Master, pids: &BTreeMap<String, i32>, status: &str) {
 
 #[test]
 fn workers_that_ignore_term_are_killed_at_the_shutdown_deadline() {
-    let mut m = fx(&[
-        "--workers",
-        "2",
-        "--mode",
-        "ignore-term",
-        "--shutdown-ms",
-        "1500",
-    ]);
-    let w = workers_with_term(&m, 2, true);
+    let (mut m, w) = start_with_term(2, "ignore-term", "1500", true);
     let t = Instant::now();
     m.signal(Signal::SIGTERM);
     let code = m.wait_exit(DEADLINE);
     let took = t.elapsed();
     eprintln!("shutdown with workers ignoring TERM took {took:?}");
-    wait_output_closed(&m);
+    m.wait_output_closed(DEADLINE);
     assert_eq!(code, 0, "the master exits 0");
     assert!(
         took >= Duration::from_millis(1500),
@@ -112,15 +86,7 @@ fn workers_that_ignore_term_are_killed_at_the_shutdown_deadline() {
 
 #[test]
 fn a_second_term_during_shutdown_kills_at_once() {
-    let mut m = fx(&[
-        "--workers",
-        "2",
-        "--mode",
-        "ignore-term",
-        "--shutdown-ms",
-        "60000",
-    ]);
-    let w = workers_with_term(&m, 2, true);
+    let (mut m, w) = start_with_term(2, "ignore-term", "60000", true);
     let t = Instant::now();
     m.signal(Signal::SIGTERM);
     // The first TERM was handled (the two would coalesce otherwise).
@@ -131,7 +97,7 @@ fn a_second_term_during_shutdown_kills_at_once() {
     let code = m.wait_exit(DEADLINE);
     let (total, after_second) = (t.elapsed(), t2.elapsed());
     eprintln!("second TERM: exit {after_second:?} after it, {total:?} after the first");
-    wait_output_closed(&m);
+    m.wait_output_closed(DEADLINE);
     assert_eq!(code, 0, "the master exits 0");
     assert!(
         after_second < Duration::from_secs(10),
@@ -147,10 +113,6 @@ fn a_second_term_during_shutdown_kills_at_once() {
     assert_exits(&m, &w, "signal SIGKILL");
 }
 
-fn hook(name: &'static str) -> impl Fn(&str) -> bool {
-    move |l: &str| l == format!("hook {name}")
-}
-
 /// Index of the one line equal to `hook <name>`; panics if there is not exactly one.
 fn hook_at(out: &[String], name: &str) -> usize {
     let want = format!("hook {name}");
@@ -160,12 +122,12 @@ fn hook_at(out: &[String], name: &str) -> usize {
 }
 
 fn stop_with_hooks(sig: Signal, called: &str, not_called: &str) {
-    let mut m = fx(&["--hooks", "--workers", "2", "--mode", "serve"]);
+    let mut m = fx!(&["--hooks", "--workers", "2", "--mode", "serve"]);
     m.stdout.wait_line(DEADLINE, hook("on_start"));
     m.wait_workers(2, "id");
     m.signal(sig);
     assert_eq!(m.wait_exit(DEADLINE), 0, "the master exits 0");
-    wait_output_closed(&m);
+    m.wait_output_closed(DEADLINE);
     let out = m.stdout.all();
     let c = hook_at(&out, called);
     let f = hook_at(&out, "on_finish");
@@ -188,15 +150,7 @@ fn sigterm_calls_on_terminate_then_on_finish() {
 
 #[test]
 fn draining_workers_finish_by_themselves_on_term() {
-    let mut m = fx(&[
-        "--workers",
-        "3",
-        "--mode",
-        "drain",
-        "--shutdown-ms",
-        "20000",
-    ]);
-    let w = workers_with_term(&m, 3, false);
+    let (mut m, w) = start_with_term(3, "drain", "20000", false);
     let t = Instant::now();
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait_exit(DEADLINE), 0, "the master exits 0");
@@ -206,7 +160,7 @@ fn draining_workers_finish_by_themselves_on_term() {
         took < Duration::from_secs(15),
         "the master waited for the deadline: {took:?}"
     );
-    wait_output_closed(&m);
+    m.wait_output_closed(DEADLINE);
     let out = m.stdout.all();
     for id in w.keys() {
         let want = format!("worker {id} drained");

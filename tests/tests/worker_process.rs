@@ -7,10 +7,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{DEADLINE, Master, cmdline, fds, listening_addr, signal_masks};
+use testkit::{
+    DEADLINE, Master, TempDir, cmdline, fds, fx, inherit_fd, listening_addr, signal_masks,
+};
 
-fn fx() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fx-master"))
+/// Waits until the master listens and its worker 0 started; returns the address and the pid.
+fn worker_0(m: &Master) -> (SocketAddr, i32) {
+    let addr = listening_addr(&m.stdout);
+    let w = m.wait_workers(1, "id");
+    m.stdout
+        .wait_line(DEADLINE, |l| l.starts_with("worker 0 started"));
+    (addr, w["0"])
 }
 
 fn ask(addr: SocketAddr) -> String {
@@ -23,41 +30,24 @@ fn ask(addr: SocketAddr) -> String {
 
 #[test]
 fn worker_accepts_on_the_inherited_listener() {
-    let mut cmd = fx();
-    cmd.args(["--workers", "1"]);
-    let m = Master::start(cmd);
-    let addr = listening_addr(&m.stdout);
-    let w = m.wait_workers(1, "id");
-    let pid = w["0"];
-    m.stdout
-        .wait_line(DEADLINE, |l| l.starts_with("worker 0 started"));
+    let m = fx!(&["--workers", "1"]);
+    let (addr, pid) = worker_0(&m);
     let answer = ask(addr);
     assert_eq!(answer.trim(), format!("pid {pid} id 0 gen 0"));
 }
 
 #[test]
 fn worker_holds_only_stdio_its_declared_socket_and_its_readiness_socket() {
-    let mut cmd = fx();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
     cmd.args(["--workers", "1"]);
     // A stray fd without close-on-exec in the master's own environment: it must not reach the
     // worker. (The test process's fds are close-on-exec, so make one that is not.)
     let stray = std::fs::File::open("/dev/null").unwrap();
     let stray_fd = std::os::fd::AsRawFd::as_raw_fd(&stray);
-    // SAFETY: pre_exec runs in the forked child before exec; fcntl is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if nix::libc::fcntl(stray_fd, nix::libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    inherit_fd(&mut cmd, stray_fd, stray_fd);
     let m = Master::start(cmd);
-    let _ = listening_addr(&m.stdout);
-    let w = m.wait_workers(1, "id");
-    m.stdout
-        .wait_line(DEADLINE, |l| l.starts_with("worker 0 started"));
-    let worker = fds(w["0"]);
+    let (_, pid) = worker_0(&m);
+    let worker = fds(pid);
     let master = fds(m.pid().as_raw());
     assert!(
         master.contains_key(&stray_fd),
@@ -89,8 +79,7 @@ fn worker_holds_only_stdio_its_declared_socket_and_its_readiness_socket() {
 
 #[test]
 fn argv_shows_args_and_runtime_options_which_are_applied() {
-    let mut cmd = fx();
-    cmd.args([
+    let m = fx!(&[
         "--workers",
         "2",
         "--threads",
@@ -100,7 +89,6 @@ fn argv_shows_args_and_runtime_options_which_are_applied() {
         "--cpus",
         "0",
     ]);
-    let m = Master::start(cmd);
     let _ = listening_addr(&m.stdout);
     let w = m.wait_workers(2, "id");
     for (id, pid) in &w {
@@ -152,14 +140,9 @@ fn argv_shows_args_and_runtime_options_which_are_applied() {
 
 #[test]
 fn worker_has_an_empty_signal_mask_and_no_marker() {
-    let mut cmd = fx();
-    cmd.args(["--workers", "1"]);
-    let m = Master::start(cmd);
-    let _ = listening_addr(&m.stdout);
-    let w = m.wait_workers(1, "id");
-    m.stdout
-        .wait_line(DEADLINE, |l| l.starts_with("worker 0 started"));
-    let (blocked, ignored, _caught) = signal_masks(w["0"]).unwrap();
+    let m = fx!(&["--workers", "1"]);
+    let (_, pid) = worker_0(&m);
+    let (blocked, ignored, _caught) = signal_masks(pid).unwrap();
     assert_eq!(blocked, 0, "signal mask of the worker");
     let sighup_bit = 1u64 << (nix::libc::SIGHUP - 1);
     assert_eq!(ignored & sighup_bit, 0, "HUP is not ignored in the worker");
@@ -175,19 +158,13 @@ fn worker_has_an_empty_signal_mask_and_no_marker() {
 
 #[test]
 fn unix_and_tcp_listeners_are_both_inherited_and_rlimits_applied() {
-    let dir = std::env::temp_dir().join(format!("prefork-unix-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("fx.sock");
-    let mut cmd = fx();
+    let dir = TempDir::new("unix");
+    let sock = dir.path().join("fx.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
     cmd.args(["--workers", "1", "--nofile", "512", "--unix"])
         .arg(&sock);
     let m = Master::start(cmd);
-    let addr = listening_addr(&m.stdout);
-    let w = m.wait_workers(1, "id");
-    let pid = w["0"];
-    m.stdout
-        .wait_line(DEADLINE, |l| l.starts_with("worker 0 started"));
+    let (addr, pid) = worker_0(&m);
     // Both sockets, in declaration order, then the readiness socket.
     let table = fds(pid);
     assert_eq!(
@@ -208,6 +185,4 @@ fn unix_and_tcp_listeners_are_both_inherited_and_rlimits_applied() {
         .unwrap();
     let nums: Vec<&str> = nofile.split_whitespace().skip(3).take(2).collect();
     assert_eq!(nums, vec!["512", "512"], "{nofile}");
-    drop(m);
-    let _ = std::fs::remove_dir_all(&dir);
 }
