@@ -237,7 +237,7 @@ impl Drop for Log {
 }
 
 /// Warnings and errors the masters logged that a benchmark does not cause on purpose (a killed
-/// worker's `worker exited; respawning` is expected): collected for the report's notes.
+/// worker's `worker exited; respawned` is expected): collected for the report's notes.
 static UNEXPECTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Log lines at WARN or ERROR that no measurement caused on purpose, from every master so far.
@@ -246,7 +246,7 @@ pub fn unexpected_log_lines() -> Vec<String> {
 }
 
 fn collect_unexpected(name: &str, log: &Log) {
-    const EXPECTED: &[&str] = &["worker exited; respawning"];
+    const EXPECTED: &[&str] = &["worker exited; respawned"];
     let lines = log.matching(0, |l| {
         (l.text.contains(" WARN ") || l.text.contains(" ERROR "))
             && !EXPECTED.iter().any(|e| l.text.contains(e))

@@ -60,6 +60,8 @@ const HANDLED: [i32; 5] = [
 struct SignalInbox {
     flags: [Arc<AtomicBool>; 5],
     wake_r: OwnedFd,
+    /// Written by the handlers. Fields drop after `Drop::drop`, so it is closed only once the
+    /// actions that write it are unregistered.
     _wake_w: OwnedFd,
     ids: Vec<signal_hook::SigId>,
 }
@@ -71,17 +73,23 @@ impl SignalInbox {
                 .map_err(|e| Error::Signal(e.into()))?;
         let flags: [Arc<AtomicBool>; 5] = Default::default();
         let mut ids = Vec::new();
+        let wfd = w.as_raw_fd();
         for (sig, flag) in HANDLED.iter().zip(flags.iter()) {
-            // The flag first, then the byte: actions run in registration order, so the flag is
-            // set before the loop can wake up for it.
-            ids.push(signal_hook::flag::register(*sig, Arc::clone(flag)).map_err(Error::Signal)?);
-            ids.push(
-                signal_hook::low_level::pipe::register_raw(
-                    *sig,
-                    w.try_clone().map_err(Error::Signal)?,
-                )
-                .map_err(Error::Signal)?,
-            );
+            let flag = Arc::clone(flag);
+            let action = move || {
+                // The flag first, then the byte, in one action: when the loop wakes up for the
+                // byte, the flag is already set.
+                flag.store(true, Ordering::SeqCst);
+                // SAFETY: write(2) is async-signal-safe; `wfd` stays open while this action is
+                // registered (Drop unregisters before closing it). A full pipe (EAGAIN) is fine:
+                // the loop has a wake-up pending anyway. signal-hook preserves errno.
+                unsafe { nix::libc::write(wfd, [1u8].as_ptr().cast(), 1) };
+            };
+            // SAFETY: the action only stores to an atomic and calls write(2): both are
+            // async-signal-safe, and it neither allocates nor locks nor panics.
+            let id =
+                unsafe { signal_hook::low_level::register(*sig, action) }.map_err(Error::Signal)?;
+            ids.push(id);
         }
         Ok(SignalInbox {
             flags,
@@ -110,23 +118,31 @@ impl SignalInbox {
 
 impl Drop for SignalInbox {
     fn drop(&mut self) {
-        // The handlers stay installed (signal-hook cannot restore the default), but they must
-        // stop writing into a pipe that is being closed.
+        // The handlers stay installed (signal-hook cannot restore the default), but our actions
+        // must stop writing into the pipe before it is closed (when `_wake_w` drops, after this).
         for id in self.ids.drain(..) {
             signal_hook::low_level::unregister(id);
         }
     }
 }
 
-/// What `fork` calls go through: the user's callback, with the spawn environment set.
+/// What the state machine acts through: the user's `fork` callback (with the spawn environment
+/// set), `kill`, and the readiness socket, drained after every spawn.
 struct Ops<'a, W> {
     fork: &'a mut dyn FnMut(&W) -> Result<Pid>,
+    notify: &'a OwnedFd,
+    /// Readiness messages read while spawning, for the caller to hand to the pool.
+    ready: Vec<Pid>,
 }
 
 impl<W> Processes<W> for Ops<'_, W> {
     fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid> {
         with_spawn_env(|e| e.generation = generation);
-        (self.fork)(ctx)
+        let r = (self.fork)(ctx);
+        // A long batch of spawns (a start or a reload of many workers) must not let the
+        // readiness socket fill up: its senders would block in `worker::ready()`.
+        recv_ready(self.notify, &mut self.ready);
+        r
     }
 
     fn signal(&mut self, pid: Pid, sig: Signal) {
@@ -206,12 +222,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         self.config = config;
         (self.s.on_start)(self.config.as_ref());
-        if let Some(fork) = self.fork.as_mut() {
+        if self.fork.is_some() {
             self.desired = set.clone();
-            let now = Instant::now();
             let errors = self
-                .pool
-                .reload(set.into_map(), now, &mut Ops { fork: &mut **fork });
+                .drive(|pool, ops| pool.reload(set.into_map(), Instant::now(), ops))
+                .unwrap_or_default();
             if let Some((_, e)) = errors.into_iter().next() {
                 self.abort_start();
                 return Err(e);
@@ -323,9 +338,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             self.reload();
         }
         let now = Instant::now();
-        if let Some(fork) = self.fork.as_mut() {
-            self.pool.tick(now, &mut Ops { fork: &mut **fork });
-        }
+        self.drive(|pool, ops| pool.tick(now, ops));
         if let Phase::Stopping {
             deadline,
             killed: false,
@@ -369,12 +382,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             // report ready and die before the pass ends.)
             self.read_ready();
             let now = Instant::now();
-            let known = match self.fork.as_mut() {
-                Some(fork) => self
-                    .pool
-                    .exited(pid, how, now, &mut Ops { fork: &mut **fork }),
-                None => false,
-            };
+            let known = self
+                .drive(|pool, ops| pool.exited(pid, how, now, ops))
+                .unwrap_or(false);
             if !known {
                 if self.unmanaged.remove(&pid) {
                     tracing::info!(%pid, status = %how, "worker exited");
@@ -394,28 +404,36 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
     }
 
-    fn read_ready(&mut self) {
-        let mut buf = [0u8; 64];
-        loop {
-            match nix::sys::socket::recv(self.notify.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
-            {
-                Ok(n) => {
-                    let Some(pid) = crate::protocol::parse_ready(&buf[..n]) else {
-                        tracing::debug!("ignoring a malformed readiness message");
-                        continue;
-                    };
-                    if let Some(fork) = self.fork.as_mut() {
-                        self.pool.ready(
-                            Pid::from_raw(pid),
-                            Instant::now(),
-                            &mut Ops { fork: &mut **fork },
-                        );
-                    }
-                }
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
+    /// Runs `f` on the pool with the process operations, then hands the pool every readiness
+    /// message read meanwhile (which may start more workers, and read more messages). `None`
+    /// without relaunch settings.
+    fn drive<R>(&mut self, f: impl FnOnce(&mut Pool<W>, &mut Ops<'_, W>) -> R) -> Option<R> {
+        let fork = self.fork.as_mut()?;
+        let mut ops = Ops {
+            fork: &mut **fork,
+            notify: &self.notify,
+            ready: Vec::new(),
+        };
+        let r = f(&mut self.pool, &mut ops);
+        while !ops.ready.is_empty() {
+            for pid in std::mem::take(&mut ops.ready) {
+                self.pool.ready(pid, Instant::now(), &mut ops);
             }
         }
+        Some(r)
+    }
+
+    fn read_ready(&mut self) {
+        let mut msgs = Vec::new();
+        recv_ready(&self.notify, &mut msgs);
+        if msgs.is_empty() {
+            return;
+        }
+        self.drive(|pool, ops| {
+            for pid in msgs {
+                pool.ready(pid, Instant::now(), ops);
+            }
+        });
     }
 
     fn stop(&mut self, sig: Signal) {
@@ -471,18 +489,14 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         self.config = Some(config);
         self.generation += 1;
         with_spawn_env(|e| e.generation = self.generation);
-        if let Some(fork) = self.fork.as_mut() {
+        if self.fork.is_some() {
             tracing::info!(
                 generation = self.generation,
                 desired = set.len(),
                 "SIGHUP: reconciling the declared workers"
             );
             self.desired = set.clone();
-            let _ = self.pool.reload(
-                set.into_map(),
-                Instant::now(),
-                &mut Ops { fork: &mut **fork },
-            );
+            self.drive(|pool, ops| pool.reload(set.into_map(), Instant::now(), ops));
         } else {
             tracing::info!(
                 generation = self.generation,
@@ -492,6 +506,21 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         if let Some(c) = &self.config {
             let extra = (self.s.update_server)(c);
             self.unmanaged.extend(extra);
+        }
+    }
+}
+
+/// Reads every queued readiness message (non-blocking) into `out`.
+fn recv_ready(notify: &OwnedFd, out: &mut Vec<Pid>) {
+    let mut buf = [0u8; 64];
+    loop {
+        match nix::sys::socket::recv(notify.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => match crate::protocol::parse_ready(&buf[..n]) {
+                Some(pid) => out.push(Pid::from_raw(pid)),
+                None => tracing::debug!("ignoring a malformed readiness message"),
+            },
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
         }
     }
 }

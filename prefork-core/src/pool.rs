@@ -369,6 +369,7 @@ impl<W: WorkerContext> Pool<W> {
             return false;
         };
         let mut delay_needed = None;
+        let mut served = None;
         if let Some(slot) = self.slots.get_mut(&id) {
             let p = if was_current {
                 slot.current.take()
@@ -390,9 +391,8 @@ impl<W: WorkerContext> Pool<W> {
                         "worker exited during its replacement; the replacement takes over");
                 } else if settled {
                     slot.failures = 0;
-                    tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
-                        uptime_ms = now.duration_since(p.spawned_at).as_millis() as u64,
-                        "worker exited; respawning");
+                    // Logged after the respawn below: a log write must not delay it.
+                    served = Some((p.generation, now.duration_since(p.spawned_at)));
                 } else {
                     slot.failures += 1;
                     delay_needed = Some((slot.failures, "worker died while starting"));
@@ -416,6 +416,15 @@ impl<W: WorkerContext> Pool<W> {
             }
         }
         let _ = self.pump(now, ops);
+        if let Some((generation, uptime)) = served {
+            let new_pid = self
+                .slots
+                .get(&id)
+                .and_then(|s| s.current.as_ref())
+                .map(|p| p.pid.as_raw());
+            tracing::warn!(worker_id = ?id, %pid, status = %how, generation,
+                uptime_ms = uptime.as_millis() as u64, new_pid, "worker exited; respawned");
+        }
         true
     }
 

@@ -11,9 +11,14 @@
 //! 3. argv and envp are built as C strings: the program name as the master got it (so `ps` looks
 //!    the same), the context's `args()`, its runtime options in `+RTS … -RTS` form. The marker
 //!    `PREFORK_WORKER=1` is added; `NOTIFY_SOCKET` and `LISTEN_*` are removed.
-//! 4. Every signal is blocked around `fork`, so no handler of the master runs in the child.
+//! 4. Every signal is blocked around the `clone`, so no handler of the master runs in the child.
+//!    The child is made by `clone(CLONE_VM | CLONE_VFORK)`, as glibc's `posix_spawn` does: it
+//!    runs on a small stack of its own inside the master's memory while the master's thread
+//!    waits for its `execve`, so nothing is copied and a spawn costs the same whatever the
+//!    master's size (a `fork` copies the page tables: about half the master's CPU per respawn,
+//!    measured in BENCHMARKS.md). The child's code below writes only to memory prepared for it.
 //!
-//! In the child, between `fork` and `execve` (async-signal-safe system calls only: no
+//! In the child, between `clone` and `execve` (async-signal-safe system calls only: no
 //! allocation, no locks, no logging, no panics):
 //! 1. Every source fd, and the exec-error pipe, is first duplicated above the highest target
 //!    number (`F_DUPFD_CLOEXEC`), then `dup2`ed onto its target. Two passes, so a source whose
@@ -285,6 +290,28 @@ fn context_pipe(doc: &[u8]) -> Result<OwnedFd> {
     Ok(r)
 }
 
+/// The child's stack. Its code uses a few hundred bytes; there is no guard page, so be generous.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// What `child_entry` receives.
+struct ChildArgs<'a> {
+    plan: &'a mut ChildPlan,
+    err_w: RawFd,
+    path: &'a CString,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+}
+
+/// The entry point of the cloned child. Never returns.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `fork_exec` passed to `clone`; it lives on the
+    // suspended parent's stack until this child exec'd or exited.
+    unsafe {
+        let a = &mut *(arg as *mut ChildArgs<'_>);
+        a.plan.child_after_fork(a.err_w, a.path, a.argv, a.envp)
+    }
+}
+
 /// Everything the child needs between fork and exec, prepared (allocated) in the parent.
 struct ChildPlan {
     /// Source fds; source i goes to fd `FIRST_INHERITED_FD + i`.
@@ -342,8 +369,9 @@ impl ChildPlan {
         })
     }
 
-    /// Forks and execs. Returns the child's pid once `execve` succeeded, or the child's errno
-    /// (after reaping it) when anything before or at `execve` failed.
+    /// Starts the child (`clone` with `CLONE_VM | CLONE_VFORK`, as glibc's `posix_spawn` does)
+    /// and execs. Returns the child's pid once `execve` succeeded, or the child's errno (after
+    /// reaping it) when anything before or at `execve` failed.
     fn fork_exec(
         mut self,
         path: &CString,
@@ -358,14 +386,34 @@ impl ChildPlan {
             Some(&all),
             Some(&mut old),
         )?;
-        // SAFETY: the child runs only `child_after_fork`, which makes async-signal-safe system
-        // calls on memory prepared before the fork (no allocation, no locks, no unwinding: it
-        // ends in `execve` or `_exit`). The parent restores its signal mask right after.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: we are the child of a fork; see `child_after_fork`.
-            unsafe { self.child_after_fork(err_w.as_raw_fd(), path, argv, envp) }
-        }
+        // The child runs on a stack of its own, in the master's memory (CLONE_VM), while the
+        // master's thread waits (CLONE_VFORK) until it has exec'd or exited. Nothing is
+        // copied, so starting a worker costs the same whatever the master's size.
+        let mut stack = vec![0u8; CHILD_STACK];
+        let mut args = ChildArgs {
+            plan: &mut self,
+            err_w: err_w.as_raw_fd(),
+            path,
+            argv,
+            envp,
+        };
+        // The stack grows down on every Linux target: start at the top, 16-byte aligned.
+        let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+        // SAFETY: `child_entry` runs only `child_after_fork`: async-signal-safe system calls on
+        // memory prepared before the clone, no allocation, no locks, no unwinding, ending in
+        // `execve` or `_exit`. Every signal is blocked (above) until the child has reset the
+        // handlers, so no handler of the master runs on the child's stack. `stack` and `args`
+        // outlive the child's use of them: CLONE_VFORK suspends this thread until the child
+        // exec'd or exited.
+        let pid = unsafe {
+            libc::clone(
+                child_entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut args as *mut ChildArgs<'_>).cast(),
+            )
+        };
+        drop(stack);
         let fork_errno = io::Error::last_os_error();
         let _ = nix::sys::signal::pthread_sigmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
@@ -408,8 +456,9 @@ impl ChildPlan {
     ///
     /// # Safety
     ///
-    /// Must be called only in the child of `fork`, once. Everything here is an async-signal-safe
-    /// system call on memory that was allocated before the fork.
+    /// Must be called only in the child of `clone(CLONE_VM | CLONE_VFORK)` or `fork`, once, with
+    /// every signal blocked. Everything here is an async-signal-safe system call on memory that
+    /// was allocated before; with `CLONE_VM` that memory is the parent's, which is suspended.
     unsafe fn child_after_fork(
         &mut self,
         err_w: RawFd,

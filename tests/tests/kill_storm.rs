@@ -233,9 +233,9 @@ fn a_storm_of_kills_keeps_every_id_serving_without_backoff() {
         max_respawn < 2000,
         "a respawn took {max_respawn} ms: {respawn_ms:?}"
     );
-    let respawned = m.stderr.wait_count(DEADLINE, KILLS, &|l| {
-        l.contains("worker exited; respawning")
-    });
+    let respawned = m
+        .stderr
+        .wait_count(DEADLINE, KILLS, &|l| l.contains("worker exited; respawned"));
     let logged: HashSet<i32> = respawned
         .iter()
         .filter_map(|l| {
@@ -273,12 +273,12 @@ impl Drop for ContOnDrop {
 
 /// A worker that reported ready and then died before the master got round to reading its
 /// message is still a worker that was up: it must be respawned at once, not backed off as a
-/// failed start. Made deterministic by freezing the master (`SIGSTOP`) while the new worker
-/// boots, reports ready and is killed, so that its readiness message and its `SIGCHLD` reach
-/// the master together. The master is frozen while it waits for the new worker's exec, inside
-/// the reap pass that respawns the old one, so the same pass then reaps the new one: reading
-/// readiness before each wake-up's reaping is not enough, it must be read before each exit is
-/// judged.
+/// failed start. Made deterministic by freezing the master (`SIGSTOP`) while the new worker,
+/// caught after its exec and before it reported ready, reports ready and is killed: its
+/// readiness message and its `SIGCHLD` then reach the master in one wake-up, and the master
+/// must read the message before it judges the exit. (The master spawns with
+/// `clone(CLONE_VFORK)`, so it cannot be frozen before the new worker's exec: a child stopped
+/// that early is let go and the round is tried again.)
 #[test]
 fn a_worker_that_died_right_after_reporting_ready_is_respawned_at_once() {
     let m = fx!(&["--workers", "1", "--mode", "serve"]);
@@ -298,8 +298,8 @@ fn a_worker_that_died_right_after_reporting_ready_is_respawned_at_once() {
             break;
         }
         let w = wait_for(DEADLINE, "a ready worker", ready_worker);
-        // Its successor: caught between fork and exec, where it is stopped (SIGSTOP cannot be
-        // blocked) while the master waits for its exec.
+        // Its successor: caught after its exec but before it reported ready, and stopped
+        // (SIGSTOP cannot be blocked).
         nix::sys::signal::kill(Pid::from_raw(w), Signal::SIGKILL).expect("kill(worker)");
         let t = Instant::now();
         let w1 = loop {
@@ -312,15 +312,25 @@ fn a_worker_that_died_right_after_reporting_ready_is_respawned_at_once() {
             }
             assert!(t.elapsed() < DEADLINE, "no respawn of {w}");
         };
+        // Wait (tightly) for its exec: before it, the master is in its vfork wait.
+        while !cmdline(w1).is_some_and(|a| a.iter().any(|x| x.starts_with("id="))) {
+            assert!(t.elapsed() < DEADLINE, "{w1} never exec'd");
+        }
         // Until the master runs again, w1 cannot be reaped, so its pid stays its own.
         let mut cont = ContOnDrop(vec![w1, master]);
         nix::sys::signal::kill(Pid::from_raw(w1), Signal::SIGSTOP).expect("stop(new worker)");
         testkit::wait_until(DEADLINE, "the new worker stopped", || {
             state(w1) == Some('T')
         });
-        if cmdline(w1).is_some_and(|a| a.iter().any(|x| x.starts_with("id="))) {
-            // Too late: it already exec'd, and may have reported ready to a running master.
-            eprintln!("attempt {attempt}: caught {w1} after its exec; again");
+        if !cmdline(w1).is_some_and(|a| a.iter().any(|x| x.starts_with("id="))) {
+            // Too early: stopped before its exec. The master is then in its vfork wait
+            // (CLONE_VFORK), which SIGSTOP cannot interrupt until the child execs.
+            eprintln!("attempt {attempt}: caught {w1} before its exec; again");
+            continue;
+        }
+        if matches!(syscall(w1), Sys::In(n) if accept.contains(&n)) {
+            // Too late: it already reported ready to a running master.
+            eprintln!("attempt {attempt}: caught {w1} after it was ready; again");
             continue;
         }
         nix::sys::signal::kill(m.pid(), Signal::SIGSTOP).expect("stop(master)");
@@ -340,10 +350,10 @@ fn a_worker_that_died_right_after_reporting_ready_is_respawned_at_once() {
         cont.0.clear();
         let line = m.stderr.wait_line(DEADLINE, |l| {
             l.contains(&format!(" pid={w1} "))
-                && (l.contains("worker exited; respawning") || l.contains("died while starting"))
+                && (l.contains("worker exited; respawned") || l.contains("died while starting"))
         });
         assert!(
-            line.contains("worker exited; respawning"),
+            line.contains("worker exited; respawned"),
             "a worker that had reported ready was treated as a failed start: {line}"
         );
         rounds += 1;
