@@ -605,7 +605,7 @@ fn respawn(plan: &Plan, bins: &Bins, rows: &mut Vec<Row>, notes: &mut Vec<String
                         s.server
                             .log
                             .wait_line(mark, Duration::from_secs(10), "the exit", |l| {
-                                l.text.contains("worker exited")
+                                l.text.contains("child reaped")
                                     && l.field("pid") == Some(&old.to_string())
                             })?;
                     let (t_ex, t_sp) = (
@@ -627,7 +627,7 @@ fn respawn(plan: &Plan, bins: &Bins, rows: &mut Vec<Row>, notes: &mut Vec<String
         let one_ms = |m: f64| m <= 1e6;
         rows.push(Row::measured(
             2,
-            format!("respawn, N={n}: SIGKILL → master reaped it (master log: `worker exited`)"),
+            format!("respawn, N={n}: SIGKILL → master reaped it (master log: `child reaped`)"),
             &reaped,
             Unit::Time,
             None,

@@ -376,6 +376,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 }
             };
             reaped += 1;
+            tracing::debug!(%pid, status = %how, "child reaped");
             // A child queues its readiness datagram before it can exit, so once waitpid returned
             // it, the message is readable: read it before classifying the death. (Reading once
             // per wake-up is not enough: a replacement spawned earlier in this same pass can

@@ -293,6 +293,40 @@ fn context_pipe(doc: &[u8]) -> Result<OwnedFd> {
 /// The child's stack. Its code uses a few hundred bytes; there is no guard page, so be generous.
 const CHILD_STACK: usize = 64 * 1024;
 
+/// The child's stack: mapped for one spawn and unmapped after it, so the pages the child
+/// touched do not stay resident in the master (as a reused heap block would).
+struct ChildStack {
+    base: *mut libc::c_void,
+}
+
+impl ChildStack {
+    fn new() -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping; no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CHILD_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ChildStack { base })
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: `base` is the mapping made in `new`, of CHILD_STACK bytes, and the child that
+        // used it has exec'd or exited (CLONE_VFORK), so nothing refers to it any more.
+        unsafe { libc::munmap(self.base, CHILD_STACK) };
+    }
+}
+
 /// What `child_entry` receives.
 struct ChildArgs<'a> {
     plan: &'a mut ChildPlan,
@@ -389,7 +423,7 @@ impl ChildPlan {
         // The child runs on a stack of its own, in the master's memory (CLONE_VM), while the
         // master's thread waits (CLONE_VFORK) until it has exec'd or exited. Nothing is
         // copied, so starting a worker costs the same whatever the master's size.
-        let mut stack = vec![0u8; CHILD_STACK];
+        let stack = ChildStack::new()?;
         let mut args = ChildArgs {
             plan: &mut self,
             err_w: err_w.as_raw_fd(),
@@ -398,7 +432,7 @@ impl ChildPlan {
             envp,
         };
         // The stack grows down on every Linux target: start at the top, 16-byte aligned.
-        let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+        let top = (stack.base as usize + CHILD_STACK) & !15;
         // SAFETY: `child_entry` runs only `child_after_fork`: async-signal-safe system calls on
         // memory prepared before the clone, no allocation, no locks, no unwinding, ending in
         // `execve` or `_exit`. Every signal is blocked (above) until the child has reset the
