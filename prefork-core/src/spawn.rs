@@ -6,8 +6,9 @@
 //! 1. The context is cloned and walked with `visit_fds`; the n declared sockets get the child-side
 //!    numbers 3 … 3+n-1, and the readiness socket (when the master has one) gets 3+n.
 //! 2. The context is encoded behind a one-line header and written *whole* into a fresh pipe whose
-//!    capacity was raised to fit it, and the pipe's write end is closed. The worker reads it from
-//!    its standard input. Nothing can block: the master never waits on a worker to read.
+//!    capacity was checked (and raised) to fit it, and the pipe's write end is closed. The worker
+//!    reads it from its standard input. Nothing can block: the write end is non-blocking, and a
+//!    document that does not fit is an error, not a wait on a reader that does not exist yet.
 //! 3. argv and envp are built as C strings: the program name as the master got it (so `ps` looks
 //!    the same), the context's `args()`, its runtime options in `+RTS … -RTS` form. The marker
 //!    `PREFORK_WORKER=1` is added; `NOTIFY_SOCKET` and `LISTEN_*` are removed.
@@ -258,40 +259,57 @@ fn build_env(opts: &RuntimeOptions) -> Result<Vec<CString>> {
 }
 
 /// A pipe holding the whole context document, write end already closed.
+///
+/// The write end is non-blocking and the pipe's real capacity is checked first: the only reader
+/// is a child that does not exist yet, so a write that does not fit must fail, not block.
 fn context_pipe(doc: &[u8]) -> Result<OwnedFd> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::sys("cannot create the context pipe", e))?;
-    const DEFAULT_PIPE: usize = 65536;
-    if doc.len() > DEFAULT_PIPE {
+    // SAFETY: fcntl on a pipe we own; no memory is passed.
+    let mut cap = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) }.max(0) as usize;
+    if doc.len() > cap {
         let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .unwrap_or(1 << 20);
-        let want = doc.len().next_power_of_two();
-        if doc.len() > max {
-            return Err(Error::ContextTooLarge {
-                len: doc.len(),
-                max,
-            });
+        if doc.len() <= max {
+            let want = doc.len().next_power_of_two().min(max);
+            // SAFETY: as above.
+            let got =
+                unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want as libc::c_int) };
+            if got > 0 {
+                cap = got as usize;
+            }
         }
-        // SAFETY: fcntl(F_SETPIPE_SZ) on a pipe we own; no memory is passed.
-        let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want.min(max) as i32) };
-        if got < 0 || (got as usize) < doc.len() {
+        if doc.len() > cap {
             return Err(Error::ContextTooLarge {
                 len: doc.len(),
-                max: got.max(DEFAULT_PIPE as i32) as usize,
+                max: if doc.len() > max { max } else { cap },
             });
         }
     }
+    // SAFETY: as above; O_NONBLOCK on our write end only (the read end is another description).
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     let mut wf = std::fs::File::from(w);
-    wf.write_all(doc)
-        .map_err(|e| Error::sys("cannot write the context pipe", e))?;
+    wf.write_all(doc).map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Error::ContextTooLarge {
+                len: doc.len(),
+                max: cap,
+            }
+        } else {
+            Error::sys("cannot write the context pipe", e)
+        }
+    })?;
     drop(wf);
     Ok(r)
 }
 
-/// The child's stack. Its code uses a few hundred bytes; there is no guard page, so be generous.
+/// The child's stack. Its code uses a few hundred bytes.
 const CHILD_STACK: usize = 64 * 1024;
+/// The guard page below it (4 KiB pages on every target this builds for; a larger page size
+/// only makes the guard partial, never unsafe, as `mprotect` rounds to whole pages).
+const GUARD: usize = 4096;
 
 /// The child's stack: mapped for one spawn and unmapped after it, so the pages the child
 /// touched do not stay resident in the master (as a reused heap block would).
@@ -305,7 +323,7 @@ impl ChildStack {
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                CHILD_STACK,
+                CHILD_STACK + GUARD,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
                 -1,
@@ -315,15 +333,26 @@ impl ChildStack {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(ChildStack { base })
+        let stack = ChildStack { base };
+        // A guard page below the stack: an overflow faults instead of writing into the master.
+        // SAFETY: the lowest page of the mapping just made.
+        if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The highest usable address, 16-byte aligned (the stack grows down).
+    fn top(&self) -> usize {
+        (self.base as usize + GUARD + CHILD_STACK) & !15
     }
 }
 
 impl Drop for ChildStack {
     fn drop(&mut self) {
-        // SAFETY: `base` is the mapping made in `new`, of CHILD_STACK bytes, and the child that
+        // SAFETY: `base` is the mapping made in `new`, of CHILD_STACK + GUARD bytes; the child that
         // used it has exec'd or exited (CLONE_VFORK), so nothing refers to it any more.
-        unsafe { libc::munmap(self.base, CHILD_STACK) };
+        unsafe { libc::munmap(self.base, CHILD_STACK + GUARD) };
     }
 }
 
@@ -346,6 +375,22 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
+/// Every signal (real-time ones included) that has a handler installed in this process.
+fn handled_signals() -> Vec<libc::c_int> {
+    let mut v = Vec::new();
+    for sig in 1..=libc::SIGRTMAX() {
+        // SAFETY: a query (null new action) of the current disposition into a zeroed struct.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; sigaction fails harmlessly (EINVAL) for SIGKILL, SIGSTOP and the
+        // signals glibc reserves.
+        let ok = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0;
+        if ok && old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+            v.push(sig);
+        }
+    }
+    v
+}
+
 /// Everything the child needs between fork and exec, prepared (allocated) in the parent.
 struct ChildPlan {
     /// Source fds; source i goes to fd `FIRST_INHERITED_FD + i`.
@@ -355,6 +400,9 @@ struct ChildPlan {
     stdin: RawFd,
     master_pid: libc::pid_t,
     nice: Option<i32>,
+    /// Signals that have a handler in the master (queried before the clone): the child resets
+    /// exactly these to the default before it unblocks signals.
+    handled: Vec<libc::c_int>,
     affinity: Option<libc::cpu_set_t>,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
 }
@@ -397,7 +445,9 @@ impl ChildPlan {
             sources,
             stdin,
             master_pid: std::process::id() as libc::pid_t,
-            nice: opts.nice,
+            // setpriority clamps to -20..=19 anyway; this only keeps the sum from overflowing.
+            nice: opts.nice.map(|n| n.clamp(-40, 40)),
+            handled: handled_signals(),
             affinity,
             rlimits,
         })
@@ -413,6 +463,9 @@ impl ChildPlan {
         envp: &[*const libc::c_char],
     ) -> io::Result<Pid> {
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // Everything that can fail comes before the signals are blocked: an early return must
+        // not leave the master's thread with every signal blocked.
+        let stack = ChildStack::new()?;
         let all = nix::sys::signal::SigSet::all();
         let mut old = nix::sys::signal::SigSet::empty();
         nix::sys::signal::pthread_sigmask(
@@ -423,7 +476,6 @@ impl ChildPlan {
         // The child runs on a stack of its own, in the master's memory (CLONE_VM), while the
         // master's thread waits (CLONE_VFORK) until it has exec'd or exited. Nothing is
         // copied, so starting a worker costs the same whatever the master's size.
-        let stack = ChildStack::new()?;
         let mut args = ChildArgs {
             plan: &mut self,
             err_w: err_w.as_raw_fd(),
@@ -431,8 +483,7 @@ impl ChildPlan {
             argv,
             envp,
         };
-        // The stack grows down on every Linux target: start at the top, 16-byte aligned.
-        let top = (stack.base as usize + CHILD_STACK) & !15;
+        let top = stack.top();
         // SAFETY: `child_entry` runs only `child_after_fork`: async-signal-safe system calls on
         // memory prepared before the clone, no allocation, no locks, no unwinding, ending in
         // `execve` or `_exit`. Every signal is blocked (above) until the child has reset the
@@ -447,8 +498,8 @@ impl ChildPlan {
                 (&mut args as *mut ChildArgs<'_>).cast(),
             )
         };
-        drop(stack);
         let fork_errno = io::Error::last_os_error();
+        drop(stack);
         let _ = nix::sys::signal::pthread_sigmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
             Some(&old),
@@ -515,7 +566,7 @@ impl ChildPlan {
             let err_w = if err_w < floor {
                 let moved = libc::fcntl(err_w, libc::F_DUPFD_CLOEXEC, floor);
                 if moved < 0 {
-                    libc::_exit(127);
+                    fail(err_w); // still open and valid here
                 }
                 moved
             } else {
@@ -573,16 +624,10 @@ impl ChildPlan {
                 }
             }
             // Signals: default handlers, empty mask.
-            for sig in 1..32 {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                    && old.sa_sigaction != libc::SIG_DFL
-                    && old.sa_sigaction != libc::SIG_IGN
-                {
-                    let mut dfl: libc::sigaction = std::mem::zeroed();
-                    dfl.sa_sigaction = libc::SIG_DFL;
-                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
-                }
+            for &sig in &self.handled {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
             // A SIGPIPE ignored by the Rust runtime of the master goes back to the default,
             // as std's Command does.
@@ -614,7 +659,7 @@ impl ChildPlan {
                     *libc::__errno_location() = 0;
                     libc::getpriority(libc::PRIO_PROCESS, 0)
                 };
-                if libc::setpriority(libc::PRIO_PROCESS, 0, cur + inc) != 0 {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, cur.saturating_add(inc)) != 0 {
                     fail(err_w);
                 }
             }
@@ -631,5 +676,38 @@ impl ChildPlan {
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             fail(err_w)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_pipe_holds_large_documents_and_refuses_what_cannot_fit() {
+        let doc = vec![b'x'; 300 * 1024];
+        let r = context_pipe(&doc).expect("300 KiB fits once the pipe is grown");
+        let mut back = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), doc.len());
+        let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .unwrap()
+            .trim()
+            .parse::<usize>()
+            .unwrap();
+        let too_big = vec![b'x'; max + 1];
+        match context_pipe(&too_big) {
+            Err(Error::ContextTooLarge { len, .. }) => assert_eq!(len, max + 1),
+            other => panic!("expected ContextTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_signals_with_handlers_are_found() {
+        // The test harness installs none for SIGUSR2; install one and look for it.
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let id = signal_hook::flag::register(libc::SIGUSR2, flag).unwrap();
+        assert!(handled_signals().contains(&libc::SIGUSR2));
+        signal_hook::low_level::unregister(id);
     }
 }
