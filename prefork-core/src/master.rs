@@ -71,10 +71,14 @@ impl SignalInbox {
         let (r, w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| Error::Signal(e.into()))?;
-        let flags: [Arc<AtomicBool>; 5] = Default::default();
-        let mut ids = Vec::new();
-        let wfd = w.as_raw_fd();
-        for (sig, flag) in HANDLED.iter().zip(flags.iter()) {
+        let mut inbox = SignalInbox {
+            flags: Default::default(),
+            wake_r: r,
+            _wake_w: w,
+            ids: Vec::new(),
+        };
+        let wfd = inbox._wake_w.as_raw_fd();
+        for (sig, flag) in HANDLED.iter().zip(inbox.flags.iter()) {
             let flag = Arc::clone(flag);
             let action = move || {
                 // The flag first, then the byte, in one action: when the loop wakes up for the
@@ -87,16 +91,12 @@ impl SignalInbox {
             };
             // SAFETY: the action only stores to an atomic and calls write(2): both are
             // async-signal-safe, and it neither allocates nor locks nor panics.
+            // On an error, `inbox` drops and unregisters what was registered so far.
             let id =
                 unsafe { signal_hook::low_level::register(*sig, action) }.map_err(Error::Signal)?;
-            ids.push(id);
+            inbox.ids.push(id);
         }
-        Ok(SignalInbox {
-            flags,
-            wake_r: r,
-            _wake_w: w,
-            ids,
-        })
+        Ok(inbox)
     }
 
     fn drain(&self) {
@@ -234,7 +234,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         if let Some(c) = &self.config {
             let extra = (self.s.update_server)(c);
-            self.unmanaged.extend(extra);
+            self.adopt(extra);
         }
         tracing::info!(
             pid = std::process::id(),
@@ -253,6 +253,22 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         for pid in pids {
             while let Err(Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
+        }
+    }
+
+    /// Takes pids that a hook says it started. Only unreaped children of this process are
+    /// kept: signalling or waiting for anything else could hit a recycled pid, or wait forever.
+    fn adopt(&mut self, pids: Vec<Pid>) {
+        use nix::sys::wait::{Id, waitid};
+        for pid in pids {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            match waitid(Id::Pid(pid), flags) {
+                Ok(_) => {
+                    self.unmanaged.insert(pid);
+                }
+                Err(e) => tracing::warn!(%pid, error = %e,
+                    "a hook returned a pid that is not an unreaped child of the master; ignored"),
+            }
         }
     }
 
@@ -401,7 +417,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             && let (Some(c), Phase::Running) = (&self.config, &self.phase)
         {
             let extra = (self.s.on_child_finished)(c);
-            self.unmanaged.extend(extra);
+            self.adopt(extra);
         }
     }
 
@@ -458,7 +474,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 tracing::info!(signal = sig.as_str(), workers = live.len(), "stopping");
                 self.pool.begin_shutdown();
                 self.phase = Phase::Stopping {
-                    deadline: Instant::now() + self.s.shutdown_timeout,
+                    deadline: crate::pool::later(Instant::now(), self.s.shutdown_timeout),
                     killed: false,
                 };
                 match (&self.config, sig) {
@@ -506,7 +522,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         if let Some(c) = &self.config {
             let extra = (self.s.update_server)(c);
-            self.unmanaged.extend(extra);
+            self.adopt(extra);
         }
     }
 }

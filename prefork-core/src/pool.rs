@@ -86,8 +86,10 @@ impl Default for PoolConfig {
 }
 
 #[derive(Debug)]
-struct Proc {
+struct Proc<W> {
     pid: Pid,
+    /// The context it runs.
+    ctx: W,
     spawned_at: Instant,
     ready_at: Option<Instant>,
     ready_deadline: Instant,
@@ -95,21 +97,59 @@ struct Proc {
     killed: bool,
 }
 
-impl Proc {
+impl<W> Proc<W> {
     fn settled(&self, now: Instant, window: Duration) -> bool {
-        self.ready_at.is_some() && now >= self.spawned_at + window
+        self.ready_at.is_some() && now >= later(self.spawned_at, window)
+    }
+}
+
+/// Failed attempts in a row, and when the next attempt is due.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// True if an attempt may start now; a past deadline is cleared (it must not stay behind,
+    /// or the loop would wake up for it again and again).
+    fn due(&mut self, now: Instant) -> bool {
+        if self.retry_at.is_some_and(|t| t > now) {
+            return false;
+        }
+        self.retry_at = None;
+        true
+    }
+
+    /// Records a failure; returns the delay before the next attempt.
+    fn fail(&mut self, cfg: &PoolConfig, now: Instant) -> Duration {
+        self.failures += 1;
+        let d = backoff(cfg, self.failures);
+        self.retry_at = Some(later(now, d));
+        d
     }
 }
 
 #[derive(Debug)]
 struct Slot<W> {
+    /// The desired context.
     ctx: W,
     encoded: Vec<u8>,
-    current: Option<Proc>,
-    next: Option<Proc>,
+    /// The context of the last worker of this id that served. While a replacement for a new
+    /// context has not yet taken over, a current worker that dies is respawned with this one:
+    /// a rollout that keeps failing never takes the id down.
+    good: Option<W>,
+    current: Option<Proc<W>>,
+    next: Option<Proc<W>>,
     wants_replacement: bool,
-    failures: u32,
-    retry_at: Option<Instant>,
+    /// Starts of the current worker.
+    start: Backoff,
+    /// Starts of a replacement.
+    replace: Backoff,
 }
 
 #[derive(Debug)]
@@ -145,10 +185,6 @@ impl<W: WorkerContext> Pool<W> {
             shutting_down: false,
             started: false,
         }
-    }
-
-    fn delay(&self, failures: u32) -> Duration {
-        backoff(&self.cfg, failures)
     }
 
     /// Sets a new desired set. The first call is the start (generation 0); each later call is a
@@ -188,11 +224,12 @@ impl<W: WorkerContext> Pool<W> {
                         Slot {
                             ctx,
                             encoded,
+                            good: None,
                             current: None,
                             next: None,
                             wants_replacement: false,
-                            failures: 0,
-                            retry_at: None,
+                            start: Backoff::default(),
+                            replace: Backoff::default(),
                         },
                     );
                 }
@@ -200,8 +237,8 @@ impl<W: WorkerContext> Pool<W> {
                     let changed = slot.encoded != encoded;
                     slot.ctx = ctx;
                     slot.encoded = encoded;
-                    slot.failures = 0;
-                    slot.retry_at = None;
+                    slot.start.reset();
+                    slot.replace.reset();
                     let stale_next = slot.next.take();
                     if slot.current.is_some() && (changed || self.cfg.replace_unchanged) {
                         slot.wants_replacement = true;
@@ -236,31 +273,38 @@ impl<W: WorkerContext> Pool<W> {
             let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
-            if slot.retry_at.is_some_and(|t| t > now) {
-                continue;
-            }
-            // Due now. If it cannot start yet (the replacement budget is full), the event that
-            // frees the budget wakes the loop; a past deadline must not stay behind, or the
-            // loop would spin on it.
-            slot.retry_at = None;
             let into_next = if slot.current.is_none() {
+                if !slot.start.due(now) {
+                    continue;
+                }
                 false
-            } else if slot.wants_replacement
-                && slot.next.is_none()
-                && in_flight < self.cfg.max_parallel_replacements
-            {
+            } else if slot.wants_replacement && slot.next.is_none() {
+                // Due now, but if the budget is full the event that frees it wakes the loop.
+                if !slot.replace.due(now) || in_flight >= self.cfg.max_parallel_replacements {
+                    continue;
+                }
                 true
             } else {
                 continue;
             };
-            match ops.spawn(&slot.ctx, generation) {
+            // A current worker runs the last good context while a replacement for the desired
+            // one has not taken over; otherwise (and always for a replacement) the desired one.
+            let ctx = match (&slot.good, into_next, slot.wants_replacement) {
+                (Some(good), false, true) => good.clone(),
+                _ => slot.ctx.clone(),
+            };
+            if !into_next && slot.good.is_none() {
+                slot.wants_replacement = false; // it starts with the desired context anyway
+            }
+            match ops.spawn(&ctx, generation) {
                 Ok(pid) => {
                     tracing::debug!(worker_id = ?id, %pid, generation, replacement = into_next, "worker spawned");
                     let p = Proc {
                         pid,
+                        ctx,
                         spawned_at: now,
                         ready_at: None,
-                        ready_deadline: now + ready_timeout,
+                        ready_deadline: later(now, ready_timeout),
                         generation,
                         killed: false,
                     };
@@ -272,12 +316,15 @@ impl<W: WorkerContext> Pool<W> {
                     }
                 }
                 Err(e) => {
-                    slot.failures += 1;
-                    let delay = backoff(&self.cfg, slot.failures);
-                    slot.retry_at = Some(now + delay);
+                    let b = if into_next {
+                        &mut slot.replace
+                    } else {
+                        &mut slot.start
+                    };
+                    let delay = b.fail(&self.cfg, now);
                     // At start the caller reports the error and gives up: no log line then.
                     if self.started {
-                        tracing::error!(worker_id = ?id, generation, error = %e, attempt = slot.failures,
+                        tracing::error!(worker_id = ?id, generation, error = %e, attempt = b.failures,
                             retry_in_ms = delay.as_millis() as u64, "cannot start worker");
                     }
                     errors.push((id, e));
@@ -292,7 +339,7 @@ impl<W: WorkerContext> Pool<W> {
         self.retiring.insert(
             pid,
             Retiring {
-                kill_at: now + self.cfg.stop_timeout,
+                kill_at: later(now, self.cfg.stop_timeout),
                 killed: false,
             },
         );
@@ -306,7 +353,8 @@ impl<W: WorkerContext> Pool<W> {
     pub fn ready(&mut self, pid: Pid, now: Instant, ops: &mut impl Processes<W>) {
         for slot in self.slots.values_mut() {
             for p in [&mut slot.current, &mut slot.next].into_iter().flatten() {
-                if p.pid == pid && p.ready_at.is_none() {
+                // A worker already sent SIGKILL (it missed its deadline) stays failed.
+                if p.pid == pid && p.ready_at.is_none() && !p.killed {
                     p.ready_at = Some(now);
                     tracing::debug!(%pid, "worker ready");
                 }
@@ -329,7 +377,9 @@ impl<W: WorkerContext> Pool<W> {
                     }
                     to_retire.push(old.pid);
                 }
+                slot.good = slot.current.as_ref().map(|p| p.ctx.clone());
                 slot.wants_replacement = false;
+                slot.replace.reset();
             }
         }
         for pid in to_retire {
@@ -368,8 +418,8 @@ impl<W: WorkerContext> Pool<W> {
         let Some((id, was_current)) = found else {
             return false;
         };
-        let mut delay_needed = None;
         let mut served = None;
+        let cfg = &self.cfg;
         if let Some(slot) = self.slots.get_mut(&id) {
             let p = if was_current {
                 slot.current.take()
@@ -382,37 +432,30 @@ impl<W: WorkerContext> Pool<W> {
                 tracing::info!(worker_id = ?id, %pid, status = %how, "worker exited");
                 return true;
             }
-            if was_current {
-                if let Some(next) = slot.next.take() {
-                    // The replacement takes over the slot right away.
-                    slot.current = Some(next);
-                    slot.wants_replacement = false;
-                    tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
-                        "worker exited during its replacement; the replacement takes over");
-                } else if settled {
-                    slot.failures = 0;
-                    // Logged after the respawn below: a log write must not delay it.
-                    served = Some((p.generation, now.duration_since(p.spawned_at)));
-                } else {
-                    slot.failures += 1;
-                    delay_needed = Some((slot.failures, "worker died while starting"));
-                    tracing::debug!(worker_id = ?id, %pid, "start failure");
-                }
-            } else {
-                slot.failures += 1;
-                delay_needed = Some((
-                    slot.failures,
-                    "replacement died before it was ready; the old worker keeps serving",
-                ));
-            }
-            let _ = &p;
-            if let Some((failures, what)) = delay_needed {
-                let delay = self.delay(failures);
-                if let Some(slot) = self.slots.get_mut(&id) {
-                    slot.retry_at = Some(now + delay);
-                }
+            let failed = |b: &mut Backoff, what: &str| {
+                let delay = b.fail(cfg, now);
                 tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
-                    attempt = failures, retry_in_ms = delay.as_millis() as u64, "{what}");
+                    attempt = b.failures, retry_in_ms = delay.as_millis() as u64, "{what}");
+            };
+            if !was_current {
+                failed(
+                    &mut slot.replace,
+                    "replacement died before it was ready; the old worker keeps serving",
+                );
+            } else if let Some(next) = slot.next.take() {
+                // The replacement takes over the slot right away.
+                slot.current = Some(next);
+                slot.wants_replacement = false;
+                tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
+                    "worker exited during its replacement; the replacement takes over");
+            } else if settled {
+                // It served: respawn at once, with the context it ran.
+                slot.start.reset();
+                slot.good = Some(p.ctx.clone());
+                // Logged after the respawn below: a log write must not delay it.
+                served = Some((p.generation, now.duration_since(p.spawned_at)));
+            } else {
+                failed(&mut slot.start, "worker died while starting");
             }
         }
         let _ = self.pump(now, ops);
@@ -470,12 +513,20 @@ impl<W: WorkerContext> Pool<W> {
             if let Some(n) = &slot.next
                 && n.ready_at.is_some()
             {
-                consider(n.spawned_at + window);
+                consider(later(n.spawned_at, window));
             }
-            if !self.shutting_down
-                && let Some(t) = slot.retry_at
-            {
-                consider(t);
+            if !self.shutting_down {
+                if slot.current.is_none()
+                    && let Some(t) = slot.start.retry_at
+                {
+                    consider(t);
+                }
+                if slot.wants_replacement
+                    && slot.next.is_none()
+                    && let Some(t) = slot.replace.retry_at
+                {
+                    consider(t);
+                }
             }
         }
         best
@@ -509,6 +560,14 @@ impl<W: WorkerContext> Pool<W> {
     }
 }
 
+/// `now + d`, saturating far in the future instead of panicking on a huge `d` (a setting of
+/// `Duration::MAX` means "never").
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(1 << 32)))
+        .unwrap_or(now)
+}
+
 /// The wait before retry number `failures` (1-based): `initial × 2^(failures-1)`, capped.
 fn backoff(cfg: &PoolConfig, failures: u32) -> Duration {
     let shift = failures.saturating_sub(1).min(30);
@@ -540,6 +599,8 @@ mod tests {
     struct Fake {
         next_pid: i32,
         spawned: Vec<(u32, Pid, u64)>,
+        /// The `tag` of each spawned context, in spawn order.
+        tags: Vec<u32>,
         signals: Vec<(Pid, Signal)>,
         fail_spawns: bool,
     }
@@ -555,6 +616,7 @@ mod tests {
             let pid = Pid::from_raw(100 + self.next_pid);
             self.next_pid += 1;
             self.spawned.push((ctx.id, pid, generation));
+            self.tags.push(ctx.tag);
             Ok(pid)
         }
         fn signal(&mut self, pid: Pid, sig: Signal) {
@@ -987,6 +1049,90 @@ mod tests {
         assert_eq!(f.spawned.len(), 2);
         assert!(p.pids().is_empty());
         assert_eq!(p.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_serving_worker_that_dies_during_a_failing_rollout_comes_back_at_once_on_its_old_context() {
+        let cfg = PoolConfig {
+            backoff_initial: ms(100),
+            ..explicit()
+        };
+        let (mut p, mut f, t0) = running(1, cfg);
+        let old = p.current()[&0];
+        // Roll out a new context whose replacements keep failing: the backoff grows.
+        let mut t = t0 + ms(1);
+        p.reload(set([0], 1), t, &mut f);
+        for _ in 0..4 {
+            let bad = f.spawned.last().unwrap().1;
+            t += ms(1);
+            p.exited(bad, ChildExit::Exited(1), t, &mut f);
+            t = p.next_deadline().unwrap();
+            p.tick(t, &mut f);
+        }
+        let bad = f.spawned.last().unwrap().1;
+        p.exited(bad, ChildExit::Exited(1), t + ms(1), &mut f);
+        let pending = p.next_deadline().unwrap();
+        assert!(pending >= t + ms(1600), "the replacement backs off");
+        // The serving worker is OOM-killed now: it is respawned at once, with the context it
+        // ran (tag 0), not after the replacement's backoff and not with the failing one.
+        let n = f.spawned.len();
+        let t2 = t + ms(2);
+        p.exited(old, ChildExit::Signaled(Signal::SIGKILL), t2, &mut f);
+        assert_eq!(f.spawned.len(), n + 1, "respawned at once");
+        assert_eq!(*f.tags.last().unwrap(), 0, "with the last good context");
+        let again = p.current()[&0];
+        p.ready(again, t2 + ms(1), &mut f);
+        // The rollout keeps its own backoff: no replacement starts before it is due.
+        p.tick(t2 + ms(2), &mut f);
+        assert_eq!(f.spawned.len(), n + 1);
+        // When it is due, the replacement (tag 1) is tried again beside the serving worker.
+        p.tick(pending, &mut f);
+        assert_eq!(f.spawned.len(), n + 2);
+        assert_eq!(*f.tags.last().unwrap(), 1);
+        assert_eq!(p.current()[&0], again);
+    }
+
+    #[test]
+    fn huge_durations_mean_never_and_do_not_panic() {
+        let cfg = PoolConfig {
+            ready_timeout: Duration::MAX,
+            startup_window: Duration::MAX,
+            stop_timeout: Duration::MAX,
+            backoff_initial: Duration::MAX,
+            backoff_max: Duration::MAX,
+            ..PoolConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut p = Pool::new(cfg);
+        let mut f = Fake::default();
+        p.reload(set(0..2, 0), t0, &mut f);
+        let pid = f.spawned[0].1;
+        p.ready(pid, t0, &mut f);
+        p.tick(t0 + ms(1), &mut f);
+        p.exited(pid, ChildExit::Exited(1), t0 + ms(2), &mut f);
+        p.reload(set(0..2, 0), t0 + ms(3), &mut f);
+        assert!(
+            p.next_deadline()
+                .is_some_and(|d| d > t0 + Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn readiness_from_a_worker_killed_for_missing_its_deadline_is_ignored() {
+        let cfg = PoolConfig {
+            ready_timeout: ms(500),
+            ..explicit()
+        };
+        let (mut p, mut f, t0) = running(1, cfg);
+        let old = p.current()[&0];
+        p.reload(set([0], 0), t0, &mut f);
+        let late = f.spawned.last().unwrap().1;
+        p.tick(t0 + ms(500), &mut f);
+        assert_eq!(f.signals, vec![(late, Signal::SIGKILL)]);
+        // Its "ready" arrives after the SIGKILL: it must not take over.
+        p.ready(late, t0 + ms(501), &mut f);
+        assert_eq!(p.current()[&0], old);
+        assert_eq!(f.signals.len(), 1, "the old worker was not retired");
     }
 
     #[test]

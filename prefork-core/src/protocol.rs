@@ -44,6 +44,9 @@ pub(crate) struct Header {
     pub fds: Vec<(RawFd, ListenerKind)>,
     pub threads: Option<usize>,
     pub master_args: Vec<String>,
+    /// The master's pid, so the worker can re-arm its parent-death signal after the exec.
+    #[serde(default)]
+    pub master_pid: Option<i32>,
 }
 
 /// The readiness message.

@@ -230,8 +230,10 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     }
 
     /// Backoff for workers that fail to start: `initial`, doubling per failure, capped at
-    /// `max` (defaults 100 ms and 15 s).
+    /// `max` (defaults 100 ms and 15 s; at least 1 ms).
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        // A zero delay would make a spawn that fails at once a busy loop.
+        let initial = initial.max(Duration::from_millis(1));
         self.pool.backoff_initial = initial;
         self.pool.backoff_max = max.max(initial);
         self

@@ -180,6 +180,7 @@ where
         notify_fd,
         fds: declared,
         threads: opts.threads,
+        master_pid: Some(std::process::id() as i32),
         master_args: launch
             .args
             .iter()

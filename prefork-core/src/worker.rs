@@ -57,6 +57,13 @@ pub(crate) fn boot() -> Option<std::result::Result<&'static Boot, &'static str>>
 }
 
 fn read_boot() -> Result<Boot> {
+    if std::io::IsTerminal::is_terminal(&io::stdin()) {
+        return Err(Error::Decode(
+            "standard input is a terminal: this process was not started by a prefork master \
+             (unset PREFORK_WORKER)"
+                .into(),
+        ));
+    }
     let mut doc = Vec::new();
     io::stdin()
         .lock()
@@ -75,9 +82,17 @@ fn read_boot() -> Result<Boot> {
             crate::protocol::VERSION
         )));
     }
+    rearm_parent_death(header.master_pid)?;
     crate::fd::validate_declared(&header.fds)?;
     let notify = match header.notify_fd {
         None => None,
+        Some(fd) if fd <= 2 || header.fds.iter().any(|(d, _)| *d == fd) => {
+            return Err(Error::InvalidInheritedFd {
+                fd,
+                expected: "readiness socket",
+                found: "a number that is stdio or a declared socket".into(),
+            });
+        }
         Some(fd) => {
             // SAFETY: F_GETFD has no memory-safety preconditions.
             let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) };
@@ -108,6 +123,21 @@ fn read_boot() -> Result<Boot> {
         notify,
         readied: AtomicBool::new(false),
     })
+}
+
+/// The kernel clears the parent-death signal on an exec that raises privileges (a setuid binary,
+/// or one with file capabilities such as `cap_net_bind_service`): set it again, and close the
+/// race where the master died before this point.
+fn rearm_parent_death(master: Option<i32>) -> Result<()> {
+    let Some(master) = master else { return Ok(()) };
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| Error::sys("cannot set the parent-death signal", e))?;
+    if nix::unistd::getppid().as_raw() != master {
+        return Err(Error::Decode(format!(
+            "the master (pid {master}) is gone; not starting"
+        )));
+    }
+    Ok(())
 }
 
 fn point_stdin_at_dev_null() {
@@ -245,15 +275,16 @@ fn install_stop() -> Result<StopSignal> {
     std::thread::Builder::new()
         .name("prefork-stop".into())
         .spawn(move || {
-            if signals.forever().next().is_some()
-                && let Some(inner) = weak.upgrade()
-            {
-                {
-                    inner.stopping.store(true, Ordering::Release);
-                    let mut g = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
-                    *g = true;
-                    inner.cond.notify_all();
-                }
+            // Keep the iterator (and so the handlers' actions) alive for the worker's whole
+            // life: a second TERM must not fall into a handler with nothing behind it.
+            for _ in signals.forever() {
+                let Some(inner) = weak.upgrade() else {
+                    continue;
+                };
+                inner.stopping.store(true, Ordering::Release);
+                let mut g = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
+                *g = true;
+                inner.cond.notify_all();
             }
         })
         .map_err(Error::Signal)?;

@@ -123,3 +123,27 @@ fn wrong_header_version() {
     let out = run_worker(doc.as_bytes(), |_| {});
     assert_one_line_failure(&out, "header version 99");
 }
+
+#[test]
+fn readiness_fd_that_is_stdio() {
+    let doc = format!(
+        "{}\n{{}}",
+        HEADER.replace(r#""notify_fd":null"#, r#""notify_fd":1"#)
+    );
+    let out = run_worker(doc.as_bytes(), |_| {});
+    assert_one_line_failure(
+        &out,
+        "inherited fd 1 is not a readiness socket: a number that is stdio or a declared socket",
+    );
+}
+
+#[test]
+fn a_master_that_is_gone() {
+    // The header names a master that is not this process's parent: the worker must not start.
+    let doc = format!(
+        "{}\n{{}}",
+        HEADER.replace(r#""master_args":[]"#, r#""master_args":[],"master_pid":1"#)
+    );
+    let out = run_worker(doc.as_bytes(), |_| {});
+    assert_one_line_failure(&out, "the master (pid 1) is gone; not starting");
+}
