@@ -14,7 +14,11 @@
 //!   in implicit mode) and then died is respawned at once, whatever killed it.
 //! * **Backoff only for failure to start.** A worker that dies before it settled, misses its
 //!   readiness deadline, or whose spawn fails, is retried after `initial × 2^(n-1)`, capped at
-//!   `max`. The count resets when a worker of that id settles, and on every reload.
+//!   `max`. The count resets when a worker of that id settles, and on every reload. Starts of
+//!   the current worker and starts of a replacement keep separate counts, so a failing rollout
+//!   never delays the respawn of a worker that was serving.
+//! * **Last good context.** While a replacement for a new context has not taken over, a current
+//!   worker that dies is respawned with the context it was running, not the new one.
 //! * **Rolling replacement.** On reload, each id that stays is replaced (all of them, or only
 //!   those whose encoded context changed): the next worker starts, and the current one is
 //!   retired only once the next one settled. A next worker that fails is retried with backoff
