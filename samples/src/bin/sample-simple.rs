@@ -27,7 +27,7 @@ struct Worker {
 }
 
 fn main() {
-    init_tracing();
+    samples::init_tracing();
     let next_id = Cell::new(0u32);
     let settings = default_settings::<(), Worker>()
         .update_config(|| Some(()))
@@ -54,16 +54,4 @@ fn main() {
     default_main(settings, |_: Worker| {
         println!("Hello. I'm a worker.");
     })
-}
-
-/// Logs go to standard error (`RUST_LOG`, default `info`); standard output is the transcript.
-fn init_tracing() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

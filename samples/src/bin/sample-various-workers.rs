@@ -47,7 +47,7 @@ fn kind_arg(job: &Job) -> Vec<String> {
 }
 
 fn main() {
-    init_tracing();
+    samples::init_tracing();
     let update = |set: &mut prefork_core::WorkerSet<Job>| {
         set.set([
             Job::Greeter {
@@ -74,16 +74,4 @@ fn main() {
         tracing::info!(worker = job.id(), "stop requested; exiting");
         Ok(())
     })
-}
-
-/// Logs go to standard error (`RUST_LOG`, default `info`).
-fn init_tracing() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

@@ -14,56 +14,24 @@
 //!   one drains, so a reload drops no request.
 //! * `kill -TERM <master>`: every worker drains and exits, then the master exits 0.
 //!
-//! # How a worker stops without dropping a request
-//!
-//! On its stop signal a worker first drops its listener: connections still queued in the kernel
-//! go to its siblings, which share the socket. Then it drains the connections it has, and here
-//! lies the classic keep-alive race: an idle keep-alive connection may be closed at the very
-//! moment its client sends the next request, which is then lost (the client sees a reset or an
-//! empty reply and cannot tell whether the request was processed). So idle connections are not
-//! closed at once. Instead:
-//!
-//! * every response sent while draining carries `Connection: close`, so hyper closes the
-//!   connection right after it and the client knows not to reuse it;
-//! * a connection that has been silent (no byte read or written, no request in flight) for a
-//!   grace period (`--drain-grace`, 1 s) since the drain began is shut down with hyper's
-//!   `graceful_shutdown`;
-//! * requests in flight finish;
-//! * a deadline (`--drain-timeout`, 10 s) bounds it all, then the worker exits 0.
-//!
-//! `header_read_timeout` (with a timer) keeps a silent or trickling client from pinning a
-//! worker in any case.
+//! A stopping worker drops its listener, then drains its keep-alive connections without the
+//! keep-alive race, within `--drain-grace` and `--drain-timeout`: the serving code and how it
+//! drains are in [`samples::warp`], which `bench-baseline` runs too.
 
-use std::convert::Infallible;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prefork_core::{
     InheritedListener, Pid, Readiness, WorkerContext, WorkerSet, default_main, fork_worker_process,
     relaunch_settings,
 };
+use samples::warp::{self, Drain};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
-
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A preforking HTTP server: a master and WORKERS workers sharing one listening socket.
 #[derive(Debug, Parser)]
@@ -79,20 +47,11 @@ struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
     /// Seconds a stopping worker leaves a silent keep-alive connection open before closing it.
-    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    #[arg(long, value_name = "SECS", default_value_t = Drain::DEFAULT_GRACE_SECS)]
     drain_grace: u64,
     /// Seconds a stopping worker may drain in all before it exits anyway.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = Drain::DEFAULT_DEADLINE_SECS)]
     drain_timeout: u64,
-}
-
-/// How a stopping worker drains (see the module docs).
-#[derive(Clone, Copy, Debug)]
-struct Drain {
-    /// How long a connection may stay silent after the drain began before it is closed.
-    grace: Duration,
-    /// How long the whole drain may take.
-    deadline: Duration,
 }
 
 /// One worker: `ps` shows `sample-warp-like id=2 +RTS -N5 -RTS`.
@@ -110,7 +69,7 @@ fn main() {
     // `args()` is the master's argv in both processes: a worker's own argv (`id=0 +RTS -N5
     // -RTS`) is for `ps`, not for clap.
     let cli = Cli::parse_from(prefork_core::args());
-    init_tracing();
+    samples::init_tracing();
     let port = cli.port;
     let workers = cli.workers;
     let cap = cli.threads.unwrap_or(workers) as usize;
@@ -152,18 +111,6 @@ fn main() {
     default_main(settings, move |w: Worker| serve(w, drain))
 }
 
-/// Logs go to standard error (`RUST_LOG`, default `info`).
-fn init_tracing() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
 /// The worker function.
 fn serve(w: Worker, drain: Drain) -> anyhow::Result<()> {
     // Take over SIGTERM first: from now on a stop request drains instead of killing.
@@ -192,15 +139,15 @@ fn serve(w: Worker, drain: Drain) -> anyhow::Result<()> {
         })
         .context("cannot start the stop thread")?;
 
-    rt.block_on(accept_loop(w.id, threads, listener, drain, drain_rx))?;
+    rt.block_on(start_serving(w.id, threads, listener, drain, drain_rx))?;
     rt.shutdown_timeout(Duration::from_millis(200));
     drop(drain_tx);
     Ok(())
 }
 
-/// Accepts until the stop signal, then drains; returns when every connection is done or the
-/// drain deadline passed.
-async fn accept_loop(
+/// Registers the inherited listener with the runtime, tells the master this worker serves, then
+/// runs [`warp::accept_loop`] until it has drained.
+async fn start_serving(
     id: u32,
     threads: usize,
     listener: std::net::TcpListener,
@@ -209,9 +156,7 @@ async fn accept_loop(
 ) -> io::Result<()> {
     // The master made the socket non-blocking (shared by all workers); it is not touched here.
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let mut conns = JoinSet::new();
-    let mut stop = drain.clone();
-    // The listener is registered with the runtime and the loop below runs next: tell the master
+    // The listener is registered with the runtime and the accept loop runs next: tell the master
     // this worker serves, so that it may retire the one it replaces.
     prefork_core::worker::ready();
     tracing::info!(
@@ -220,241 +165,6 @@ async fn accept_loop(
         generation = prefork_core::worker::generation(),
         "worker serving"
     );
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.wait_for(Option::is_some) => break,
-            r = listener.accept() => match r {
-                Ok((tcp, _peer)) => {
-                    conns.spawn(serve_conn(tcp, cfg.grace, drain.clone()));
-                }
-                Err(e) => {
-                    // ECONNABORTED, EMFILE, …: not fatal; do not spin on it either.
-                    tracing::warn!(worker = id, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    // Stop accepting at once: connections still in the kernel's queue go to the siblings.
-    drop(listener);
-    tracing::info!(
-        worker = id,
-        connections = conns.len(),
-        "stop requested: draining"
-    );
-    let started = (*stop.borrow()).unwrap_or_else(Instant::now);
-    let deadline = started + cfg.deadline;
-    let all_done = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout_at(deadline, all_done).await.is_err() {
-        tracing::warn!(
-            worker = id,
-            connections = conns.len(),
-            "drain deadline passed; closing the remaining connections"
-        );
-        conns.abort_all();
-    }
-    tracing::info!(worker = id, "drained; exiting");
+    warp::accept_loop(id, listener, cfg, drain).await;
     Ok(())
-}
-
-/// One connection: HTTP/1.1 with keep-alive, closed politely once the drain began.
-async fn serve_conn(tcp: TcpStream, grace: Duration, drain: watch::Receiver<Option<Instant>>) {
-    let _ = tcp.set_nodelay(true);
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Tracked {
-        inner: tcp,
-        activity: Arc::clone(&activity),
-    });
-    let svc = {
-        let activity = Arc::clone(&activity);
-        let drain = drain.clone();
-        service_fn(move |req: Request<Incoming>| {
-            let in_flight = InFlight::begin(&activity);
-            let drain = drain.clone();
-            async move {
-                let mut resp = respond(&req);
-                if drain.borrow().is_some() {
-                    // Draining: this is the connection's last response.
-                    resp.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                drop(in_flight);
-                Ok::<_, Infallible>(resp)
-            }
-        })
-    };
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true)
-        .serve_connection(io, svc);
-    tokio::pin!(conn);
-    let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                break;
-            }
-            () = quiet_after_drain(&activity, grace, drain.clone()), if !shutting_down => {
-                conn.as_mut().graceful_shutdown();
-                shutting_down = true;
-            }
-        }
-    }
-}
-
-/// The application.
-fn respond(req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body): (StatusCode, &'static [u8]) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/") => (StatusCode::OK, b"hello"),
-        (_, "/") => (StatusCode::METHOD_NOT_ALLOWED, b"method not allowed\n"),
-        _ => (StatusCode::NOT_FOUND, b"not found\n"),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from_static(body)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    resp
-}
-
-/// Resolves once the drain began and the connection has then been quiet for `grace`: no byte
-/// in either direction and no request in flight. Pending forever if no drain begins.
-async fn quiet_after_drain(
-    activity: &Activity,
-    grace: Duration,
-    mut drain: watch::Receiver<Option<Instant>>,
-) {
-    let started = loop {
-        if let Some(t) = *drain.borrow_and_update() {
-            break t;
-        }
-        if drain.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    loop {
-        let due = activity.last().max(started) + grace;
-        let now = Instant::now();
-        if activity.in_flight() == 0 && now >= due {
-            return;
-        }
-        // Busy: look again after a grace period; quiet but not long enough: wake when it is.
-        let wake = if now >= due { now + grace } else { due };
-        tokio::time::sleep_until(wake).await;
-    }
-}
-
-/// When a connection last moved a byte, and how many requests it has in flight.
-#[derive(Debug)]
-struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-}
-
-/// A request being handled; counts as activity when it starts and when it ends.
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn begin(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.touch();
-        InFlight(Arc::clone(activity))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A stream that records in [`Activity`] every time a byte moves.
-#[derive(Debug)]
-struct Tracked<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
