@@ -361,18 +361,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         } = self.phase
             && now >= deadline
         {
-            let live = self.live();
             tracing::warn!(
-                remaining = live.len(),
+                remaining = self.live().len(),
                 "shutdown deadline passed; sending SIGKILL"
             );
-            for pid in live {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            }
-            self.phase = Phase::Stopping {
-                deadline,
-                killed: true,
-            };
+            self.kill_all(deadline);
         }
     }
 
@@ -453,6 +446,17 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         });
     }
 
+    /// Shutdown's last resort: `SIGKILL` to every live child, once.
+    fn kill_all(&mut self, deadline: Instant) {
+        for pid in self.live() {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+        self.phase = Phase::Stopping {
+            deadline,
+            killed: true,
+        };
+    }
+
     fn stop(&mut self, sig: Signal) {
         let live = self.live();
         match self.phase {
@@ -462,13 +466,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     remaining = live.len(),
                     "second stop signal; sending SIGKILL"
                 );
-                for pid in live {
-                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                }
-                self.phase = Phase::Stopping {
-                    deadline,
-                    killed: true,
-                };
+                self.kill_all(deadline);
             }
             Phase::Running => {
                 tracing::info!(signal = sig.as_str(), workers = live.len(), "stopping");
