@@ -655,6 +655,29 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// `n` times: the latest spawn (a replacement of id 0) exits 1 a millisecond later while
+    /// `old` keeps serving, then the clock moves to its retry and ticks. Returns each delay.
+    fn fail_replacements(
+        p: &mut Pool<W>,
+        f: &mut Fake,
+        t: &mut Instant,
+        n: usize,
+        old: Pid,
+    ) -> Vec<Duration> {
+        let mut delays = Vec::new();
+        for _ in 0..n {
+            let bad = f.spawned.last().unwrap().1;
+            *t += ms(1);
+            assert!(p.exited(bad, ChildExit::Exited(1), *t, f));
+            assert_eq!(p.current()[&0], old, "the old worker keeps serving");
+            let due = p.next_deadline().unwrap();
+            delays.push(due - *t);
+            *t = due;
+            p.tick(*t, f);
+        }
+        delays
+    }
+
     #[test]
     fn start_spawns_every_desired_id_once() {
         let (p, f, _) = running(4, explicit());
@@ -825,17 +848,7 @@ mod tests {
         let old = p.current()[&0];
         let mut t = t0 + ms(1);
         p.reload(set([0], 0), t, &mut f);
-        let mut delays = Vec::new();
-        for _ in 0..4 {
-            let bad = f.spawned.last().unwrap().1;
-            t += ms(1);
-            assert!(p.exited(bad, ChildExit::Exited(1), t, &mut f));
-            assert_eq!(p.current()[&0], old, "the old worker keeps serving");
-            let due = p.next_deadline().unwrap();
-            delays.push(due - t);
-            t = due;
-            p.tick(t, &mut f);
-        }
+        let delays = fail_replacements(&mut p, &mut f, &mut t, 4, old);
         assert_eq!(delays, [100, 200, 400, 800].map(ms).to_vec());
         assert!(f.signals.is_empty(), "the old worker was never signalled");
         // A new HUP retries at once and resets the backoff.
@@ -1066,13 +1079,7 @@ mod tests {
         // Roll out a new context whose replacements keep failing: the backoff grows.
         let mut t = t0 + ms(1);
         p.reload(set([0], 1), t, &mut f);
-        for _ in 0..4 {
-            let bad = f.spawned.last().unwrap().1;
-            t += ms(1);
-            p.exited(bad, ChildExit::Exited(1), t, &mut f);
-            t = p.next_deadline().unwrap();
-            p.tick(t, &mut f);
-        }
+        fail_replacements(&mut p, &mut f, &mut t, 4, old);
         let bad = f.spawned.last().unwrap().1;
         p.exited(bad, ChildExit::Exited(1), t + ms(1), &mut f);
         let pending = p.next_deadline().unwrap();
