@@ -1,19 +1,24 @@
 //! The one error type of the library.
+//!
+//! One convention throughout: a variant's `Display` says what failed, in one line, and never
+//! repeats its cause; the cause (an OS error, the application's own error) is the
+//! [`source`](std::error::Error::source). [`Error::report`] joins the chain into the one line a
+//! program prints, as `default_main` does: `prefork: cannot listen on 127.0.0.1:3000: Address
+//! already in use (os error 98)`.
 
+use std::fmt;
 use std::io;
-
-use crate::Pid;
 
 /// Everything that can go wrong in the library.
 ///
-/// OS failures keep their [`io::Error`] as the `source`, so `{:#}`-style reporters and
-/// `anyhow` chains show the errno. The `Display` text of each variant is one line, meant to be
-/// printed as it is: `prefork: cannot bind 127.0.0.1:3000: Address already in use (os error 98)`.
+/// OS failures keep their [`io::Error`] as the `source`, so chain reporters (`anyhow`'s `{:#}`,
+/// [`Error::report`]) show the errno once. The `Display` text of a variant is its own part of
+/// the chain only.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A worker process could not be started (fork or exec failed).
-    #[error("cannot start worker {what}: {source}")]
+    #[error("cannot start worker {what}")]
     Spawn {
         /// Which worker, as its context's id renders.
         what: String,
@@ -36,7 +41,7 @@ pub enum Error {
         max: usize,
     },
     /// This process was started as a worker but its context could not be read.
-    #[error("cannot read the worker context from standard input: {0}")]
+    #[error("cannot read the worker context from standard input")]
     ReadContext(#[source] io::Error),
     /// An inherited fd is not what the context says it is.
     #[error("inherited fd {fd} is not a {expected}: {found}")]
@@ -54,7 +59,7 @@ pub enum Error {
     #[error("{0}")]
     ListenerMisuse(String),
     /// Binding or configuring a listening socket failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address, as given.
         addr: String,
@@ -63,10 +68,10 @@ pub enum Error {
         source: io::Error,
     },
     /// A signal handler could not be installed.
-    #[error("cannot install signal handlers: {0}")]
+    #[error("cannot install signal handlers")]
     Signal(#[source] io::Error),
     /// Another system call of the master failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         /// What was being done.
         what: &'static str,
@@ -77,15 +82,26 @@ pub enum Error {
     /// The configuration callback gave nothing to run at start.
     #[error("the update callback returned no configuration at start; nothing to run")]
     NoInitialConfig,
-    /// A worker was asked for while this process is not a worker.
-    #[error("this process is not a prefork worker")]
-    NotAWorker,
-    /// A child that the master does not know about was named.
-    #[error("process {0} is not a worker of this master")]
-    UnknownChild(Pid),
+    /// The application's `fork` callback failed with its own error.
+    #[error("the fork callback failed for worker {what}")]
+    Fork {
+        /// Which worker, as its context's id renders.
+        what: String,
+        /// The application's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A setting or a command-line value is out of range or contradicts another.
+    #[error("invalid setting: {0}")]
+    InvalidSetting(String),
 }
 
 impl Error {
+    /// The whole chain in one line: this error's message, then each source's, joined by `: `.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+
     pub(crate) fn sys(what: &'static str, source: impl Into<io::Error>) -> Self {
         Error::Sys {
             what,
@@ -96,3 +112,19 @@ impl Error {
 
 /// `Result` with the library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The one-line rendering of an error and its sources; see [`Error::report`].
+#[derive(Debug)]
+pub struct Report<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}

@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -62,6 +62,9 @@ impl ListenerKind {
 pub struct InheritedListener {
     kind: ListenerKind,
     master: Option<Arc<OwnedFd>>,
+    /// In the master: whether the socket was non-blocking when it was made or wrapped, which
+    /// the master keeps true before every spawn.
+    nonblocking: bool,
     child_fd: Option<RawFd>,
 }
 
@@ -98,6 +101,7 @@ impl<'de> Deserialize<'de> for InheritedListener {
         Ok(InheritedListener {
             kind: w.kind,
             master: None,
+            nonblocking: false,
             child_fd: w.fd,
         })
     }
@@ -162,6 +166,7 @@ impl InheritedListener {
     fn from_owned(kind: ListenerKind, fd: OwnedFd) -> Self {
         InheritedListener {
             kind,
+            nonblocking: is_nonblocking(fd.as_fd()),
             master: Some(Arc::new(fd)),
             child_fd: None,
         }
@@ -196,6 +201,40 @@ impl InheritedListener {
 
     pub(crate) fn master_shared(&self) -> Option<Arc<OwnedFd>> {
         self.master.clone()
+    }
+
+    /// In the master, before a spawn: a shared listener must still be listening and
+    /// non-blocking. A worker can break both for every sibling (`shutdown(SHUT_RD)` on the
+    /// listening socket stops it listening; clearing `O_NONBLOCK` on the shared open file makes
+    /// every worker's accept block, and with it its stop). Both are restored here, loudly.
+    pub(crate) fn restore_if_broken(&self) {
+        let Some(fd) = self.master_fd() else { return };
+        let sock = socket2::SockRef::from(&fd);
+        if let Ok(false) = sock.is_listener() {
+            match sock.listen(DEFAULT_BACKLOG) {
+                Ok(()) => tracing::error!(
+                    fd = fd.as_raw_fd(),
+                    "a shared listening socket had stopped listening (a worker shut it down?); \
+                     listening again"
+                ),
+                Err(e) => tracing::error!(fd = fd.as_raw_fd(), error = %e,
+                    "a shared listening socket stopped listening and cannot listen again"),
+            }
+        }
+        if self.nonblocking && !is_nonblocking(fd) {
+            tracing::error!(
+                fd = fd.as_raw_fd(),
+                "a shared listening socket was made blocking (by a worker?); restoring O_NONBLOCK"
+            );
+            let _ = sock.set_nonblocking(true);
+        }
+    }
+
+    /// Whether a worker must find this socket non-blocking (see [`restore_if_broken`]).
+    ///
+    /// [`restore_if_broken`]: Self::restore_if_broken
+    pub(crate) fn must_be_nonblocking(&self) -> bool {
+        self.nonblocking
     }
 
     pub(crate) fn set_child_fd(&mut self, fd: RawFd) {
@@ -247,15 +286,13 @@ impl InheritedListener {
                 "inherited fd {fd} was already turned into a listener"
             )));
         }
-        // SAFETY: `fd` is in `declared`, so it was open at worker start, and nothing closes it
-        // before it is taken (it is not taken yet); the borrow ends before this function returns.
-        check_listener(unsafe { BorrowedFd::borrow_raw(fd) }, want)?;
+        // `fd` is in `declared`, so it was open at worker start, and nothing closes it before
+        // it is taken (it is not taken yet, and the claims lock is held).
+        check_listener(crate::sys::borrow_inherited(fd), want)?;
         claimed.taken.insert(fd);
         drop(claimed);
-        // SAFETY: `fd` is open (see above) and the `taken` set, updated under the same lock,
-        // guarantees that this is the only `OwnedFd` ever made from it in this process.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(owned)
+        // The `taken` set, updated under the same lock, makes this the only owner of `fd`.
+        Ok(crate::sys::own_inherited(fd))
     }
 }
 
@@ -285,27 +322,40 @@ fn claimed_fds() -> std::sync::MutexGuard<'static, Claims> {
 }
 
 /// Worker start: records the declared fds, checks each is open, and makes it close-on-exec.
-pub(crate) fn validate_declared(fds: &[(RawFd, ListenerKind)]) -> Result<()> {
+pub(crate) fn validate_declared(
+    fds: &[(RawFd, ListenerKind)],
+    nonblocking: &[RawFd],
+) -> Result<()> {
     let mut claims = claimed_fds();
     for &(fd, kind) in fds {
-        // F_GETFD on a number we do not own touches nothing; it only tells whether it is open.
-        // SAFETY: fcntl(F_GETFD) has no memory-safety preconditions.
-        let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) };
-        if flags < 0 {
+        if crate::sys::set_cloexec_raw(fd).is_err() {
             return Err(Error::InvalidInheritedFd {
                 fd,
                 expected: kind.describe(),
                 found: "not an open fd".into(),
             });
         }
-        // SAFETY: as above; setting FD_CLOEXEC on an open fd of this process.
-        unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, flags | nix::libc::FD_CLOEXEC) };
-        // SAFETY: the fd is open (checked above) and stays open for the duration of the borrow.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        // Open (checked just above); the claims lock is held, so nothing takes it meanwhile.
+        let borrowed = crate::sys::borrow_inherited(fd);
         check_listener(borrowed, kind)?;
+        if nonblocking.contains(&fd) && !is_nonblocking(borrowed) {
+            return Err(Error::InvalidInheritedFd {
+                fd,
+                expected: "non-blocking listening socket",
+                found: "a blocking one (a sibling worker cleared O_NONBLOCK on the shared socket)"
+                    .into(),
+            });
+        }
         claims.declared.insert(fd);
     }
     Ok(())
+}
+
+/// Whether the open file behind `fd` has `O_NONBLOCK`.
+fn is_nonblocking(fd: BorrowedFd<'_>) -> bool {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).is_ok_and(|fl| {
+        nix::fcntl::OFlag::from_bits_truncate(fl).contains(nix::fcntl::OFlag::O_NONBLOCK)
+    })
 }
 
 /// Checks that `fd` is a listening stream socket of `kind` (fstat, SO_TYPE, SO_ACCEPTCONN,
@@ -430,8 +480,10 @@ mod tests {
         let port = taken.local_addr().unwrap().port();
         // SO_REUSEADDR does not allow two listeners on one port.
         let e = InheritedListener::bind_tcp(("127.0.0.1", port)).unwrap_err();
+        // The message says what failed; the source says why, once.
+        assert_eq!(e.to_string(), format!("cannot listen on 127.0.0.1:{port}"));
         assert_eq!(
-            e.to_string(),
+            e.report().to_string(),
             format!("cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)")
         );
     }

@@ -9,7 +9,7 @@
 //! # The whole program
 //!
 //! ```no_run
-//! use prefork_core::{default_main, fork_worker_process, relaunch_settings, InheritedListener,
+//! use prefork_core::{default_main, relaunch_settings, InheritedListener, Spawner,
 //!                    WorkerContext, WorkerSet};
 //! use serde::{Deserialize, Serialize};
 //! use std::io::Write;
@@ -30,20 +30,28 @@
 //!         Some(())
 //!     };
 //!     // fork: start one worker. The socket is made once, in the master, and inherited.
-//!     let fork = move |w: &Worker| {
+//!     let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<_> {
 //!         let l = match &shared {
 //!             Some(l) => l.clone(),
 //!             None => shared.insert(InheritedListener::bind_tcp("127.0.0.1:3000")?).clone(),
 //!         };
-//!         fork_worker_process(&Worker { listener: Some(l), ..w.clone() })
+//!         spawner.fork_worker_process(&Worker { listener: Some(l), ..w.clone() })
 //!     };
 //!     default_main(relaunch_settings(update, fork), |w: Worker| -> std::io::Result<()> {
 //!         let listener = w.listener.ok_or_else(|| std::io::Error::other("no listener"))?;
 //!         let listener = listener.into_tcp().map_err(std::io::Error::other)?;
-//!         for conn in listener.incoming() {
-//!             conn?.write_all(b"hello\n")?;
+//!         // The master made the shared socket non-blocking (async runtimes need it); this
+//!         // plain loop wants blocking accepts. The flag is the shared socket's: a worker must
+//!         // not change it, so it waits for readiness with poll instead.
+//!         loop {
+//!             match listener.accept() {
+//!                 Ok((mut conn, _)) => conn.write_all(b"hello\n")?,
+//!                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+//!                     std::thread::sleep(std::time::Duration::from_millis(5))
+//!                 }
+//!                 Err(e) => return Err(e),
+//!             }
 //!         }
-//!         Ok(())
 //!     })
 //! }
 //! ```
@@ -58,12 +66,18 @@
 //!   master diffs by, argv for `ps`, [`RuntimeOptions`] (threads, CPU affinity, nice, rlimits,
 //!   environment) and the sockets it inherits ([`InheritedListener`]).
 //! * [`relaunch_settings`] turns an `update` callback (fills a [`WorkerSet`]) and a `fork`
-//!   callback (calls [`fork_worker_process`]) into [`Settings`]; [`default_settings`] is the bare
-//!   hook set of haskell-prefork. Both take builder-style setters for every hook and knob.
+//!   callback (calls [`Spawner::fork_worker_process`] on the [`Spawner`] the master hands it)
+//!   into [`Settings`]; [`default_settings`] is the bare hook set of haskell-prefork. Both take
+//!   builder-style setters for every hook and knob.
+//! * **Code before `default_main` runs again in every worker**: a worker is a fresh execution
+//!   of the same program. That is why the listener is bound lazily, in the `fork` callback
+//!   (which runs only in the master), and why `default_main` should come first in `main`.
 //! * [`default_main`] decides master or worker. In the master it runs the supervisor; in a
 //!   worker it decodes the context and calls your worker function.
 //! * [`worker`] is the worker's side: [`worker::ready`], [`worker::stop_signal`],
 //!   [`worker::threads`]; [`args`] gives the master's argv to a CLI parser in either process.
+//! * [`log`]: a log writer that never blocks and never panics, and the default subscriber
+//!   that [`default_main`] installs when the program set none.
 //!
 //! # The process model
 //!
@@ -72,14 +86,14 @@
 //!   master may have threads, and a fresh image is what makes a code upgrade by `SIGHUP` work.
 //!   The master itself keeps running its old code.
 //! * **The context travels on standard input**, as one JSON header line and the encoded
-//!   context; the marker variable `PREFORK_WORKER` says "you are a worker" and is removed before
-//!   user code runs.
+//!   context; the marker variable `PREFORK_WORKER=master:<pid>` says "you are a worker" and is
+//!   removed before user code runs (see [`protocol`]).
 //! * **Exactly the declared fds are inherited**, at 3, 4, … (see [`fd`]); everything else stays
 //!   close-on-exec. Between fork and exec the child runs only async-signal-safe system calls: no
 //!   allocation, no locks, no logging (see the `spawn` module's source).
 //! * **Workers die with the master**: `PR_SET_PDEATHSIG(SIGKILL)`, with the race (the master
-//!   died before the `prctl`) closed by a `getppid` check. The signal mask and handlers are reset
-//!   in the child.
+//!   died before the `prctl`) closed by a `getppid` check. Signal dispositions and the mask are
+//!   reset in the child, and `SIGHUP` is ignored (a terminal hang-up must not kill workers).
 //! * **Workers share the master's stdout and stderr**; there is no relay.
 //! * **Workers stay in the master's process group**, as with nginx: a Ctrl-C in a terminal
 //!   reaches them all at once, and the master forwards it too.
@@ -89,17 +103,19 @@
 //! | signal | the master |
 //! |---|---|
 //! | `HUP`  | calls `update` again; stops ids that left, spawns new ones, replaces the others (each new worker takes over once ready) |
-//! | `TERM` | graceful stop: `on_terminate` (default: `TERM` to workers), waits `shutdown_timeout`, `SIGKILL`s the rest, `on_finish`, exits 0 |
+//! | `TERM` | graceful stop: `on_terminate` (default: the stop signal, `TERM` unless set, to workers), waits `shutdown_timeout`, `SIGKILL`s the rest, `on_finish`, exits 0 |
 //! | `INT`  | as `TERM`, with `on_interrupt` (default: `INT` to workers) |
 //! | `QUIT` | calls `on_quit` and keeps running (nginx and unicorn mean "graceful stop" by it; here `TERM` does that) |
 //! | `CHLD` | reaps every exited child, respawns what is desired |
 //! | a second `TERM`/`INT` | `SIGKILL` to every worker at once |
+//! | `USR1`, `USR2`, `ALRM`, `TTIN`, `TTOU`, real-time, … | logged and ignored: never fatal (see the master's `signals` module) |
 //!
 //! # Errors
 //!
-//! Library calls return [`Error`], one enum with one-line messages. [`default_main`] prints a
-//! master error as `prefork: <message>` and exits 1; a worker whose context cannot be read or
-//! whose sockets are not what the context says prints one line and exits 1.
+//! Library calls return [`Error`], one enum; each variant's message says what failed and its
+//! [`source`](std::error::Error::source) says why. [`default_main`] prints a master error as
+//! `prefork: <message>: <cause>` ([`Error::report`]) and exits 1; a worker whose context cannot
+//! be read or whose sockets are not what the context says prints one line and exits 1.
 //!
 //! # Limits
 //!
@@ -107,27 +123,32 @@
 
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
+// Raw system calls live in `sys` and in the spawner's child code, each with its safety
+// argument; everything else is safe Rust.
+#![deny(unsafe_code)]
 
 pub mod context;
 mod error;
 pub mod fd;
+mod launch;
+pub mod log;
 mod master;
-mod pool;
+mod process;
 pub mod protocol;
+pub mod readiness;
 mod settings;
 mod spawn;
+mod sys;
 pub mod worker;
 
 pub use context::{Rlimit, RlimitResource, RuntimeOptions, WorkerContext, WorkerSet};
-pub use error::{Error, Result};
+pub use error::{Error, Report, Result};
 pub use fd::{InheritedListener, ListenerKind, VisitFds};
 pub use master::run_master;
-pub use nix::sys::signal::Signal;
-pub use nix::unistd::Pid;
-pub use pool::ChildExit;
-pub use protocol::Readiness;
+pub use process::{ChildExit, Pid, Signal, UnknownSignal};
+pub use readiness::Readiness;
 pub use settings::{Settings, default_settings, relaunch_settings};
-pub use spawn::{FIRST_INHERITED_FD, fork_worker_process, fork_worker_process_with_args};
+pub use spawn::{FIRST_INHERITED_FD, Spawner};
 pub use worker::{WorkerExit, args, is_worker};
 
 /// `#[derive(WorkerContext)]`: see [`WorkerContext`] for the attributes.
@@ -144,8 +165,12 @@ pub use prefork_macros::WorkerContext;
 /// In the master, it runs [`run_master`] with `settings` and exits 0 when the master stopped
 /// cleanly, or prints `prefork: <error>` and exits 1.
 ///
+/// In both, unless the program already installed a `tracing` subscriber, it installs the
+/// library's default ([`log::init_default`]: `RUST_LOG` filtering, lines that never block and
+/// say which process wrote them).
+///
 /// Call it first thing in `main` (before starting threads): it may remove the worker marker from
-/// the environment.
+/// the environment. Everything before it runs in every worker too.
 pub fn default_main<C, W, F, R>(settings: Settings<C, W>, worker_fn: F) -> !
 where
     C: 'static,
@@ -153,15 +178,17 @@ where
     F: FnOnce(W) -> R,
     R: WorkerExit,
 {
-    match worker::boot() {
-        Some(Ok(boot)) => worker::run::<W, F, R>(boot, worker_fn),
-        Some(Err(e)) => worker::fail_boot(e),
-        None => {}
+    log::init_default();
+    match worker::role() {
+        worker::Role::Worker(boot) => worker::run::<W, F, R>(boot, worker_fn),
+        worker::Role::BadWorker(e) => worker::fail_boot(e),
+        worker::Role::Master => {}
     }
+    log::set_label(format!("master {}", std::process::id()));
     let code = match run_master(settings) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("prefork: {e}");
+            log::emergency_line(&format!("prefork: {}", e.report()));
             1
         }
     };

@@ -1,37 +1,58 @@
-//! What travels from the master to a worker (its standard input) and back (the readiness socket).
+//! What travels from the master to a worker: the marker variable and the boot document.
 //!
-//! Master → worker: one line of JSON (the header: version, generation, readiness mode, the
-//! inherited fds and their kinds, the thread count, the master's argv), then the context as its
-//! [`encode`](crate::WorkerContext::encode) produced it, up to end-of-file. The master writes the
-//! whole document into the pipe before forking and closes its end, so end-of-file comes as soon
-//! as the worker has read it all.
+//! The master sets [`WORKER_ENV`] to `master:<its pid>` in a new worker's environment; only
+//! that exact form makes a process a worker (a stray `PREFORK_WORKER=1` or an empty value does
+//! not). The worker removes it before user code runs.
 //!
-//! Worker → master: one datagram `ready <pid>` on a `SOCK_DGRAM` socket pair whose worker end all
-//! workers share (it is mapped to the fd named in the header). Datagrams keep messages whole, and
-//! one socket serves any number of workers, so the master's fd count does not grow with them.
+//! On standard input the worker reads one line of JSON (the header: version, generation,
+//! readiness mode, stop signal, the inherited fds and their kinds, the thread count, the
+//! master's argv), then the context as its [`encode`](crate::WorkerContext::encode) produced
+//! it, up to end-of-file. The master writes the whole document into a pipe before it starts the
+//! worker and closes its end, so end-of-file comes as soon as the worker has read it all. The
+//! worker reads at most the largest pipe size plus 64 KiB: the master never writes more than a pipe
+//! holds.
+//!
+//! The way back (worker → master) is the readiness socket: see [`crate::readiness`].
 
 use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
 
 use crate::fd::ListenerKind;
+use crate::readiness::Readiness;
 
 /// The environment variable that tells a process it is a worker. Removed at worker start.
 pub const WORKER_ENV: &str = "PREFORK_WORKER";
 
 /// Header version.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
-/// How the master learns that a new worker is ready to serve.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Readiness {
-    /// Ready when the worker function is entered (the library reports it).
-    #[default]
-    Implicit,
-    /// Ready when the worker calls [`worker::ready`](crate::worker::ready); until then, or
-    /// past the deadline, it is still starting.
-    Explicit,
+/// The marker value for a worker of the master `pid`.
+pub(crate) fn marker(master_pid: i32) -> String {
+    format!("master:{master_pid}")
+}
+
+/// The master pid named by a marker value, if it has the exact form.
+pub(crate) fn parse_marker(value: &str) -> Option<i32> {
+    let digits = value.strip_prefix("master:")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&p: &i32| p > 0)
+}
+
+/// The most a worker reads from standard input: the largest pipe the system allows, plus room
+/// for the header.
+pub(crate) fn max_document_len() -> usize {
+    pipe_max_size() + 64 * 1024
+}
+
+/// `/proc/sys/fs/pipe-max-size` (1 MiB when it cannot be read).
+pub(crate) fn pipe_max_size() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(1 << 20)
 }
 
 /// The first line of what a worker reads on standard input.
@@ -40,24 +61,18 @@ pub(crate) struct Header {
     pub v: u32,
     pub generation: u64,
     pub readiness: Readiness,
-    pub notify_fd: Option<RawFd>,
+    /// The signal that asks this worker to stop (the master's
+    /// [`Settings::stop_signal`](crate::Settings::stop_signal)).
+    pub stop_signal: i32,
+    /// Where the readiness socket is.
+    pub readiness_fd: Option<RawFd>,
     pub fds: Vec<(RawFd, ListenerKind)>,
+    /// The declared fds that the master keeps non-blocking, checked at boot.
+    pub nonblocking: Vec<RawFd>,
     pub threads: Option<usize>,
     pub master_args: Vec<String>,
     /// The master's pid, so the worker can re-arm its parent-death signal after the exec.
-    #[serde(default)]
-    pub master_pid: Option<i32>,
-}
-
-/// The readiness message.
-pub(crate) fn ready_message(pid: u32) -> String {
-    format!("ready {pid}")
-}
-
-/// Parses a readiness message.
-pub(crate) fn parse_ready(msg: &[u8]) -> Option<i32> {
-    let s = std::str::from_utf8(msg).ok()?;
-    s.strip_prefix("ready ")?.trim().parse().ok()
+    pub master_pid: i32,
 }
 
 #[cfg(test)]
@@ -65,9 +80,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_roundtrip() {
-        assert_eq!(parse_ready(ready_message(42).as_bytes()), Some(42));
-        assert_eq!(parse_ready(b"garbage"), None);
-        assert_eq!(parse_ready(b"ready x"), None);
+    fn only_the_exact_marker_counts() {
+        assert_eq!(parse_marker(&marker(1234)), Some(1234));
+        for v in [
+            "",
+            "0",
+            "1",
+            "master:",
+            "master:0",
+            "master:-3",
+            "master:12x",
+            "yes",
+        ] {
+            assert_eq!(parse_marker(v), None, "{v:?}");
+        }
     }
 }

@@ -3,23 +3,22 @@
 use std::fmt;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-
 use crate::context::{WorkerContext, WorkerSet};
-use crate::error::Result;
-use crate::pool::PoolConfig;
-use crate::protocol::Readiness;
+use crate::error::{Error, Result};
+use crate::master::PoolConfig;
+use crate::process::{Pid, Signal};
+use crate::readiness::Readiness;
+use crate::spawn::Spawner;
 
-/// The `fork` callback of relaunch settings.
-pub(crate) type ForkFn<W> = Box<dyn FnMut(&W) -> Result<Pid>>;
+/// The `fork` callback of relaunch settings, its error made the library's.
+pub(crate) type ForkFn<W> = Box<dyn FnMut(&W, &Spawner<'_>) -> Result<Pid>>;
 /// The `update` callback: edits the desired set, returns the configuration.
 pub(crate) type UpdateFn<C, W> = Box<dyn FnMut(&mut WorkerSet<W>) -> Option<C>>;
 
 type MaybeConfigHook<C> = Box<dyn FnMut(Option<&C>)>;
 type PidsHook<C> = Box<dyn FnMut(&C, &[Pid])>;
 type ConfigHook<C> = Box<dyn FnMut(&C)>;
-type SpawnHook<C> = Box<dyn FnMut(&C) -> Vec<Pid>>;
+type SpawnHook<C> = Box<dyn FnMut(&C, &Spawner<'_>) -> Vec<Pid>>;
 type ChildHook<C> = Box<dyn FnMut(&C, Pid)>;
 
 /// How the master behaves: the hooks of haskell-prefork's `PreforkSettings`, plus supervision
@@ -29,13 +28,13 @@ type ChildHook<C> = Box<dyn FnMut(&C, Pid)>;
 /// [`relaunch_settings`] (a declared worker set kept alive by id), then chain setters:
 ///
 /// ```no_run
-/// use prefork_core::{relaunch_settings, fork_worker_process, Readiness, WorkerContext};
+/// use prefork_core::{relaunch_settings, Readiness, Spawner, WorkerContext};
 /// use std::time::Duration;
 /// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, WorkerContext)]
 /// # struct Worker { #[prefork(id)] id: u32 }
 /// let settings = relaunch_settings(
 ///     |set| { set.set((0..4).map(|id| Worker { id })); Some(()) },
-///     |w: &Worker| fork_worker_process(w),
+///     |w: &Worker, spawner: &Spawner| spawner.fork_worker_process(w),
 /// )
 /// .readiness(Readiness::Explicit)
 /// .stop_timeout(Duration::from_secs(10))
@@ -43,12 +42,15 @@ type ChildHook<C> = Box<dyn FnMut(&C, Pid)>;
 /// # drop(settings);
 /// ```
 ///
-/// Hooks run on the master's thread, one at a time, never inside a signal handler.
+/// Hooks run on the master's thread, one at a time, never inside a signal handler. A hook
+/// blocks the master while it runs (no reaping, no respawn, no signal handling): keep them short.
 pub struct Settings<C, W: WorkerContext> {
     pub(crate) on_start: MaybeConfigHook<C>,
     pub(crate) on_finish: MaybeConfigHook<C>,
-    pub(crate) on_terminate: PidsHook<C>,
-    pub(crate) on_interrupt: PidsHook<C>,
+    /// `None`: the stop signal to every worker.
+    pub(crate) on_terminate: Option<PidsHook<C>>,
+    /// `None`: `SIGINT` to every worker.
+    pub(crate) on_interrupt: Option<PidsHook<C>>,
     pub(crate) on_quit: ConfigHook<C>,
     pub(crate) on_child_finished: SpawnHook<C>,
     pub(crate) update_server: SpawnHook<C>,
@@ -71,23 +73,18 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
     }
 }
 
-fn signal_all(sig: Signal, pids: &[Pid]) {
-    for &pid in pids {
-        let _ = nix::sys::signal::kill(pid, sig);
-    }
-}
-
-/// Haskell's `defaultSettings`: `SIGTERM`/`SIGINT` are forwarded to the workers, every other
-/// hook does nothing, and `update_config` returns `None` (so nothing runs until you set it).
+/// Haskell's `defaultSettings`: `SIGTERM` sends the workers their stop signal (`SIGTERM` unless
+/// [`Settings::stop_signal`] says otherwise), `SIGINT` sends them `SIGINT`, every other hook does
+/// nothing, and `update_config` returns `None` (so nothing runs until you set it).
 pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
     Settings {
         on_start: Box::new(|_| {}),
         on_finish: Box::new(|_| {}),
-        on_terminate: Box::new(|_, pids| signal_all(Signal::SIGTERM, pids)),
-        on_interrupt: Box::new(|_, pids| signal_all(Signal::SIGINT, pids)),
+        on_terminate: None,
+        on_interrupt: None,
         on_quit: Box::new(|_| {}),
-        on_child_finished: Box::new(|_| Vec::new()),
-        update_server: Box::new(|_| Vec::new()),
+        on_child_finished: Box::new(|_, _| Vec::new()),
+        update_server: Box::new(|_, _| Vec::new()),
         cleanup_child: Box::new(|_, _| {}),
         update_config: Box::new(|_| None),
         fork: None,
@@ -104,24 +101,41 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
 ///   desired set and edits it (usually [`WorkerSet::set`]), returning the configuration, or
 ///   `None` to keep everything as it runs (the edits are then dropped, and the reason should be
 ///   logged by `update`). At start, `None` is an error: there would be nothing to run.
-/// * `fork(&ctx)` starts one worker and returns its pid, normally by creating what the worker
-///   needs (a listening socket, once) and calling [`fork_worker_process`](crate::fork_worker_process).
-///   An error at start ends the master with that error; later, it is retried with backoff.
+/// * `fork(&ctx, &spawner)` starts one worker and returns its pid, normally by creating what the
+///   worker needs (a listening socket, once) and calling
+///   [`spawner.fork_worker_process(&ctx)`](Spawner::fork_worker_process). It may fail with the
+///   library's [`Error`] or the application's own (anything that converts into
+///   `Box<dyn Error + Send + Sync>`: `std::io::Error`, `anyhow::Error`, …). An error at start
+///   ends the master with that error; later, it is retried with backoff.
 ///
 /// The master then spawns every id at start, respawns exactly the id that died (at once when it
 /// had been serving, with backoff when it died starting), and on `SIGHUP` stops ids that left,
 /// spawns new ones and replaces the others, each new worker taking over once it is ready.
-pub fn relaunch_settings<C, W, U, F>(update: U, fork: F) -> Settings<C, W>
+pub fn relaunch_settings<C, W, U, F, E>(update: U, mut fork: F) -> Settings<C, W>
 where
     C: 'static,
     W: WorkerContext,
     U: FnMut(&mut WorkerSet<W>) -> Option<C> + 'static,
-    F: FnMut(&W) -> Result<Pid> + 'static,
+    F: FnMut(&W, &Spawner<'_>) -> std::result::Result<Pid, E> + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut s = default_settings();
     s.update_config = Box::new(update);
-    s.fork = Some(Box::new(fork));
+    s.fork = Some(Box::new(move |w: &W, spawner: &Spawner<'_>| {
+        fork(w, spawner).map_err(|e| fork_error(w, e.into()))
+    }));
     s
+}
+
+/// The library's error as it is, the application's wrapped.
+fn fork_error<W: WorkerContext>(w: &W, e: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    match e.downcast::<Error>() {
+        Ok(mine) => *mine,
+        Err(theirs) => Error::Fork {
+            what: format!("{:?}", w.id()),
+            source: theirs,
+        },
+    }
 }
 
 impl<C: 'static, W: WorkerContext> Settings<C, W> {
@@ -138,15 +152,18 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
         self
     }
 
-    /// Called on `SIGTERM` with every live worker pid. Default: send them `SIGTERM`.
+    /// Called on `SIGTERM` with the pid of every live worker that has not been asked to stop
+    /// yet (a worker retired by a reload already got its stop signal, and never gets it twice).
+    /// Default: send them the [stop signal](Self::stop_signal).
     pub fn on_terminate(mut self, f: impl FnMut(&C, &[Pid]) + 'static) -> Self {
-        self.on_terminate = Box::new(f);
+        self.on_terminate = Some(Box::new(f));
         self
     }
 
-    /// Called on `SIGINT` with every live worker pid. Default: send them `SIGINT`.
+    /// Called on `SIGINT` with the same pids as [`on_terminate`](Self::on_terminate).
+    /// Default: send them `SIGINT`.
     pub fn on_interrupt(mut self, f: impl FnMut(&C, &[Pid]) + 'static) -> Self {
-        self.on_interrupt = Box::new(f);
+        self.on_interrupt = Some(Box::new(f));
         self
     }
 
@@ -159,17 +176,20 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     }
 
     /// Called after a reap pass that reaped at least one child; returns pids of workers it
-    /// started, which the master then also reaps and stops. With relaunch settings the dead
-    /// workers are already respawned before this runs.
-    pub fn on_child_finished(mut self, f: impl FnMut(&C) -> Vec<Pid> + 'static) -> Self {
+    /// started (with the [`Spawner`]), which the master then also reaps and stops. With
+    /// relaunch settings the dead workers are already respawned before this runs.
+    pub fn on_child_finished(
+        mut self,
+        f: impl FnMut(&C, &Spawner<'_>) -> Vec<Pid> + 'static,
+    ) -> Self {
         self.on_child_finished = Box::new(f);
         self
     }
 
     /// Called at start and after every successful `update_config` on `SIGHUP`; returns pids of
-    /// workers it started. With relaunch settings this runs after the declared set was
-    /// reconciled, for anything extra.
-    pub fn update_server(mut self, f: impl FnMut(&C) -> Vec<Pid> + 'static) -> Self {
+    /// workers it started (with the [`Spawner`]). With relaunch settings this runs after the
+    /// declared set was reconciled, for anything extra.
+    pub fn update_server(mut self, f: impl FnMut(&C, &Spawner<'_>) -> Vec<Pid> + 'static) -> Self {
         self.update_server = Box::new(f);
         self
     }
@@ -201,9 +221,9 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
         self
     }
 
-    /// With implicit readiness, a worker that dies within this time of its start counts as a
-    /// failed start (backoff), and a replacement takes over only after it (default 1 s).
-    /// Ignored with explicit readiness.
+    /// A worker that dies within this time of becoming ready counts as a failed start
+    /// (backoff), in both readiness modes (default 1 s). With implicit readiness a replacement
+    /// also takes over only after it; with explicit readiness it takes over when it is ready.
     pub fn startup_window(mut self, d: Duration) -> Self {
         self.pool.startup_window = d;
         self
@@ -216,7 +236,11 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
         self
     }
 
-    /// The signal that asks a worker to stop (default `SIGTERM`).
+    /// The signal that asks a worker to stop (default `SIGTERM`): sent to a retired worker, and
+    /// by the default `on_terminate`. Workers learn it from their boot header, and
+    /// [`worker::stop_signal`](crate::worker::stop_signal) handles exactly it (and `SIGINT`).
+    /// A retired worker that dies *from* it (it did not handle it, so it did not drain) is
+    /// logged as a warning.
     pub fn stop_signal(mut self, sig: Signal) -> Self {
         self.pool.stop_signal = sig;
         self
@@ -256,9 +280,7 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
 
     pub(crate) fn pool_config(&self) -> PoolConfig {
         let mut cfg = self.pool.clone();
-        if self.readiness == Readiness::Explicit {
-            cfg.startup_window = Duration::ZERO;
-        }
+        cfg.promote_when_ready = self.readiness == Readiness::Explicit;
         cfg
     }
 }

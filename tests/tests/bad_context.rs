@@ -9,8 +9,13 @@ use std::time::{Duration, Instant};
 use testkit::inherit_fd;
 
 fn run_worker(stdin: &[u8], setup: impl FnOnce(&mut Command)) -> Output {
+    run_worker_of(std::process::id(), stdin, setup)
+}
+
+/// Runs fx-master as a worker of the master `master` (the marker names it).
+fn run_worker_of(master: u32, stdin: &[u8], setup: impl FnOnce(&mut Command)) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.env("PREFORK_WORKER", "1")
+    cmd.env("PREFORK_WORKER", format!("master:{master}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -45,11 +50,20 @@ fn assert_one_line_failure(out: &Output, needle: &str) {
     assert!(out.stdout.is_empty(), "the worker function never ran");
 }
 
-const HEADER: &str = r#"{"v":1,"generation":0,"readiness":"implicit","notify_fd":null,"fds":[],"threads":null,"master_args":[]}"#;
+/// A valid header from this test process as the master.
+fn header() -> String {
+    header_of(std::process::id())
+}
+
+fn header_of(master: u32) -> String {
+    format!(
+        r#"{{"v":2,"generation":0,"readiness":"implicit","stop_signal":15,"readiness_fd":null,"fds":[],"nonblocking":[],"threads":null,"master_args":[],"master_pid":{master}}}"#
+    )
+}
 
 /// A context that declares `fd` as a TCP listener and gives it to a serving worker.
 fn context_with_tcp_fd(fd: i32) -> String {
-    let header = HEADER.replace(r#""fds":[]"#, &format!(r#""fds":[[{fd},"tcp"]]"#));
+    let header = header().replace(r#""fds":[]"#, &format!(r#""fds":[[{fd},"tcp"]]"#));
     format!(
         "{header}\n{{\"id\":0,\"mode\":\"serve\",\"listener\":{{\"kind\":\"tcp\",\"fd\":{fd}}},\"threads\":null,\"nice\":null,\"cpus\":null}}"
     )
@@ -77,14 +91,14 @@ fn empty_context() {
 
 #[test]
 fn truncated_context() {
-    let doc = format!("{HEADER}\n{{\"id\":0,\"mode\":\"serve\",\"listen");
+    let doc = format!("{}\n{{\"id\":0,\"mode\":\"serve\",\"listen", header());
     let out = run_worker(doc.as_bytes(), |_| {});
     assert_one_line_failure(&out, "cannot decode the worker context");
 }
 
 #[test]
 fn context_of_the_wrong_shape() {
-    let doc = format!("{HEADER}\n{{\"name\":\"not a worker\"}}");
+    let doc = format!("{}\n{{\"name\":\"not a worker\"}}", header());
     let out = run_worker(doc.as_bytes(), |_| {});
     assert_one_line_failure(&out, "missing field");
 }
@@ -119,7 +133,7 @@ fn declared_fd_that_is_a_connected_socket_not_a_listener() {
 
 #[test]
 fn wrong_header_version() {
-    let doc = format!("{}\n{{}}", HEADER.replace(r#""v":1"#, r#""v":99"#));
+    let doc = format!("{}\n{{}}", header().replace(r#""v":2"#, r#""v":99"#));
     let out = run_worker(doc.as_bytes(), |_| {});
     assert_one_line_failure(&out, "header version 99");
 }
@@ -128,7 +142,7 @@ fn wrong_header_version() {
 fn readiness_fd_that_is_stdio() {
     let doc = format!(
         "{}\n{{}}",
-        HEADER.replace(r#""notify_fd":null"#, r#""notify_fd":1"#)
+        header().replace(r#""readiness_fd":null"#, r#""readiness_fd":1"#)
     );
     let out = run_worker(doc.as_bytes(), |_| {});
     assert_one_line_failure(
@@ -140,10 +154,7 @@ fn readiness_fd_that_is_stdio() {
 #[test]
 fn a_master_that_is_gone() {
     // The header names a master that is not this process's parent: the worker must not start.
-    let doc = format!(
-        "{}\n{{}}",
-        HEADER.replace(r#""master_args":[]"#, r#""master_args":[],"master_pid":1"#)
-    );
-    let out = run_worker(doc.as_bytes(), |_| {});
+    let doc = format!("{}\n{{}}", header_of(1));
+    let out = run_worker_of(1, doc.as_bytes(), |_| {});
     assert_one_line_failure(&out, "the master (pid 1) is gone; not starting");
 }

@@ -29,7 +29,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use prefork_core::{
-    InheritedListener, Pid, Readiness, WorkerContext, WorkerSet, default_main, fork_worker_process,
+    InheritedListener, Pid, Readiness, Spawner, WorkerContext, WorkerSet, default_main,
     relaunch_settings,
 };
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,7 @@ fn main() {
         Some(())
     };
     let mut shared: Option<InheritedListener> = None;
-    let fork = move |w: &Sleeper| -> prefork_core::Result<Pid> {
+    let fork = move |w: &Sleeper, spawner: &Spawner| -> prefork_core::Result<Pid> {
         let listener = match &shared {
             Some(l) => l.clone(),
             None => {
@@ -92,7 +92,7 @@ fn main() {
                 shared.insert(l).clone()
             }
         };
-        fork_worker_process(&Sleeper {
+        spawner.fork_worker_process(&Sleeper {
             listener: Some(listener),
             ..w.clone()
         })

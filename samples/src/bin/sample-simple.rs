@@ -16,7 +16,7 @@
 use std::cell::Cell;
 use std::io::Write;
 
-use prefork_core::{WorkerContext, default_main, default_settings, fork_worker_process};
+use prefork_core::{Spawner, WorkerContext, default_main, default_settings};
 use serde::{Deserialize, Serialize};
 
 /// The worker's context: only an id (it numbers the workers, `ps` shows `sample-simple id=N`).
@@ -40,10 +40,10 @@ fn main() {
             );
             let _ = out.flush();
         })
-        .update_server(move |_: &()| {
+        .update_server(move |_: &(), spawner: &Spawner| {
             let w = Worker { id: next_id.get() };
             next_id.set(w.id + 1);
-            match fork_worker_process(&w) {
+            match spawner.fork_worker_process(&w) {
                 Ok(pid) => vec![pid],
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start a worker");

@@ -15,7 +15,7 @@
 //! 20003 20001 sample-various-workers id=1 upto=10 kind=counter
 //! ```
 
-use prefork_core::{WorkerContext, default_main, fork_worker_process, relaunch_settings};
+use prefork_core::{Spawner, WorkerContext, default_main, relaunch_settings};
 use serde::{Deserialize, Serialize};
 
 /// What a worker is: a greeter or a counter.
@@ -58,7 +58,9 @@ fn main() {
         ]);
         Some(())
     };
-    let settings = relaunch_settings(update, |job: &Job| fork_worker_process(job));
+    let settings = relaunch_settings(update, |job: &Job, spawner: &Spawner| {
+        spawner.fork_worker_process(job)
+    });
     default_main(settings, |job: Job| -> prefork_core::Result<()> {
         // Handle SIGTERM before saying anything: from here on the master's stop request is
         // ours to answer, and we answer it by returning (exit status 0).

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
+//!                  [--stop-signal SIG]
 //! ```
 //!
 //! The master binds `127.0.0.1:PORT` once (lazily, in the `fork` callback, as the Haskell sample
@@ -25,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, Pid, Readiness, WorkerContext, WorkerSet, default_main, fork_worker_process,
+    InheritedListener, Pid, Readiness, Signal, Spawner, WorkerContext, WorkerSet, default_main,
     relaunch_settings,
 };
 use samples::warp::{self, Drain};
@@ -52,6 +53,9 @@ struct Cli {
     /// Seconds a stopping worker may drain in all before it exits anyway.
     #[arg(long, value_name = "SECS", default_value_t = Drain::DEFAULT_DEADLINE_SECS)]
     drain_timeout: u64,
+    /// The signal that asks a worker to stop and drain (TERM, USR1, QUIT, …).
+    #[arg(long, value_name = "SIG", default_value = "TERM")]
+    stop_signal: Signal,
 }
 
 /// One worker: `ps` shows `sample-warp-like id=2 +RTS -N5 -RTS`.
@@ -88,7 +92,7 @@ fn main() {
     };
     // The socket is made once, on the first fork, and kept here for every later one.
     let mut shared: Option<InheritedListener> = None;
-    let fork = move |w: &Worker| -> prefork_core::Result<Pid> {
+    let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<Pid> {
         let listener = match &shared {
             Some(l) => l.clone(),
             None => {
@@ -97,13 +101,14 @@ fn main() {
                 shared.insert(l).clone()
             }
         };
-        fork_worker_process(&Worker {
+        spawner.fork_worker_process(&Worker {
             listener: Some(listener),
             ..w.clone()
         })
     };
     let settings = relaunch_settings(update, fork)
         .readiness(Readiness::Explicit)
+        .stop_signal(cli.stop_signal)
         .ready_timeout(Duration::from_secs(20))
         // Longer than a worker's own drain deadline, so it exits by itself.
         .stop_timeout(drain.deadline + Duration::from_secs(5))

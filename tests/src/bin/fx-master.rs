@@ -3,12 +3,13 @@
 //! `fx-master [--workers N | --workers-file PATH] [--mode MODE] [--readiness explicit|implicit]
 //!            [--shutdown-ms N] [--stop-ms N] [--backoff-ms INITIAL,MAX] [--ready-ms N]
 //!            [--threads N] [--nice N] [--cpus LIST] [--nofile N] [--unix PATH] [--hooks]
-//!            [--default-settings]`
+//!            [--default-settings] [--stop-signal SIG]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
 //! adopted), `crash` (exit 3 at once), `ignore-term` (ignore SIGTERM, sleep), `sleep` (sleep until
-//! killed), `drain` (install the stop signal, then exit 0 when asked).
+//! killed), `drain` (install the stop signal, then exit 0 when asked), `count-stops` (print
+//! `worker <id> pid <pid> got <SIG>` for every stop signal, exit 1.5 s after the first).
 //!
 //! It prints `listening on 127.0.0.1:PORT` once it bound its socket, `hook <name>` for each
 //! hook call with `--hooks`, and workers print `worker <id> started pid <pid> gen <g> at <ms>` and
@@ -19,8 +20,8 @@ use std::net::TcpListener;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prefork_core::{
-    InheritedListener, Pid, Readiness, RuntimeOptions, WorkerContext, WorkerSet, default_main,
-    default_settings, fork_worker_process, relaunch_settings,
+    InheritedListener, Pid, Readiness, RuntimeOptions, Signal, Spawner, WorkerContext, WorkerSet,
+    default_main, default_settings, relaunch_settings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +89,7 @@ struct Opts {
     unix: Option<String>,
     hooks: bool,
     default_settings: bool,
+    stop_signal: Option<Signal>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -137,10 +139,17 @@ fn parse() -> Result<Opts, String> {
             "--unix" => o.unix = Some(val()?),
             "--hooks" => o.hooks = true,
             "--default-settings" => o.default_settings = true,
+            "--stop-signal" => o.stop_signal = Some(val()?.parse().map_err(|e| format!("{e}"))?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
     Ok(o)
+}
+
+fn kill(pid: Pid, sig: Signal) {
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(sig.as_raw()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.as_raw()), sig);
+    }
 }
 
 fn say(s: String) {
@@ -207,7 +216,7 @@ fn main() {
     let unix_path = o.unix.clone();
     let mut shared_unix: Option<InheritedListener> = None;
     let mut shared: Option<InheritedListener> = None;
-    let fork = move |w: &Fx| -> prefork_core::Result<Pid> {
+    let fork = move |w: &Fx, spawner: &Spawner| -> prefork_core::Result<Pid> {
         let l = match &shared {
             Some(l) => l.clone(),
             None => {
@@ -236,7 +245,7 @@ fn main() {
             };
             w.unix = Some(u);
         }
-        fork_worker_process(&w)
+        spawner.fork_worker_process(&w)
     };
 
     let settings = if o.default_settings {
@@ -246,10 +255,10 @@ fn main() {
         let n = o.workers;
         default_settings::<(), Fx>()
             .update_config(move || Some(()))
-            .update_server(move |_| {
+            .update_server(move |_, spawner| {
                 hook("update_server");
                 (0..n)
-                    .filter_map(|id| fork(&Fx { id, ..t.clone() }).ok())
+                    .filter_map(|id| fork(&Fx { id, ..t.clone() }, spawner).ok())
                     .collect()
             })
     } else {
@@ -268,7 +277,7 @@ fn main() {
             },
             fork,
         )
-        .update_server(move |_| {
+        .update_server(move |_, _| {
             hook("update_server");
             Vec::new()
         })
@@ -277,23 +286,31 @@ fn main() {
         .on_start(move |_| hook("on_start"))
         .on_finish(move |_| hook("on_finish"))
         .on_quit(move |_| hook("on_quit"))
-        .on_terminate(move |_, pids| {
-            hook("on_terminate");
-            for &p in pids {
-                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
-            }
-        })
-        .on_interrupt(move |_, pids| {
-            hook("on_interrupt");
-            for &p in pids {
-                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGINT);
-            }
-        })
         .cleanup_child(move |_, pid| {
             if hooks {
                 say(format!("hook cleanup_child {pid}"));
             }
         });
+    if hooks {
+        // The hooks say they ran, then do what the defaults do (the stop signal, SIGINT).
+        let stop = o.stop_signal.unwrap_or(Signal::SIGTERM);
+        settings = settings
+            .on_terminate(move |_, pids| {
+                hook("on_terminate");
+                for &p in pids {
+                    kill(p, stop);
+                }
+            })
+            .on_interrupt(move |_, pids| {
+                hook("on_interrupt");
+                for &p in pids {
+                    kill(p, Signal::SIGINT);
+                }
+            });
+    }
+    if let Some(sig) = o.stop_signal {
+        settings = settings.stop_signal(sig);
+    }
     if let Some(r) = o.readiness {
         settings = settings.readiness(r);
     } else if o.mode == "serve" {
@@ -383,7 +400,40 @@ fn worker(w: Fx) -> Result<(), String> {
             prefork_core::worker::ready();
             stop.wait();
             say(format!("worker {} drained", w.id));
+            say(format!("worker {} stopped by {}", w.id, stop.signal()));
             Ok(())
+        }
+        "count-stops" => {
+            // Reports every stop signal it receives (a drain that a second signal would cut
+            // short), and exits 1.5 s after the first.
+            let stop = prefork_core::worker::configured_stop_signal();
+            let nix_stop =
+                nix::sys::signal::Signal::try_from(stop.as_raw()).map_err(|e| e.to_string())?;
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(nix_stop);
+            set.thread_block().map_err(|e| e.to_string())?;
+            say(format!(
+                "worker {} pid {} counting stops",
+                w.id,
+                std::process::id()
+            ));
+            prefork_core::worker::ready();
+            let mut first = true;
+            loop {
+                let got = set.wait().map_err(|e| e.to_string())?;
+                say(format!(
+                    "worker {} pid {} got {got:?}",
+                    w.id,
+                    std::process::id()
+                ));
+                if first {
+                    first = false;
+                    std::thread::spawn(|| {
+                        std::thread::sleep(Duration::from_millis(1500));
+                        std::process::exit(0)
+                    });
+                }
+            }
         }
         _ => loop {
             std::thread::sleep(Duration::from_secs(3600));

@@ -1,0 +1,657 @@
+use super::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct W {
+    id: u32,
+    tag: u32,
+}
+
+impl WorkerContext for W {
+    type Id = u32;
+    fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// A fake world: spawns hand out pids 100, 101, …; signals are recorded.
+#[derive(Default)]
+struct Fake {
+    next_pid: i32,
+    spawned: Vec<(u32, Pid, u64)>,
+    /// The `tag` of each spawned context, in spawn order.
+    tags: Vec<u32>,
+    signals: Vec<(Pid, Signal)>,
+    fail_spawns: bool,
+}
+
+impl Processes<W> for Fake {
+    fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid, Error> {
+        if self.fail_spawns {
+            return Err(Error::Spawn {
+                what: ctx.id.to_string(),
+                source: std::io::Error::from_raw_os_error(nix::libc::EADDRINUSE),
+            });
+        }
+        let pid = Pid::from_raw(100 + self.next_pid);
+        self.next_pid += 1;
+        self.spawned.push((ctx.id, pid, generation));
+        self.tags.push(ctx.tag);
+        Ok(pid)
+    }
+    fn signal(&mut self, pid: Pid, sig: Signal) {
+        self.signals.push((pid, sig));
+    }
+}
+
+fn set(ids: impl IntoIterator<Item = u32>, tag: u32) -> BTreeMap<u32, W> {
+    ids.into_iter().map(|id| (id, W { id, tag })).collect()
+}
+
+/// Explicit readiness, as `Settings::pool_config` makes it: promotion at readiness, the
+/// startup window still judging early deaths.
+fn explicit() -> PoolConfig {
+    PoolConfig {
+        promote_when_ready: true,
+        ..PoolConfig::default()
+    }
+}
+
+/// Starts ids 0..n and makes them all ready; returns (pool, fake, t0).
+fn running(n: u32, cfg: PoolConfig) -> (Pool<W>, Fake, Instant) {
+    let t0 = Instant::now();
+    let mut p = Pool::new(cfg);
+    let mut f = Fake::default();
+    assert!(p.start(set(0..n, 0), t0, &mut f).is_none());
+    for (_, pid, _) in f.spawned.clone() {
+        p.worker_ready(pid, t0, &mut f);
+    }
+    (p, f, t0)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `n` times: the latest spawn (a replacement of id 0) exits 1 a millisecond later while
+/// `old` keeps serving, then the clock moves to its retry and ticks. Returns each delay.
+fn fail_replacements(
+    p: &mut Pool<W>,
+    f: &mut Fake,
+    t: &mut Instant,
+    n: usize,
+    old: Pid,
+) -> Vec<Duration> {
+    let mut delays = Vec::new();
+    for _ in 0..n {
+        let bad = f.spawned.last().unwrap().1;
+        *t += ms(1);
+        assert!(p.exited(bad, ChildExit::Exited(1), *t, f));
+        assert_eq!(p.current()[&0], old, "the old worker keeps serving");
+        let due = p.next_deadline().unwrap();
+        delays.push(due - *t);
+        *t = due;
+        p.tick(*t, f);
+    }
+    delays
+}
+
+#[test]
+fn start_spawns_every_desired_id_once() {
+    let (p, f, _) = running(4, explicit());
+    assert_eq!(
+        f.spawned.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    assert!(f.spawned.iter().all(|s| s.2 == 0), "generation 0 at start");
+    assert_eq!(p.current().len(), 4);
+    assert!(f.signals.is_empty());
+}
+
+#[test]
+fn a_serving_worker_that_dies_is_respawned_at_once_and_nothing_else_moves() {
+    let (mut p, mut f, t0) = running(4, explicit());
+    let before = p.current();
+    let victim = before[&2];
+    let t = t0 + Duration::from_secs(5);
+    assert!(p.exited(victim, ChildExit::Signaled(Signal::SIGKILL), t, &mut f));
+    let after = p.current();
+    assert_eq!(f.spawned.len(), 5, "exactly one respawn");
+    assert_eq!(f.spawned[4].0, 2, "of the same id");
+    assert_ne!(after[&2], victim);
+    for id in [0, 1, 3] {
+        assert_eq!(after[&id], before[&id]);
+    }
+    assert!(f.signals.is_empty(), "nobody else was signalled");
+}
+
+#[test]
+fn a_storm_of_kills_on_serving_workers_keeps_all_ids_live() {
+    let (mut p, mut f, t0) = running(8, explicit());
+    let mut t = t0;
+    for round in 0..200u32 {
+        t += ms(1);
+        let id = round % 8;
+        let pid = p.current()[&id];
+        p.worker_ready(pid, t, &mut f); // the respawned one became ready meanwhile
+        assert!(p.exited(pid, ChildExit::Signaled(Signal::SIGKILL), t, &mut f));
+        assert_eq!(
+            p.current().len(),
+            8,
+            "every id has a worker after kill {round}"
+        );
+    }
+    assert_eq!(f.spawned.len(), 8 + 200);
+    assert_eq!(p.next_deadline().map(|d| d > t), Some(true));
+}
+
+#[test]
+fn a_worker_that_never_starts_backs_off_exponentially_with_a_cap() {
+    let cfg = PoolConfig {
+        backoff_initial: ms(100),
+        backoff_max: ms(1000),
+        ..explicit()
+    };
+    let t0 = Instant::now();
+    let mut p = Pool::new(cfg);
+    let mut f = Fake::default();
+    p.start(set([0], 0), t0, &mut f);
+    let mut t = t0;
+    let mut delays = Vec::new();
+    for _ in 0..7 {
+        let pid = f.spawned.last().unwrap().1;
+        t += ms(5);
+        p.exited(pid, ChildExit::Exited(1), t, &mut f);
+        let due = p.next_deadline().expect("a retry is scheduled");
+        delays.push(due - t);
+        // Nothing happens before the deadline...
+        let n = f.spawned.len();
+        p.tick(due - ms(1), &mut f);
+        assert_eq!(f.spawned.len(), n, "no retry before its time");
+        // ...and the retry happens at it.
+        t = due;
+        p.tick(t, &mut f);
+        assert_eq!(f.spawned.len(), n + 1);
+    }
+    assert_eq!(
+        delays,
+        [100, 200, 400, 800, 1000, 1000, 1000].map(ms).to_vec()
+    );
+}
+
+#[test]
+fn backoff_resets_once_a_worker_settled() {
+    let cfg = PoolConfig {
+        backoff_initial: ms(100),
+        ..explicit()
+    };
+    let t0 = Instant::now();
+    let mut p = Pool::new(cfg);
+    let mut f = Fake::default();
+    p.start(set([0], 0), t0, &mut f);
+    let pid = f.spawned[0].1;
+    p.exited(pid, ChildExit::Exited(1), t0, &mut f);
+    let t1 = p.next_deadline().unwrap();
+    p.tick(t1, &mut f);
+    let pid = f.spawned[1].1;
+    p.worker_ready(pid, t1, &mut f);
+    // It served, then died: respawned at once, no delay.
+    p.exited(
+        pid,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t1 + ms(10),
+        &mut f,
+    );
+    assert_eq!(f.spawned.len(), 3);
+    // And its next start failure waits the initial delay again, not 200 ms.
+    let pid = f.spawned[2].1;
+    let t2 = t1 + ms(20);
+    p.exited(pid, ChildExit::Exited(1), t2, &mut f);
+    assert_eq!(p.next_deadline(), Some(t2 + ms(100)));
+}
+
+#[test]
+fn implicit_readiness_counts_deaths_in_the_startup_window_as_failed_starts() {
+    let cfg = PoolConfig {
+        startup_window: ms(1000),
+        backoff_initial: ms(100),
+        ..PoolConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut p = Pool::new(cfg);
+    let mut f = Fake::default();
+    p.start(set([0], 0), t0, &mut f);
+    let pid = f.spawned[0].1;
+    p.worker_ready(pid, t0 + ms(10), &mut f);
+    p.exited(pid, ChildExit::Exited(1), t0 + ms(500), &mut f);
+    assert_eq!(
+        f.spawned.len(),
+        1,
+        "died inside the window: not respawned at once"
+    );
+    assert_eq!(p.next_deadline(), Some(t0 + ms(600)));
+}
+
+#[test]
+fn reload_replaces_every_worker_only_after_its_successor_is_ready() {
+    let (mut p, mut f, t0) = running(3, explicit());
+    let old = p.current();
+    let t = t0 + Duration::from_secs(1);
+    p.reload(set(0..3, 0), t, &mut f);
+    assert_eq!(f.spawned.len(), 6, "all three replacements start at once");
+    assert!(f.spawned[3..].iter().all(|s| s.2 == 1), "generation 1");
+    assert!(
+        f.signals.is_empty(),
+        "no old worker is stopped before its successor is ready"
+    );
+    assert_eq!(p.current(), old);
+    // Successor of id 1 is ready: only old 1 is stopped.
+    let new1 = f.spawned.iter().find(|s| s.0 == 1 && s.2 == 1).unwrap().1;
+    p.worker_ready(new1, t + ms(50), &mut f);
+    assert_eq!(f.signals, vec![(old[&1], Signal::SIGTERM)]);
+    assert_eq!(p.current()[&1], new1);
+    assert_eq!(p.current()[&0], old[&0]);
+    // The retired one exits: it is not respawned.
+    assert!(p.exited(old[&1], ChildExit::Exited(0), t + ms(60), &mut f));
+    assert_eq!(f.spawned.len(), 6);
+}
+
+#[test]
+fn a_replacement_that_dies_before_ready_keeps_the_old_worker_and_retries_with_backoff() {
+    let cfg = PoolConfig {
+        backoff_initial: ms(100),
+        ..explicit()
+    };
+    let (mut p, mut f, t0) = running(1, cfg);
+    let old = p.current()[&0];
+    let mut t = t0 + ms(1);
+    p.reload(set([0], 0), t, &mut f);
+    let delays = fail_replacements(&mut p, &mut f, &mut t, 4, old);
+    assert_eq!(delays, [100, 200, 400, 800].map(ms).to_vec());
+    assert!(f.signals.is_empty(), "the old worker was never signalled");
+    // A new HUP retries at once and resets the backoff.
+    let n = f.spawned.len();
+    let bad = f.spawned.last().unwrap().1;
+    p.exited(bad, ChildExit::Exited(1), t + ms(1), &mut f);
+    p.reload(set([0], 0), t + ms(2), &mut f);
+    assert_eq!(f.spawned.len(), n + 1, "HUP retries immediately");
+    let good = f.spawned.last().unwrap().1;
+    p.worker_ready(good, t + ms(3), &mut f);
+    assert_eq!(p.current()[&0], good);
+    assert_eq!(f.signals, vec![(old, Signal::SIGTERM)]);
+}
+
+#[test]
+fn a_replacement_that_misses_its_readiness_deadline_is_killed_and_retried() {
+    let cfg = PoolConfig {
+        ready_timeout: ms(500),
+        backoff_initial: ms(100),
+        ..explicit()
+    };
+    let (mut p, mut f, t0) = running(1, cfg);
+    let old = p.current()[&0];
+    p.reload(set([0], 0), t0, &mut f);
+    let stuck = f.spawned.last().unwrap().1;
+    assert_eq!(p.next_deadline(), Some(t0 + ms(500)));
+    p.tick(t0 + ms(500), &mut f);
+    assert_eq!(f.signals, vec![(stuck, Signal::SIGKILL)]);
+    p.tick(t0 + ms(600), &mut f);
+    assert_eq!(f.signals.len(), 1, "killed once");
+    p.exited(
+        stuck,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t0 + ms(601),
+        &mut f,
+    );
+    assert_eq!(p.current()[&0], old);
+    assert_eq!(p.next_deadline(), Some(t0 + ms(701)));
+}
+
+#[test]
+fn a_retired_worker_that_ignores_its_stop_signal_is_killed_at_the_deadline() {
+    let cfg = PoolConfig {
+        stop_timeout: ms(2000),
+        ..explicit()
+    };
+    let (mut p, mut f, t0) = running(1, cfg);
+    let old = p.current()[&0];
+    p.reload(set([0], 0), t0, &mut f);
+    let new = f.spawned.last().unwrap().1;
+    p.worker_ready(new, t0 + ms(10), &mut f);
+    assert_eq!(f.signals, vec![(old, Signal::SIGTERM)]);
+    assert_eq!(p.next_deadline(), Some(t0 + ms(2010)));
+    p.tick(t0 + ms(2010), &mut f);
+    assert_eq!(
+        f.signals,
+        vec![(old, Signal::SIGTERM), (old, Signal::SIGKILL)]
+    );
+    assert!(p.exited(
+        old,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t0 + ms(2011),
+        &mut f
+    ));
+    assert_eq!(p.next_deadline(), None);
+}
+
+#[test]
+fn removed_ids_are_stopped_and_new_ids_spawned() {
+    let (mut p, mut f, t0) = running(
+        3,
+        PoolConfig {
+            replace_unchanged: false,
+            ..explicit()
+        },
+    );
+    let old = p.current();
+    p.reload(set([1, 2, 3, 4], 0), t0, &mut f);
+    assert_eq!(f.signals, vec![(old[&0], Signal::SIGTERM)]);
+    let new_ids: Vec<u32> = f.spawned[3..].iter().map(|s| s.0).collect();
+    assert_eq!(new_ids, vec![3, 4]);
+    assert_eq!(
+        p.current()[&1],
+        old[&1],
+        "unchanged and replace_unchanged=false: kept"
+    );
+    assert!(p.exited(old[&0], ChildExit::Exited(0), t0 + ms(1), &mut f));
+    assert_eq!(f.spawned.len(), 5, "a removed id is not respawned");
+}
+
+#[test]
+fn only_changed_contexts_are_replaced_when_asked() {
+    let (mut p, mut f, t0) = running(
+        3,
+        PoolConfig {
+            replace_unchanged: false,
+            ..explicit()
+        },
+    );
+    let mut desired = set(0..3, 0);
+    desired.get_mut(&1).unwrap().tag = 7;
+    p.reload(desired, t0, &mut f);
+    assert_eq!(f.spawned.len(), 4);
+    assert_eq!(f.spawned[3].0, 1);
+}
+
+#[test]
+fn parallel_replacements_are_bounded() {
+    let (mut p, mut f, t0) = running(
+        4,
+        PoolConfig {
+            max_parallel_replacements: 1,
+            ..explicit()
+        },
+    );
+    p.reload(set(0..4, 0), t0, &mut f);
+    assert_eq!(f.spawned.len(), 5, "one replacement at a time");
+    for k in 0..4 {
+        let new = f.spawned.last().unwrap().1;
+        p.worker_ready(new, t0 + ms(k + 1), &mut f);
+    }
+    assert_eq!(f.spawned.len(), 8);
+    assert_eq!(f.signals.len(), 4);
+    let ids: Vec<u32> = f.spawned[4..].iter().map(|s| s.0).collect();
+    assert_eq!(ids, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn a_due_retry_blocked_by_the_budget_leaves_no_past_deadline() {
+    let cfg = PoolConfig {
+        max_parallel_replacements: 1,
+        backoff_initial: ms(100),
+        ..explicit()
+    };
+    let (mut p, mut f, t0) = running(2, cfg);
+    p.reload(set(0..2, 0), t0, &mut f);
+    // id 0's replacement fails: retry in 100 ms; id 1's replacement starts meanwhile.
+    let bad = f.spawned.last().unwrap().1;
+    p.exited(bad, ChildExit::Exited(1), t0 + ms(1), &mut f);
+    assert_eq!(f.spawned.last().unwrap().0, 1);
+    // At the retry time the budget is still taken by id 1's replacement.
+    p.tick(t0 + ms(101), &mut f);
+    let d = p.next_deadline().unwrap();
+    assert!(
+        d > t0 + ms(101),
+        "no deadline in the past: the loop would spin"
+    );
+    // id 1's replacement becomes ready: the budget frees and id 0 is retried at once.
+    let n = f.spawned.len();
+    let new1 = f.spawned.last().unwrap().1;
+    p.worker_ready(new1, t0 + ms(150), &mut f);
+    assert_eq!(f.spawned.len(), n + 1);
+    assert_eq!(f.spawned.last().unwrap().0, 0);
+}
+
+#[test]
+fn a_second_reload_during_a_replacement_replaces_the_stale_successor() {
+    let (mut p, mut f, t0) = running(1, explicit());
+    p.reload(set([0], 1), t0, &mut f);
+    let stale = f.spawned.last().unwrap().1;
+    p.reload(set([0], 2), t0 + ms(1), &mut f);
+    assert_eq!(f.signals, vec![(stale, Signal::SIGTERM)]);
+    assert_eq!(f.spawned.len(), 3);
+    assert_eq!(f.spawned[2].2, 2, "generation 2");
+}
+
+#[test]
+fn the_current_worker_dying_mid_replacement_hands_over_to_the_successor() {
+    let (mut p, mut f, t0) = running(1, explicit());
+    let old = p.current()[&0];
+    p.reload(set([0], 0), t0, &mut f);
+    let next = f.spawned.last().unwrap().1;
+    p.exited(
+        old,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t0 + ms(1),
+        &mut f,
+    );
+    assert_eq!(p.current()[&0], next);
+    assert_eq!(f.spawned.len(), 2, "no extra spawn");
+}
+
+#[test]
+fn spawn_errors_at_start_stop_the_start_and_later_ones_back_off() {
+    let t0 = Instant::now();
+    let mut p = Pool::new(explicit());
+    let mut f = Fake {
+        fail_spawns: true,
+        ..Fake::default()
+    };
+    let failed = p.start(set(0..3, 0), t0, &mut f);
+    assert!(
+        failed.is_some(),
+        "the first failure at start stops the start"
+    );
+    assert_eq!(f.spawned.len(), 0);
+    let (mut p, mut f, t0) = running(1, explicit());
+    f.fail_spawns = true;
+    let pid = p.current()[&0];
+    p.exited(
+        pid,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t0 + ms(1),
+        &mut f,
+    );
+    assert!(p.current().is_empty());
+    assert_eq!(p.next_deadline(), Some(t0 + ms(101)));
+}
+
+#[test]
+fn shutdown_stops_respawning() {
+    let (mut p, mut f, t0) = running(2, explicit());
+    p.begin_shutdown();
+    let pids = p.pids();
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        assert!(p.exited(pid, ChildExit::Signaled(Signal::SIGTERM), t0, &mut f));
+    }
+    assert_eq!(f.spawned.len(), 2);
+    assert!(p.pids().is_empty());
+    assert_eq!(p.next_deadline(), None);
+}
+
+#[test]
+fn a_serving_worker_that_dies_during_a_failing_rollout_comes_back_at_once_on_its_old_context() {
+    let cfg = PoolConfig {
+        backoff_initial: ms(100),
+        ..explicit()
+    };
+    let (mut p, mut f, t0) = running(1, cfg);
+    let old = p.current()[&0];
+    // Roll out a new context whose replacements keep failing: the backoff grows.
+    let mut t = t0 + ms(1);
+    p.reload(set([0], 1), t, &mut f);
+    fail_replacements(&mut p, &mut f, &mut t, 4, old);
+    let bad = f.spawned.last().unwrap().1;
+    p.exited(bad, ChildExit::Exited(1), t + ms(1), &mut f);
+    let pending = p.next_deadline().unwrap();
+    assert!(pending >= t + ms(1600), "the replacement backs off");
+    // The serving worker is OOM-killed now: it is respawned at once, with the context it
+    // ran (tag 0), not after the replacement's backoff and not with the failing one.
+    let n = f.spawned.len();
+    let t2 = t + ms(2);
+    p.exited(old, ChildExit::Signaled(Signal::SIGKILL), t2, &mut f);
+    assert_eq!(f.spawned.len(), n + 1, "respawned at once");
+    assert_eq!(*f.tags.last().unwrap(), 0, "with the last good context");
+    let again = p.current()[&0];
+    p.worker_ready(again, t2 + ms(1), &mut f);
+    // The rollout keeps its own backoff: no replacement starts before it is due.
+    p.tick(t2 + ms(2), &mut f);
+    assert_eq!(f.spawned.len(), n + 1);
+    // When it is due, the replacement (tag 1) is tried again beside the serving worker.
+    p.tick(pending, &mut f);
+    assert_eq!(f.spawned.len(), n + 2);
+    assert_eq!(*f.tags.last().unwrap(), 1);
+    assert_eq!(p.current()[&0], again);
+}
+
+#[test]
+fn huge_durations_mean_never_and_do_not_panic() {
+    let cfg = PoolConfig {
+        ready_timeout: Duration::MAX,
+        startup_window: Duration::MAX,
+        stop_timeout: Duration::MAX,
+        backoff_initial: Duration::MAX,
+        backoff_max: Duration::MAX,
+        ..PoolConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut p = Pool::new(cfg);
+    let mut f = Fake::default();
+    p.start(set(0..2, 0), t0, &mut f);
+    let pid = f.spawned[0].1;
+    p.worker_ready(pid, t0, &mut f);
+    p.tick(t0 + ms(1), &mut f);
+    p.exited(pid, ChildExit::Exited(1), t0 + ms(2), &mut f);
+    p.reload(set(0..2, 0), t0 + ms(3), &mut f);
+    assert!(
+        p.next_deadline()
+            .is_some_and(|d| d > t0 + Duration::from_secs(3600))
+    );
+}
+
+#[test]
+fn readiness_from_a_worker_killed_for_missing_its_deadline_is_ignored() {
+    let cfg = PoolConfig {
+        ready_timeout: ms(500),
+        ..explicit()
+    };
+    let (mut p, mut f, t0) = running(1, cfg);
+    let old = p.current()[&0];
+    p.reload(set([0], 0), t0, &mut f);
+    let late = f.spawned.last().unwrap().1;
+    p.tick(t0 + ms(500), &mut f);
+    assert_eq!(f.signals, vec![(late, Signal::SIGKILL)]);
+    // Its "ready" arrives after the SIGKILL: it must not take over.
+    p.worker_ready(late, t0 + ms(501), &mut f);
+    assert_eq!(p.current()[&0], old);
+    assert_eq!(f.signals.len(), 1, "the old worker was not retired");
+}
+
+#[test]
+fn unknown_pids_are_not_the_pools() {
+    let (mut p, mut f, t0) = running(1, explicit());
+    assert!(!p.exited(Pid::from_raw(99999), ChildExit::Exited(0), t0, &mut f));
+    p.worker_ready(Pid::from_raw(99999), t0, &mut f);
+    assert_eq!(f.spawned.len(), 1);
+}
+
+#[test]
+fn a_worker_that_exits_right_after_ready_is_a_crash_loop_in_explicit_mode_too() {
+    let (mut p, mut f, t0) = running(1, explicit());
+    // Well past the window: it served; respawned at once.
+    let pid = p.current()[&0];
+    let t = t0 + Duration::from_secs(5);
+    assert!(p.exited(pid, ChildExit::Exited(1), t, &mut f));
+    assert_eq!(
+        f.spawned.len(),
+        2,
+        "a worker that served comes back at once"
+    );
+    // The respawn says ready and exits 10 ms later, by itself: a failed start, with backoff.
+    let pid = f.spawned[1].1;
+    p.worker_ready(pid, t, &mut f);
+    assert!(p.exited(pid, ChildExit::Exited(1), t + ms(10), &mut f));
+    assert_eq!(f.spawned.len(), 2, "no respawn before the backoff");
+    assert_eq!(p.next_deadline(), Some(t + ms(110)));
+    p.tick(t + ms(110), &mut f);
+    assert_eq!(f.spawned.len(), 3, "retried after the backoff");
+    // The same early death by a SIGKILL from outside is not the worker's failure.
+    let pid = f.spawned[2].1;
+    p.worker_ready(pid, t + ms(110), &mut f);
+    let t2 = t + ms(120);
+    assert!(p.exited(pid, ChildExit::Signaled(Signal::SIGKILL), t2, &mut f));
+    assert_eq!(
+        f.spawned.len(),
+        4,
+        "killed from outside after ready: back at once"
+    );
+    // A crash (a fault) within the window is the worker's own doing again.
+    let pid = f.spawned[3].1;
+    p.worker_ready(pid, t2, &mut f);
+    assert!(p.exited(
+        pid,
+        ChildExit::Signaled(Signal::SIGSEGV),
+        t2 + ms(5),
+        &mut f
+    ));
+    assert_eq!(f.spawned.len(), 4, "a segfault right after ready backs off");
+}
+
+#[test]
+fn shutdown_freezes_a_settling_reload_and_signals_nobody() {
+    // Implicit mode: a replacement takes over only after the 1 s window.
+    let cfg = PoolConfig::default();
+    let (mut p, mut f, t0) = running(2, cfg);
+    let old = p.current();
+    p.reload(set(0..2, 0), t0 + Duration::from_secs(5), &mut f);
+    assert_eq!(f.spawned.len(), 4, "two replacements starting");
+    let t = t0 + Duration::from_secs(5) + ms(10);
+    let replacements: Vec<Pid> = f.spawned[2..].iter().map(|s| s.1).collect();
+    for pid in replacements {
+        p.worker_ready(pid, t, &mut f);
+    }
+    let asked = p.begin_shutdown();
+    assert_eq!(
+        asked.len(),
+        4,
+        "current and next workers are the driver's to ask"
+    );
+    // The window passes, a replacement dies, timers fire: the pool does nothing.
+    p.tick(t + Duration::from_secs(2), &mut f);
+    assert!(p.exited(
+        f.spawned[3].1,
+        ChildExit::Exited(0),
+        t + Duration::from_secs(2),
+        &mut f
+    ));
+    p.tick(t + Duration::from_secs(60), &mut f);
+    assert!(
+        f.signals.is_empty(),
+        "no signal from the pool: {:?}",
+        f.signals
+    );
+    assert_eq!(p.current(), old, "no replacement completed");
+    assert_eq!(f.spawned.len(), 4, "nothing spawned");
+    assert_eq!(p.next_deadline(), None);
+}

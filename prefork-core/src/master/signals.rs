@@ -1,0 +1,108 @@
+//! The master's signals: which it handles, and how they reach its loop.
+//!
+//! Handlers are signal-hook's: each records its signal and writes a byte into a self-pipe (a
+//! Unix stream pair) whose read end the loop polls. [`MasterSignals::take`] drains the pipe
+//! first, then reads the recorded signals, so a signal that lands while the loop works leaves a
+//! byte for the next `poll` and is never lost.
+//!
+//! # Every signal has a defined action
+//!
+//! | signal | action |
+//! |---|---|
+//! | `HUP` | reload |
+//! | `TERM`, `INT` | graceful stop; a second one `SIGKILL`s what is left |
+//! | `QUIT` | `on_quit` (haskell-prefork), the master keeps running |
+//! | `CHLD` | reap |
+//! | `USR1`, `USR2`, `ALRM`, `VTALRM`, `PROF`, `IO`, `PWR`, `STKFLT`, `XCPU`, `XFSZ`, `ABRT`, `TTIN`, `TTOU`, real-time | logged and ignored: a stray `kill -USR1` copied from an nginx set-up must not take the service down (their default action would end the master, and every worker with it) |
+//! | `PIPE` | ignored (a write to a closed pipe returns `EPIPE`) |
+//!
+//! Faults (`SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`, `SYS`) keep their default: returning from a
+//! handler would fault again. `KILL` and `STOP` cannot be caught.
+//!
+//! # What the master inherits
+//!
+//! A parent may start the master with signals blocked or ignored (some runtimes and
+//! supervisors do). Blocked `CHLD`, `HUP` and `TERM` would mean a master that never reaps and
+//! never stops. So at start the master empties its signal mask and resets every inherited
+//! `SIG_IGN` to the default before installing its own handlers, as nginx and systemd do.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+
+use nix::libc;
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::SignalOnly;
+
+use crate::error::{Error, Result};
+use crate::process::Signal;
+
+/// The signals with a meaning of their own.
+const MEANINGFUL: [Signal; 5] = [
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGCHLD,
+];
+
+/// Signals whose default action would end the master, and that it logs and ignores.
+const STRAY: [Signal; 13] = [
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+    Signal::SIGSTKFLT,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGABRT,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+/// The master's signal inbox.
+#[derive(Debug)]
+pub(crate) struct MasterSignals {
+    delivery: SignalDelivery<UnixStream, SignalOnly>,
+}
+
+impl MasterSignals {
+    /// Clears what the master inherited (mask, ignores) and installs its handlers.
+    pub fn install() -> Result<Self> {
+        crate::sys::unblock_all_signals().map_err(Error::Signal)?;
+        crate::sys::reset_inherited_ignores(&[libc::SIGPIPE]);
+        crate::sys::ignore_sigpipe();
+        let (read, write) = UnixStream::pair().map_err(Error::Signal)?;
+        read.set_nonblocking(true).map_err(Error::Signal)?;
+        write.set_nonblocking(true).map_err(Error::Signal)?;
+        let realtime = libc::SIGRTMIN()..=libc::SIGRTMAX();
+        let all = MEANINGFUL
+            .iter()
+            .chain(STRAY.iter())
+            .map(|s| s.as_raw())
+            .chain(realtime);
+        let delivery =
+            SignalDelivery::with_pipe(read, write, SignalOnly, all).map_err(Error::Signal)?;
+        Ok(MasterSignals { delivery })
+    }
+
+    /// The fd to poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.delivery.get_read().as_fd()
+    }
+
+    /// The signals that arrived since the last call (each once), in signal-number order.
+    pub fn take(&mut self) -> Vec<Signal> {
+        self.delivery
+            .pending()
+            .filter_map(Signal::from_raw)
+            .collect()
+    }
+}
+
+/// Whether the master gives `sig` a meaning (as opposed to logging and ignoring it).
+pub(crate) fn is_meaningful(sig: Signal) -> bool {
+    MEANINGFUL.contains(&sig)
+}

@@ -1,0 +1,136 @@
+//! The raw system calls of the library, outside the child between fork and exec.
+//!
+//! # Safety
+//!
+//! This module and `spawn::child` are the only places allowed `unsafe` (the crate denies it
+//! everywhere else). The argument is the same for every function here: each wraps one system
+//! call whose only preconditions are about file descriptors and signal dispositions, and states
+//! which in its `SAFETY` note. Three kinds of call need it:
+//!
+//! * **Adopting an fd number** that the master put in a worker's fd table (the readiness socket,
+//!   the declared listeners): the number is open (checked with `F_GETFD` first) and no other
+//!   owner exists in this process (the boot reads the header once; the listener claims are
+//!   recorded under a lock).
+//! * **Signal dispositions**: `sigaction` with `SIG_DFL` or `SIG_IGN` installs no code, so it
+//!   cannot break a handler's invariants; the query form writes only into a local struct.
+//! * **The environment**: removing the worker marker at boot, before the program starts threads.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::libc;
+
+/// `fcntl(fd, F_SETFD, FD_CLOEXEC)` on an fd number this process has but does not own yet, so
+/// the worker's own children do not inherit it.
+pub(crate) fn set_cloexec_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD change only the fd table entry's close-on-exec flag.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Borrows an inherited fd number for a check.
+///
+/// The caller guarantees that `fd` is open and stays open while the borrow lives (it was
+/// checked open, and only the caller could close it).
+pub(crate) fn borrow_inherited(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: per the caller's guarantee above (every caller holds the fd claims lock or the
+    // boot's single-threaded start, and checked that the number is open).
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Takes ownership of an inherited fd number.
+///
+/// The caller guarantees that `fd` is open and that no other owner of it exists or will be made
+/// in this process (see the module docs).
+pub(crate) fn own_inherited(fd: RawFd) -> OwnedFd {
+    // SAFETY: per the caller's guarantee above.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `dup2(fd, 0)`: points standard input somewhere else once the boot document is read.
+pub(crate) fn replace_stdin(with: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: dup2 onto fd 0, which std's stdin handle reads through the same number; the only
+    // reader (the boot) has released its lock and will not read again.
+    if unsafe { libc::dup2(with.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The current disposition of `sig` (`sigaction` with a null new action).
+fn disposition(sig: libc::c_int) -> Option<libc::sighandler_t> {
+    // SAFETY: a zeroed sigaction is a valid value of the plain C struct.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a query: the null new action changes nothing; `old` is a local struct. It fails
+    // harmlessly (EINVAL) for SIGKILL, SIGSTOP and the signals glibc reserves.
+    let ok = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0;
+    ok.then_some(old.sa_sigaction)
+}
+
+/// Every signal (real-time ones included) whose disposition is not the default: those with a
+/// handler and those ignored. A new worker resets exactly these.
+pub(crate) fn non_default_signals() -> Vec<libc::c_int> {
+    (1..=libc::SIGRTMAX())
+        .filter(|&sig| disposition(sig).is_some_and(|d| d != libc::SIG_DFL))
+        .collect()
+}
+
+/// Sets `sig` to `SIG_DFL` or `SIG_IGN`; a handler is never installed here.
+fn set_plain_disposition(sig: libc::c_int, ignore: bool) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid value of the plain C struct.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: SIG_DFL/SIG_IGN install no code in this process (see the module docs).
+    if unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Resets every signal that was *ignored* when this process started (an inherited `SIG_IGN`
+/// survives exec) to its default, except `keep`. Signals with handlers are left alone: they
+/// are this program's own.
+pub(crate) fn reset_inherited_ignores(keep: &[libc::c_int]) {
+    for sig in 1..=libc::SIGRTMAX() {
+        if keep.contains(&sig) || disposition(sig) != Some(libc::SIG_IGN) {
+            continue;
+        }
+        let _ = set_plain_disposition(sig, false);
+    }
+}
+
+/// `SIGPIPE` ignored: a write to a closed pipe or socket returns `EPIPE` instead of killing.
+/// (The Rust runtime already does this at start; a master re-asserts it.)
+pub(crate) fn ignore_sigpipe() {
+    let _ = set_plain_disposition(libc::SIGPIPE, true);
+}
+
+/// Empties this thread's signal mask (a parent may have started the master with signals
+/// blocked, which would keep `SIGCHLD`, `SIGHUP` and `SIGTERM` from ever arriving).
+pub(crate) fn unblock_all_signals() -> io::Result<()> {
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Removes a variable from the environment.
+///
+/// Called once, at the start of a worker, before the program has started threads of its own
+/// (`default_main` and `args()` are documented to be called first in `main`).
+pub(crate) fn remove_env(key: &str) {
+    // SAFETY: per the precondition above, no other thread reads the environment concurrently;
+    // std's own accesses are serialised by its lock.
+    unsafe { std::env::remove_var(key) };
+}

@@ -1,0 +1,200 @@
+//! The worker's side: boot, readiness, learning that it should stop.
+//!
+//! A worker is the same program, started again by the master with the marker environment
+//! variable [`PREFORK_WORKER`](crate::protocol::WORKER_ENV) set; its boot (the `boot` module's
+//! source says what it checks) hands the decoded context to the worker function.
+//!
+//! # Readiness and stopping
+//!
+//! With explicit readiness (see [`Settings::readiness`](crate::Settings::readiness)) the worker
+//! calls [`ready`] once it can serve, typically right after its accept loop started. The master
+//! replaces an old worker only after its successor said so. To stop a worker, the master sends
+//! its stop signal (`SIGTERM` unless [`Settings::stop_signal`](crate::Settings::stop_signal)
+//! says otherwise); a worker that wants to drain instead of dying calls [`stop_signal`] early,
+//! which installs a handler for exactly that signal (and `SIGINT`), and then waits on it or
+//! polls it.
+//!
+//! A worker ignores `SIGHUP` (set before its exec): a terminal hang-up or a `kill -HUP` to the
+//! process group reaches every worker, and must not kill them. A program that wants `SIGHUP`
+//! in its workers installs its own handler.
+
+mod boot;
+mod stop;
+
+use std::io;
+use std::sync::atomic::Ordering;
+
+use crate::readiness::Readiness;
+
+pub(crate) use boot::{Boot, Role, role};
+pub use stop::{StopSignal, configured_stop_signal, stop_signal};
+
+static WORKER_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// This worker's id, as its context's `id()` renders with `{:?}` (`3`, `"fetch"`); `None` in
+/// the master, or before `default_main` decoded the context. Handy in log fields deep in the
+/// code, where the context is not at hand.
+pub fn id() -> Option<&'static str> {
+    WORKER_ID.get().map(String::as_str)
+}
+
+/// True in a worker process.
+pub fn is_worker() -> bool {
+    !matches!(role(), Role::Master)
+}
+
+/// Reports to the master that this worker is ready to serve. Idempotent; a no-op outside a
+/// worker.
+///
+/// With implicit readiness the library calls it when the worker function is entered.
+pub fn ready() {
+    let Some(b) = boot::booted() else { return };
+    if b.readied.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if let Some(fd) = &b.readiness {
+        use std::os::fd::AsFd;
+        if let Err(e) = crate::readiness::report(fd.as_fd()) {
+            tracing::warn!(error = %e, "cannot report readiness to the master");
+        }
+    }
+}
+
+/// The readiness mode the master asked for.
+pub fn readiness() -> Readiness {
+    boot::booted()
+        .map(|b| b.header.readiness)
+        .unwrap_or_default()
+}
+
+/// The master's reload generation this worker was started in (0 at start, +1 per reload).
+pub fn generation() -> u64 {
+    boot::booted().map(|b| b.header.generation).unwrap_or(0)
+}
+
+/// The thread count from the context's runtime options, if it set one.
+pub fn threads() -> Option<usize> {
+    boot::booted().and_then(|b| b.header.threads)
+}
+
+/// The fd numbers of the sockets this worker inherited.
+pub fn inherited_fds() -> Vec<i32> {
+    boot::booted()
+        .map(|b| b.header.fds.iter().map(|(fd, _)| *fd).collect())
+        .unwrap_or_default()
+}
+
+/// The master's command-line arguments (without the program name) in a worker, this process's
+/// own elsewhere.
+///
+/// A worker's argv carries its context's args (`id=0 +RTS -N5 -RTS`) for `ps` to show, which a
+/// CLI parser would reject; parse `args()` instead and master and workers agree:
+///
+/// ```no_run
+/// // With clap: `let cli = Cli::parse_from(prefork_core::args());`
+/// let argv: Vec<String> = prefork_core::args();
+/// assert!(!argv.is_empty());
+/// ```
+///
+/// The first element is the program name, as `clap` expects. In a worker whose context cannot
+/// be read this prints the one-line error and exits with status 1.
+pub fn args() -> Vec<String> {
+    let launch = crate::launch::launch();
+    let name = launch.argv0.to_string_lossy().into_owned();
+    match role() {
+        Role::Master => std::iter::once(name)
+            .chain(launch.args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect(),
+        Role::Worker(b) => std::iter::once(name)
+            .chain(b.header.master_args.iter().cloned())
+            .collect(),
+        Role::BadWorker(e) => fail_boot(e),
+    }
+}
+
+/// Ends a worker whose boot failed: one line on standard error, status 1.
+pub(crate) fn fail_boot(e: &str) -> ! {
+    crate::log::emergency_line(&format!("prefork worker {}: {e}", std::process::id()));
+    std::process::exit(1)
+}
+
+/// What a worker function may return; turned into the worker's exit status.
+pub trait WorkerExit {
+    /// The exit status. An error is printed as one line on standard error first.
+    fn exit_code(self) -> i32;
+}
+
+impl WorkerExit for () {
+    fn exit_code(self) -> i32 {
+        0
+    }
+}
+
+impl WorkerExit for i32 {
+    fn exit_code(self) -> i32 {
+        self
+    }
+}
+
+impl WorkerExit for std::process::ExitCode {
+    fn exit_code(self) -> i32 {
+        // `ExitCode` hides its number; its Debug form shows it (`ExitCode(unix_exit_status(3))`).
+        // Read the digits out, so the master sees the status the worker chose.
+        let text = format!("{self:?}");
+        let digits: String = text
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits
+            .parse()
+            .unwrap_or(if self == std::process::ExitCode::SUCCESS {
+                0
+            } else {
+                1
+            })
+    }
+}
+
+impl<T: WorkerExit, E: std::fmt::Display> WorkerExit for std::result::Result<T, E> {
+    fn exit_code(self) -> i32 {
+        match self {
+            Ok(t) => t.exit_code(),
+            Err(e) => {
+                // `{:#}` prints the whole chain for error types that have one (anyhow).
+                crate::log::emergency_line(&format!(
+                    "prefork worker {}: {e:#}",
+                    std::process::id()
+                ));
+                1
+            }
+        }
+    }
+}
+
+/// Runs the worker side of `default_main`. Never returns.
+pub(crate) fn run<W, F, R>(boot: &'static Boot, worker_fn: F) -> !
+where
+    W: crate::WorkerContext,
+    F: FnOnce(W) -> R,
+    R: WorkerExit,
+{
+    let ctx = match W::decode(&boot.context) {
+        Ok(c) => c,
+        Err(e) => fail_boot(&e.report().to_string()),
+    };
+    let id = format!("{:?}", ctx.id());
+    crate::log::set_label(format!(
+        "worker {id} gen {} pid {}",
+        boot.header.generation,
+        std::process::id()
+    ));
+    let _ = WORKER_ID.set(id);
+    if boot.header.readiness == Readiness::Implicit {
+        ready();
+    }
+    let code = worker_fn(ctx).exit_code();
+    use std::io::Write;
+    let _ = io::stdout().flush();
+    std::process::exit(code)
+}
