@@ -68,34 +68,35 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     }
     let secs = plan.idle_window.as_secs();
     for ((name, pid), e) in masters.into_iter().zip(&idle) {
-        let zero = |m: f64| m == 0.0;
         let warp_master = name.starts_with("sample");
-        let row = sec.row(
-            format!("{name}: idle master CPU over {secs} s (utime+stime ticks)"),
-            &e.ticks,
-            Unit::Count,
-        );
-        if warp_master {
-            row.target("0", zero);
+        // (what, counted by, values, unit, whether `sample-warp-like` must show 0)
+        for (what, how, values, unit, zero) in [
+            ("CPU", "utime+stime ticks", &e.ticks, Unit::Count, true),
+            ("CPU time", "schedstat", &e.cpu_ns, Unit::Time, false),
+            (
+                "wake-ups",
+                "voluntary ctxt switches",
+                &e.wakeups,
+                Unit::Count,
+                true,
+            ),
+            (
+                "preemptions",
+                "involuntary ctxt switches",
+                &e.preemptions,
+                Unit::Count,
+                false,
+            ),
+        ] {
+            let row = sec.row(
+                format!("{name}: idle master {what} over {secs} s ({how})"),
+                values,
+                unit,
+            );
+            if warp_master && zero {
+                row.target("0", |m| m == 0.0);
+            }
         }
-        sec.row(
-            format!("{name}: idle master CPU time over {secs} s (schedstat)"),
-            &e.cpu_ns,
-            Unit::Time,
-        );
-        let row = sec.row(
-            format!("{name}: idle master wake-ups over {secs} s (voluntary ctxt switches)"),
-            &e.wakeups,
-            Unit::Count,
-        );
-        if warp_master {
-            row.target("0", zero);
-        }
-        sec.row(
-            format!("{name}: idle master preemptions over {secs} s (involuntary ctxt switches)"),
-            &e.preemptions,
-            Unit::Count,
-        );
         let row = sec.row(format!("{name}: master RSS (VmRSS)"), &e.rss_kb, Unit::Kib);
         if warp_master {
             // "4 MB", read strictly: 4,000 kB (`/proc` counts KiB).
