@@ -23,7 +23,9 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::procfs;
+use proc_kit::procfs;
+
+use crate::clock;
 
 /// One line of a process's standard error.
 #[derive(Clone, Debug)]
@@ -54,38 +56,8 @@ impl Line {
     /// The leading RFC 3339 timestamp (`2026-04-20T12:34:56.123456Z`) of a default `tracing`
     /// log line, as ns since the Unix epoch.
     pub fn wall_ts(&self) -> Option<u64> {
-        parse_rfc3339(self.text.split_whitespace().next()?)
+        clock::parse_rfc3339(self.text.split_whitespace().next()?)
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` → ns since the epoch.
-fn parse_rfc3339(s: &str) -> Option<u64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    let digits = frac.len().min(9);
-    let mut ns: i64 = frac.get(..digits)?.parse().ok()?;
-    for _ in digits..9 {
-        ns *= 10;
-    }
-    let days = days_from_civil(y, m, day);
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs * 1_000_000_000 + ns).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[derive(Debug, Default)]
@@ -307,7 +279,7 @@ impl Server {
             });
         }
         let echo = std::env::var_os("BENCH_ECHO").map(|_| name.to_string());
-        let started_ns = procfs::mono_ns();
+        let started_ns = clock::mono_ns();
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -362,7 +334,7 @@ impl Server {
 
     /// The live workers by `id=`; remembered for cleanup.
     pub fn workers(&mut self) -> std::collections::BTreeMap<String, i32> {
-        let w = procfs::workers_by_id(self.pid);
+        let w = procfs::workers_by_arg(self.pid, "id");
         for &p in w.values() {
             if !self.seen.contains(&p) {
                 self.seen.push(p);
@@ -411,7 +383,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             collect_unexpected(&self.name, &self.log);
-            for p in procfs::children(self.pid) {
+            for p in procfs::children_of(self.pid) {
                 if !self.seen.contains(&p) {
                     self.seen.push(p);
                 }

@@ -17,8 +17,9 @@
 //! the whole response), the response is not `200 hello`, or nothing complete arrives within
 //! [`REQUEST_TIMEOUT`]. Failed requests are counted by cause and never retried in secret.
 //!
-//! The response parser is deliberately minimal (this talks to hyper with one request in
-//! flight): it needs the `\r\n\r\n`, a `Content-Length`, and notes `Connection: close`.
+//! The response head is parsed by `proc_kit::http::parse_head` (the test kit's parser too,
+//! allocation-free): this needs the `\r\n\r\n`, a `Content-Length`, and notes
+//! `Connection: close`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use proc_kit::http::parse_head;
 use tokio::net::TcpStream;
 
 /// How long one request may take before it counts as failed.
@@ -346,7 +348,7 @@ async fn exchange(
     write_all(s, req).await.map_err(|e| io_cause("write", &e))?;
     buf.clear();
     let mut chunk = [0u8; 4096];
-    let (head_end, len, close) = loop {
+    let (head_end, len, close, status) = loop {
         let n = read_some(s, &mut chunk)
             .await
             .map_err(|e| io_cause("read", &e))?;
@@ -358,8 +360,9 @@ async fn exchange(
             });
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(h) = parse_head(buf)? {
-            break h;
+        if let Some(h) = parse_head(buf).map_err(|_| "bad response head")? {
+            let len = h.content_length().ok_or("no content-length")?;
+            break (h.body_start, len, h.closes(), h.status);
         }
     };
     while buf.len() < head_end + len {
@@ -371,7 +374,7 @@ async fn exchange(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    if buf.get(9..12) != Some(b"200") || &buf[head_end..head_end + len] != b"hello" {
+    if status != 200 || &buf[head_end..head_end + len] != b"hello" {
         return Err("not 200 hello");
     }
     if until_eof || close {
@@ -421,29 +424,6 @@ async fn write_all(s: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Finds the end of the head; returns (body offset, content length, connection: close).
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, usize, bool)>, &'static str> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "bad response head")?;
-    let mut len = None;
-    let mut close = false;
-    for line in head.split("\r\n").skip(1) {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        if k.eq_ignore_ascii_case("content-length") {
-            len = v.parse::<usize>().ok();
-        } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
-            close = true;
-        }
-    }
-    let len = len.ok_or("no content-length")?;
-    Ok(Some((end + 4, len, close)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,12 +455,5 @@ mod tests {
                 "{v} → {i} → {back}"
             );
         }
-    }
-
-    #[test]
-    fn head_parsing() {
-        let r = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nConnection: close\r\n\r\nhello";
-        assert_eq!(parse_head(r), Ok(Some((r.len() - 5, 5, true))));
-        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\n"), Ok(None));
     }
 }
