@@ -164,10 +164,13 @@ impl InheritedListener {
     }
 
     fn from_owned(kind: ListenerKind, fd: OwnedFd) -> Self {
+        let nonblocking = is_nonblocking(fd.as_fd());
+        let fd = Arc::new(fd);
+        master_listeners().push(Arc::downgrade(&fd));
         InheritedListener {
             kind,
-            nonblocking: is_nonblocking(fd.as_fd()),
-            master: Some(Arc::new(fd)),
+            nonblocking,
+            master: Some(fd),
             child_fd: None,
         }
     }
@@ -303,6 +306,30 @@ fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(DEFAULT_BACKLOG)?;
     sock.set_nonblocking(true)?;
     Ok(sock.into())
+}
+
+/// Every listener made in this process, so that a stopping master can let go of them.
+static MASTER_LISTENERS: Mutex<Vec<std::sync::Weak<OwnedFd>>> = Mutex::new(Vec::new());
+
+fn master_listeners() -> std::sync::MutexGuard<'static, Vec<std::sync::Weak<OwnedFd>>> {
+    MASTER_LISTENERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A stopping master lets go of every listening socket it made (the numbers stay valid, on
+/// `/dev/null`): once the workers closed theirs too, the socket is gone and new connections are
+/// refused (which clients and load balancers retry elsewhere) instead of being accepted into a
+/// queue nobody reads and reset later. Returns how many it let go.
+pub(crate) fn release_master_listeners() -> usize {
+    let mut list = master_listeners();
+    let mut n = 0;
+    for fd in list.drain(..).filter_map(|w| w.upgrade()) {
+        match crate::sys::detach_fd(fd.as_raw_fd()) {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!(fd = fd.as_raw_fd(), error = %e,
+                "cannot release a listening socket at shutdown"),
+        }
+    }
+    n
 }
 
 /// fds declared by this worker's context, and those already adopted.

@@ -134,3 +134,17 @@ pub(crate) fn remove_env(key: &str) {
     // std's own accesses are serialised by its lock.
     unsafe { std::env::remove_var(key) };
 }
+
+/// `dup2(/dev/null, fd)`: closes the open file behind `fd` for this process while the number
+/// stays open (now on `/dev/null`), so whoever owns the number keeps a valid fd. This is how the
+/// master lets go of a shared listening socket whose owner (the application's `fork` closure)
+/// it cannot drop.
+pub(crate) fn detach_fd(fd: RawFd) -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 atomically replaces what `fd` refers to; the number stays open and owned by
+    // its owner, who sees a valid (if useless) fd from now on. No memory is passed.
+    if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -9,15 +9,10 @@
 
 pub mod warp;
 
-/// Logs go to standard error (`RUST_LOG`, default `info`), coloured only on a terminal;
-/// standard output is left to the program (`sample-simple`'s transcript, for one).
+/// Logs go to standard error (`RUST_LOG`, default `info`), coloured only on a terminal,
+/// through the library's writer, which never blocks and never panics (a full disk or a
+/// restarting log reader drops lines instead of stopping the master); standard output is left
+/// to the program (`sample-simple`'s transcript, for one).
 pub fn init_tracing() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    prefork_core::log::init_default();
 }

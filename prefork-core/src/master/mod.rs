@@ -26,7 +26,9 @@
 //!
 //! `SIGTERM` (or `SIGINT`) freezes the pool, calls `on_terminate` (`on_interrupt`) with every
 //! live worker that has not been asked to stop yet (each worker gets its stop signal once),
-//! and waits up to `shutdown_timeout`; what is left then gets `SIGKILL`. A second
+//! lets go of the listening sockets (new connections are refused once the last worker closed
+//! its copy, instead of queueing for nobody and being reset), and waits up to
+//! `shutdown_timeout`; what is left then gets `SIGKILL`. A second
 //! `SIGTERM`/`SIGINT` sends `SIGKILL` at once. When the last child is reaped, `on_finish` runs
 //! and the master returns.
 
@@ -447,6 +449,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                         }
                     }
                 }
+                // The workers stop accepting; the master lets go of the listening sockets, so
+                // the kernel refuses new connections once the last worker closed its copy.
+                let released = crate::fd::release_master_listeners();
+                tracing::debug!(released, "listening sockets released");
             }
         }
     }
