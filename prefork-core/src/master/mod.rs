@@ -47,10 +47,11 @@ use crate::context::{WorkerContext, WorkerSet};
 use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::{Readiness, ReadinessSocket};
+use crate::report::{ReloadOutcome, ReloadReport};
 use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::Spawner;
 
-use pool::{Pool, Processes};
+use pool::{Pool, PoolEvent, Processes};
 pub(crate) use pool::{PoolConfig, later};
 use signals::MasterSignals;
 
@@ -134,8 +135,12 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         readiness,
     };
     m.reap_all();
-    m.start()?;
-    m.run()
+    let r = m.start().and_then(|()| {
+        m.dispatch_events();
+        m.run()
+    });
+    crate::fd::unlink_bound_unix_paths();
+    r
 }
 
 /// The spawner the hooks get (fields borrowed apart from the hooks themselves).
@@ -253,11 +258,39 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
             let arrived = self.signals.take();
             self.step(&arrived);
+            self.dispatch_events();
         }
         self.reap_all();
         (self.settings.on_finish)(self.config.as_ref());
         tracing::info!(pid = std::process::id(), "master finished");
         Ok(())
+    }
+
+    /// Hands what the pool reported to the hooks.
+    fn dispatch_events(&mut self) {
+        for event in self.pool.take_events() {
+            match event {
+                PoolEvent::Ended(ended) => (self.settings.on_worker_exit)(&ended),
+                PoolEvent::Settled(report) => {
+                    let what = match &report.outcome {
+                        ReloadOutcome::Complete => "complete".to_string(),
+                        ReloadOutcome::Incomplete { failed } => {
+                            format!("incomplete: {} id(s) failed", failed.len())
+                        }
+                        ReloadOutcome::Rejected => "rejected".to_string(),
+                    };
+                    if report.generation == 0 {
+                        tracing::info!(outcome = %what, took_ms = report.took.as_millis() as u64,
+                            "pool ready");
+                        (self.settings.on_pool_ready)(&report);
+                    } else {
+                        tracing::info!(generation = report.generation, outcome = %what,
+                            took_ms = report.took.as_millis() as u64, "reload finished");
+                        (self.settings.on_reload_finished)(&report);
+                    }
+                }
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -468,6 +501,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 workers = self.live().len(),
                 "SIGHUP: update returned no configuration; keeping the running workers"
             );
+            (self.settings.on_reload_finished)(&ReloadReport {
+                generation: self.pool.generation(),
+                outcome: ReloadOutcome::Rejected,
+                took: std::time::Duration::ZERO,
+            });
             return;
         };
         self.config = Some(config);

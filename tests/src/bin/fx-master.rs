@@ -186,7 +186,7 @@ fn desired_count(o: &Opts) -> Option<u32> {
 
 fn main() {
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(prefork_core::log::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
