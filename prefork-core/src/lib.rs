@@ -222,7 +222,7 @@ where
 ///     default_main_async(settings, |w: Worker| async move {
 ///         prefork_core::worker::stopped().await?;
 ///         println!("worker {} stops", w.id);
-///         prefork_core::Result::Ok(())
+///         Ok::<(), prefork_core::Error>(())
 ///     })
 /// }
 /// ```
