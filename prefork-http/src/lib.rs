@@ -67,6 +67,7 @@
 //!   test's trigger. The two above are it, with the worker's stop signal as that future.
 //!
 //! ```no_run
+//! # #[allow(dead_code)]
 //! # async fn run(listener: std::net::TcpListener) -> std::io::Result<()> {
 //! use axum::{Router, routing::get};
 //! use prefork_http::{Options, serve_with_shutdown};
@@ -321,6 +322,7 @@ fn log_join(r: Result<(), JoinError>) {
 /// use hyper::{Request, Response};
 /// use prefork_http::{HyperService, Options};
 ///
+/// # #[allow(dead_code)]
 /// # fn run(listener: std::net::TcpListener) -> std::io::Result<()> {
 /// let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
 ///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
