@@ -169,13 +169,23 @@ impl Conn {
         }
         let grace = self.drain.grace;
         loop {
-            let due = self.last().max(started) + grace;
+            // A grace too long to be represented never ends: the drain deadline rules.
+            let Some(due) = self.last().max(started).checked_add(grace) else {
+                return std::future::pending().await;
+            };
             let now = Instant::now();
             if self.in_flight() == 0 && now >= due {
                 return;
             }
             // Busy: look again after a grace period; quiet but not long enough: wake when it is.
-            let wake = if now >= due { now + grace } else { due };
+            let wake = if now >= due {
+                now.checked_add(grace)
+            } else {
+                Some(due)
+            };
+            let Some(wake) = wake else {
+                return std::future::pending().await;
+            };
             tokio::time::sleep_until(wake).await;
         }
     }

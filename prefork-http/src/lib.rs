@@ -254,14 +254,10 @@ where
             biased;
             () = &mut shutdown => break,
             r = std::future::poll_fn(|cx| accept(cx, &mut next)) => match r {
-                Ok(Accepted::Tcp(s)) => {
-                    if options.tcp_nodelay {
-                        let _ = s.set_nodelay(true);
-                    }
-                    conns.spawn(serve_conn(s, service.clone(), Arc::clone(&builder), Arc::clone(&drain)));
-                }
-                Ok(Accepted::Unix(s)) => {
-                    conns.spawn(serve_conn(s, service.clone(), Arc::clone(&builder), Arc::clone(&drain)));
+                Ok(accepted) => {
+                    let svc = service.clone();
+                    let (builder, drain) = (Arc::clone(&builder), Arc::clone(&drain));
+                    conns.spawn(serve_accepted(accepted, svc, builder, drain, options.tcp_nodelay));
                 }
                 Err(e) => {
                     // ECONNABORTED, EMFILE, …: not fatal; do not spin on it either.
@@ -287,10 +283,16 @@ where
             log_join(r);
         }
     };
-    if tokio::time::timeout_at(started + options.drain_timeout, all_done)
-        .await
-        .is_err()
-    {
+    // A deadline too far to be represented is no deadline.
+    let deadline = started.checked_add(options.drain_timeout);
+    let in_time = match deadline {
+        Some(d) => tokio::time::timeout_at(d, all_done).await.is_ok(),
+        None => {
+            all_done.await;
+            true
+        }
+    };
+    if !in_time {
         tracing::warn!(
             target: LOG_TARGET,
             connections = conns.len(),
@@ -300,6 +302,32 @@ where
     }
     tracing::info!(target: LOG_TARGET, "drained");
     Ok(())
+}
+
+/// One connection's task: the socket options, then [`serve_conn`].
+async fn serve_accepted<S, B>(
+    accepted: Accepted,
+    service: S,
+    builder: Arc<Builder>,
+    drain: Arc<Drain>,
+    nodelay: bool,
+) where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    match accepted {
+        Accepted::Tcp(s) => {
+            if nodelay {
+                let _ = s.set_nodelay(true);
+            }
+            serve_conn(s, service, builder, drain).await;
+        }
+        Accepted::Unix(s) => serve_conn(s, service, builder, drain).await,
+    }
 }
 
 /// A connection task's end: a panic in the service is logged (it ended that connection only).
