@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HeaderValue};
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -41,8 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::BoxError;
 use crate::options::{Options, Protocol};
+use crate::{BoxError, HttpBody, HttpService};
 
 /// The target of this crate's log events.
 pub(crate) const LOG_TARGET: &str = "prefork_http";
@@ -278,12 +278,8 @@ where
 pub(crate) async fn serve_conn<T, S, B>(io: T, service: S, builder: Arc<Builder>, drain: Arc<Drain>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     let conn = Arc::new(Conn::new(drain));
     let io = TokioIo::new(Tracked {

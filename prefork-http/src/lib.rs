@@ -134,6 +134,44 @@ pub use crate::options::{Options, Protocol};
 /// it, as in hyper).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A service this crate can serve: a [`tower_service::Service`] of hyper requests whose
+/// responses have a body of type `B`, cloneable (once per connection and per request) and
+/// sendable to the runtime's threads, as an axum `Router` is.
+///
+/// Implemented for every such service; it only names the bounds.
+pub trait HttpService<B>:
+    tower_service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+}
+
+/// A response body this crate can send: a hyper [`Body`] that can move between threads.
+///
+/// Implemented for every such body; it only names the bounds.
+pub trait HttpBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> HttpBody for B
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// Serves `service` on `listeners` until the master asks this worker to stop, then drains;
 /// blocks until the drain is over.
 ///
@@ -147,12 +185,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub fn serve<L, S, B>(listeners: L, service: S, options: Options) -> io::Result<()>
 where
     L: IntoListeners,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     let stop = stop::stopped()?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -177,12 +211,8 @@ pub async fn serve_until_stopped<L, S, B>(
 ) -> io::Result<()>
 where
     L: IntoListeners,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     let stop = stop::stopped()?;
     serve_with_shutdown(listeners, service, options, stop).await
@@ -212,12 +242,8 @@ pub async fn serve_with_shutdown<L, S, B, F>(
 ) -> io::Result<()>
 where
     L: IntoListeners,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: HttpBody,
     F: Future<Output = ()>,
 {
     let bound = listeners
@@ -312,12 +338,8 @@ async fn serve_accepted<S, B>(
     drain: Arc<Drain>,
     nodelay: bool,
 ) where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     match accepted {
         Accepted::Tcp(s) => {
