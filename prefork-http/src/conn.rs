@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HeaderValue};
-use hyper::{Request, Response, Version};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use pin_project_lite::pin_project;
@@ -263,8 +263,10 @@ where
             if *this.http1
                 && guard.0.drain.is_draining()
                 && let Ok(resp) = &mut r
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
             {
-                // Draining: this is the connection's last response.
+                // Draining: this is the connection's last response (an upgrade, already
+                // accepted, leaves the connection to the application instead).
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
