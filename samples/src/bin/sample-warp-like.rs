@@ -102,8 +102,8 @@ fn main() {
         .readiness(Readiness::Explicit)
         .ready_timeout(Duration::from_secs(20))
         // Longer than a worker's own drain deadline, so it exits by itself.
-        .stop_timeout(drain_timeout + Duration::from_secs(5))
-        .shutdown_timeout(drain_timeout + Duration::from_secs(5));
+        .stop_timeout(drain_timeout.saturating_add(Duration::from_secs(5)))
+        .shutdown_timeout(drain_timeout.saturating_add(Duration::from_secs(5)));
     default_main(settings, move |w: Worker| {
         // The worker's logs carry its id; prefork_http::serve logs `serving` once it accepts
         // (and has told the master it is ready), then `stop requested: draining`, `drained`.
