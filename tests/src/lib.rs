@@ -553,3 +553,9 @@ pub fn listening_addr(lines: &Lines) -> SocketAddr {
     tail.parse()
         .unwrap_or_else(|e| panic!("cannot parse address from {l:?}: {e}"))
 }
+
+// Helpers of the hardening tests (log sinks that fail or stall, what a parent hands down, probes
+// of a master seen from outside), in modules of their own.
+pub mod logpipe;
+pub mod parent;
+pub mod probe;
