@@ -10,6 +10,7 @@ use crate::{Master, state};
 /// Polls `f` every 10 ms until it returns `Some`. Panics after `deadline` naming `what` and
 /// where the master is blocked, or as soon as the master exited, with its status (code, or
 /// 128+signal): a test of "the master survives X" fails at once, not at the deadline.
+#[track_caller]
 pub fn wait_alive<T>(
     m: &mut Master,
     deadline: Duration,
@@ -36,6 +37,7 @@ pub fn wait_alive<T>(
 }
 
 /// Panics, with its exit status, if the master exited; `during` says what the test was doing.
+#[track_caller]
 pub fn assert_running(m: &mut Master, during: &str) {
     if !m.running() {
         let code = m.wait_exit(Duration::from_secs(5));
