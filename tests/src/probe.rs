@@ -41,9 +41,17 @@ pub fn wait_alive<T>(
 pub fn assert_running(m: &mut Master, during: &str) {
     if !m.running() {
         let code = m.wait_exit(Duration::from_secs(5));
+        // Its last words, if its standard error is the guard's (bounded: a worker that outlived
+        // it may hold the pipe open).
+        let end = Instant::now() + Duration::from_secs(2);
+        while !m.stderr.closed() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let err = m.stderr.all();
         panic!(
-            "the master exited with status {code}{} during: {during}",
-            describe_status(code)
+            "the master exited with status {code}{} during: {during}; its last stderr lines:\n{}",
+            describe_status(code),
+            err[err.len().saturating_sub(5)..].join("\n")
         );
     }
 }

@@ -3,7 +3,8 @@
 //! `fx-master [--workers N | --workers-file PATH] [--mode MODE] [--readiness explicit|implicit]
 //!            [--shutdown-ms N] [--stop-ms N] [--backoff-ms INITIAL,MAX] [--ready-ms N]
 //!            [--threads N] [--nice N] [--cpus LIST] [--nofile N] [--unix PATH] [--hooks]
-//!            [--default-settings] [--mode-of ID=MODE]... [--once PATH] [--nonblocking]`
+//!            [--default-settings] [--mode-of ID=MODE]... [--once PATH] [--nonblocking]
+//!            [--port N]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
@@ -18,7 +19,9 @@
 //!
 //! `--mode-of ID=MODE` gives worker ID another mode than `--mode`. `--nonblocking` binds the
 //! listener with `InheritedListener::bind_tcp` (non-blocking, as the samples' is) instead of
-//! wrapping a blocking std listener.
+//! wrapping a blocking std listener. `--port N` binds 127.0.0.1:N instead of an ephemeral port
+//! (the kernel keeps an explicitly bound port through a `shutdown` of the listener; an
+//! ephemeral one is released).
 //!
 //! It prints `listening on 127.0.0.1:PORT` once it bound its socket, `hook <name>` for each
 //! hook call with `--hooks`, and workers print `worker <id> started pid <pid> gen <g> at <ms>` and
@@ -105,6 +108,7 @@ struct Opts {
     mode_of: Vec<(u32, String)>,
     once: Option<String>,
     nonblocking: bool,
+    port: u16,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -161,6 +165,7 @@ fn parse() -> Result<Opts, String> {
             }
             "--once" => o.once = Some(val()?),
             "--nonblocking" => o.nonblocking = true,
+            "--port" => o.port = num(val()?)? as u16,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -239,6 +244,7 @@ fn main() {
             .map_or_else(|| default_mode.clone(), |(_, m)| m.clone())
     };
     let nonblocking = o.nonblocking;
+    let bind_addr = format!("127.0.0.1:{}", o.port);
     let unix_path = o.unix.clone();
     let mut shared_unix: Option<InheritedListener> = None;
     let mut shared: Option<InheritedListener> = None;
@@ -246,14 +252,14 @@ fn main() {
         let l = match &shared {
             Some(l) => l.clone(),
             None if nonblocking => {
-                let l = InheritedListener::bind_tcp("127.0.0.1:0")?;
+                let l = InheritedListener::bind_tcp(bind_addr.as_str())?;
                 say(format!("listening on {}", l.local_addr()?));
                 shared.insert(l).clone()
             }
             None => {
-                let std_l = TcpListener::bind("127.0.0.1:0").map_err(|source| {
+                let std_l = TcpListener::bind(bind_addr.as_str()).map_err(|source| {
                     prefork_core::Error::Listen {
-                        addr: "127.0.0.1:0".into(),
+                        addr: bind_addr.clone(),
                         source,
                     }
                 })?;
