@@ -48,10 +48,14 @@ pub fn assert_running(m: &mut Master, during: &str) {
             std::thread::sleep(Duration::from_millis(10));
         }
         let err = m.stderr.all();
+        let tail = if err.is_empty() {
+            " (none captured)".to_string()
+        } else {
+            format!(":\n{}", err[err.len().saturating_sub(5)..].join("\n"))
+        };
         panic!(
-            "the master exited with status {code}{} during: {during}; its last stderr lines:\n{}",
+            "the master exited with status {code}{} during: {during}; its last stderr lines{tail}",
             describe_status(code),
-            err[err.len().saturating_sub(5)..].join("\n")
         );
     }
 }
@@ -119,4 +123,24 @@ pub fn fd_flags(pid: i32, fd: i32) -> Option<i32> {
 pub fn listener_nonblocking(pid: i32, port: u16) -> Option<bool> {
     let fd = fd_of_socket(pid, listening_inode(port)?)?;
     Some(fd_flags(pid, fd)? & nix::libc::O_NONBLOCK != 0)
+}
+
+/// Waits for the master to exit and returns its status (code, or 128+signal); after
+/// `deadline` panics naming `what` and where the master is blocked.
+#[track_caller]
+pub fn wait_exit_or_report(m: &mut Master, deadline: Duration, what: &str) -> i32 {
+    let start = Instant::now();
+    while m.running() {
+        if start.elapsed() > deadline {
+            let pid = m.pid().as_raw();
+            panic!(
+                "the master did not exit within {deadline:?} after {what} (master {pid}: \
+                 state {:?}, blocked in {:?})",
+                state(pid),
+                wchan(pid)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    m.wait_exit(Duration::from_secs(5))
 }
