@@ -27,7 +27,8 @@ const REFUSED_WITHIN: Duration = Duration::from_secs(HEADER_READ_TIMEOUT.as_secs
 
 /// `GET /` on a keep-alive connection; returns the status.
 fn get(s: &mut TcpStream) -> u16 {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -73,7 +74,11 @@ fn new_connections_are_refused_once_no_worker_accepts() {
     let mut idle = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
     idle.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     assert_eq!(get(&mut idle), 200);
-    assert_eq!(refused(addr), Ok(false), "serving: connections are accepted");
+    assert_eq!(
+        refused(addr),
+        Ok(false),
+        "serving: connections are accepted"
+    );
 
     m.signal(Signal::SIGTERM);
     // Both workers stopped accepting; one of them drains the idle connection.

@@ -44,9 +44,11 @@ fn the_emfile_warning_is_rate_limited() {
     let first = m.stderr.wait_line(DEADLINE, is_emfile);
     let t0 = Instant::now();
     eprintln!("first: {first}");
-    wait_until(WINDOW + Duration::from_secs(1), "the observation window", || {
-        t0.elapsed() >= WINDOW
-    });
+    wait_until(
+        WINDOW + Duration::from_secs(1),
+        "the observation window",
+        || t0.elapsed() >= WINDOW,
+    );
     assert_running(&mut m, "the EMFILE window");
     let n = m.stderr.count(is_emfile);
     eprintln!("{n} lines about EMFILE in {:?}", t0.elapsed());

@@ -106,13 +106,18 @@ fn a_log_nobody_reads_stops_nothing() {
     // A reload, still unread.
     let before = m.workers_by_arg("id");
     m.signal(Signal::SIGHUP);
-    wait_alive(&mut m, DEADLINE, "every worker replaced after SIGHUP", |m| {
-        let w = m.workers_by_arg("id");
-        (w.len() == WORKERS
-            && m.workers().len() == WORKERS
-            && w.iter().all(|(id, p)| before.get(id) != Some(p)))
-        .then_some(())
-    });
+    wait_alive(
+        &mut m,
+        DEADLINE,
+        "every worker replaced after SIGHUP",
+        |m| {
+            let w = m.workers_by_arg("id");
+            (w.len() == WORKERS
+                && m.workers().len() == WORKERS
+                && w.iter().all(|(id, p)| before.get(id) != Some(p)))
+            .then_some(())
+        },
+    );
     all_answered(&mut m, addr, 10, "after the reload");
 
     // The reader resumes; the next log events must carry the count of what was dropped.
@@ -120,9 +125,7 @@ fn a_log_nobody_reads_stops_nothing() {
     let end = Instant::now() + DEADLINE;
     let mut k = 0;
     let report = loop {
-        if let Some(l) = log.wait_line(Duration::from_millis(500), |l| {
-            dropped_count(l).is_some()
-        }) {
+        if let Some(l) = log.wait_line(Duration::from_millis(500), |l| dropped_count(l).is_some()) {
             break l;
         }
         assert!(
@@ -151,16 +154,21 @@ fn term_stops_a_master_whose_log_is_not_read() {
     // Fill the pipe: kill workers (each a log line or two) until it is nearly full.
     let mut k = 0;
     while pipe.unread() + 512 < pipe.capacity() {
-        assert!(k < KILLS, "the log pipe never filled: {} bytes", pipe.unread());
+        assert!(
+            k < KILLS,
+            "the log pipe never filled: {} bytes",
+            pipe.unread()
+        );
         let id = &ids[k % ids.len()];
-        kill_and_respawn(&mut m, id, &format!("kill {}: worker id={id} respawned", k + 1));
+        kill_and_respawn(
+            &mut m,
+            id,
+            &format!("kill {}: worker id={id} respawned", k + 1),
+        );
         k += 1;
     }
     all_answered(&mut m, addr, 5, "with the log pipe full");
     m.signal(Signal::SIGTERM);
     let code = wait_exit_or_report(&mut m, DEADLINE, "SIGTERM, with its log pipe full");
-    assert_eq!(
-        code, 0,
-        "the master exits 0 on SIGTERM with its log unread"
-    );
+    assert_eq!(code, 0, "the master exits 0 on SIGTERM with its log unread");
 }

@@ -119,7 +119,10 @@ impl LogPipe {
 
     /// Starts reading, line by line, in a thread, until end-of-file. Returns the lines.
     pub fn resume(&mut self) -> LogLines {
-        let r = self.read.take().expect("the reader was closed or resumed already");
+        let r = self
+            .read
+            .take()
+            .expect("the reader was closed or resumed already");
         let lines = LogLines::default();
         let l = lines.clone();
         std::thread::spawn(move || {
@@ -198,7 +201,10 @@ mod tests {
             Some(37)
         );
         assert_eq!(dropped_count("prefork: dropped (12) lines"), Some(12));
-        assert_eq!(dropped_count("worker exited pid=12 status=exit status 0"), None);
+        assert_eq!(
+            dropped_count("worker exited pid=12 status=exit status 0"),
+            None
+        );
         assert_eq!(dropped_count("pid=12 dropped 0"), None);
     }
 }

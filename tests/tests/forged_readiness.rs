@@ -41,8 +41,11 @@ fn a_worker_cannot_report_a_sibling_ready() {
              it was marked ready by its sibling's forged message"
         ),
         |m| {
-            (!alive(victim) && m.workers_by_arg("id").get("0").is_some_and(|&p| p != victim))
-                .then_some(())
+            (!alive(victim)
+                && m.workers_by_arg("id")
+                    .get("0")
+                    .is_some_and(|&p| p != victim))
+            .then_some(())
         },
     );
     // The forger's own readiness was genuine: it keeps running.

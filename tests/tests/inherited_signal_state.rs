@@ -25,14 +25,7 @@ fn fx_command(args: &[&str]) -> Command {
 
 #[test]
 fn a_master_started_with_chld_hup_term_blocked_reaps_reloads_and_stops() {
-    let mut cmd = fx_command(&[
-        "--workers",
-        "2",
-        "--mode",
-        "serve",
-        "--shutdown-ms",
-        "3000",
-    ]);
+    let mut cmd = fx_command(&["--workers", "2", "--mode", "serve", "--shutdown-ms", "3000"]);
     with_signal_state(
         &mut cmd,
         &[Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGTERM],
@@ -51,9 +44,8 @@ fn a_master_started_with_chld_hup_term_blocked_reaps_reloads_and_stops() {
         "worker id=0 reaped and respawned after SIGKILL (a blocked SIGCHLD leaves it a zombie)",
         |m| {
             let now = m.workers_by_arg("id");
-            (now.get("0").is_some_and(|&p| p != victim)
-                && !zombies_of(master).contains(&victim))
-            .then_some(())
+            (now.get("0").is_some_and(|&p| p != victim) && !zombies_of(master).contains(&victim))
+                .then_some(())
         },
     );
 

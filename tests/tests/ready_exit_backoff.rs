@@ -33,9 +33,7 @@ fn starts_in_window(readiness: &str) -> Vec<u64> {
         "--backoff-ms",
         "100,800",
     ]);
-    let first = m
-        .stdout
-        .wait_line(DEADLINE, |l| start_ms(l).is_some());
+    let first = m.stdout.wait_line(DEADLINE, |l| start_ms(l).is_some());
     let t0 = start_ms(&first).unwrap();
     // The first start after the window: every line before it has been read by then.
     m.stdout.wait_line(DEADLINE, |l| {

@@ -19,14 +19,8 @@ use testkit::{DEADLINE, Master, Signal, alive, signal_masks};
 #[test]
 fn a_hangup_to_the_process_group_leaves_the_workers_running() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fx-master"));
-    cmd.args([
-        "--default-settings",
-        "--workers",
-        "2",
-        "--mode",
-        "sleep",
-    ])
-    .process_group(0);
+    cmd.args(["--default-settings", "--workers", "2", "--mode", "sleep"])
+        .process_group(0);
     let mut m = Master::start(cmd);
     let pgid = m.pid();
     m.stdout.wait_count(DEADLINE, 2, &is_start_line);
