@@ -5,6 +5,8 @@
 //! What did not fit is dropped, and once the reader resumes the master says how many lines it
 //! dropped.
 //!
+//! Workers are killed round robin, each once it is past the startup window, so that every
+//! death is one of a worker that served (respawned at once), never a failed start (backoff).
 //! The pipe holds one page (4 KiB), so a few dozen log lines fill it; `FIONREAD` on the test's
 //! read end proves it filled. The program logs through the samples' `init_tracing`
 //! (tracing-subscriber's fmt layer on standard error), in the master and in the workers. The
@@ -17,15 +19,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testkit::logpipe::{LogPipe, dropped_count};
-use testkit::probe::{free_port, wait_alive, wait_exit_or_report};
+use testkit::probe::{age, free_port, wait_alive, wait_exit_or_report};
 use testkit::{DEADLINE, Master, Pid, Signal, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sample-warp-like");
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-const WORKERS: usize = 4;
+const WORKERS: usize = 8;
 const KILLS: usize = 100;
+/// A worker is killed only once it is older than the library's default startup window (1 s):
+/// a younger one's death is a failed start, retried with a growing backoff, and 100 of those
+/// would make this test slow, not stricter.
+const SETTLED: Duration = Duration::from_millis(1200);
 
-/// Starts `sample-warp-like -w 4 --threads 1` on a free port with its standard error into
+/// Starts `sample-warp-like -w 8 --threads 1` on a free port with its standard error into
 /// `pipe`; waits until it serves. Returns the master, its address and id → pid.
 fn start(pipe: &mut LogPipe) -> (Master, SocketAddr, BTreeMap<String, i32>) {
     let port = free_port();
@@ -52,9 +58,13 @@ fn start(pipe: &mut LogPipe) -> (Master, SocketAddr, BTreeMap<String, i32>) {
     (m, addr, w)
 }
 
-/// `SIGKILL`s the worker of `id` and waits until a new process runs that id; returns id → pid.
+/// Waits until the worker of `id` is older than [`SETTLED`], `SIGKILL`s it and waits until a
+/// new process runs that id; returns id → pid.
 fn kill_and_respawn(m: &mut Master, id: &str, what: &str) -> BTreeMap<String, i32> {
     let victim = m.workers_by_arg("id")[id];
+    wait_alive(m, DEADLINE, &format!("worker id={id} settled"), |_| {
+        age(victim).is_some_and(|a| a >= SETTLED).then_some(())
+    });
     nix::sys::signal::kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     wait_alive(m, DEADLINE, what, |m| {
         let w = m.workers_by_arg("id");

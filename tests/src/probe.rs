@@ -144,3 +144,19 @@ pub fn wait_exit_or_report(m: &mut Master, deadline: Duration, what: &str) -> i3
     }
     m.wait_exit(Duration::from_secs(5))
 }
+
+/// How long ago `pid` started (`/proc/<pid>/stat` start time against `/proc/uptime`, in clock
+/// ticks of 10 ms).
+pub fn age(pid: i32) -> Option<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    // Field 22 of stat is the 20th after the command name.
+    let start_ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let up = std::fs::read_to_string("/proc/uptime").ok()?;
+    let up_secs: f64 = up.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    let started = start_ticks as f64 / hz;
+    Some(Duration::from_secs_f64((up_secs - started).max(0.0)))
+}
