@@ -320,7 +320,7 @@ fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Removes a socket file at `path` that nobody listens on any more. Anything else there (a
 /// live socket, a file that is not a socket) is left alone, and `bind` then reports it.
-fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+pub(crate) fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(()); // nothing there
@@ -359,6 +359,14 @@ static MASTER_LISTENERS: Mutex<Vec<std::sync::Weak<OwnedFd>>> = Mutex::new(Vec::
 
 fn master_listeners() -> std::sync::MutexGuard<'static, Vec<std::sync::Weak<OwnedFd>>> {
     MASTER_LISTENERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The listening sockets this process made that are still open (not released), for status.
+pub(crate) fn master_listener_fds() -> Vec<Arc<OwnedFd>> {
+    master_listeners()
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect()
 }
 
 /// A stopping master lets go of every listening socket it made (the numbers stay valid, on

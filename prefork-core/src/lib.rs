@@ -135,6 +135,7 @@
 #![deny(unsafe_code)]
 
 pub mod context;
+pub mod control;
 mod error;
 pub mod fd;
 mod launch;
@@ -146,6 +147,7 @@ pub mod readiness;
 mod report;
 mod settings;
 mod spawn;
+pub mod status;
 mod sys;
 pub mod worker;
 

@@ -1,6 +1,7 @@
 //! `Settings`: haskell-prefork's hooks, and the knobs of supervision.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::context::{WorkerContext, WorkerSet};
@@ -10,6 +11,10 @@ use crate::process::{Pid, Signal};
 use crate::readiness::Readiness;
 use crate::report::{ReloadReport, WorkerEnded};
 use crate::spawn::Spawner;
+use crate::status::ScaleStatus;
+
+/// The scale bounds when [`Settings::scale`] is set and [`Settings::scale_bounds`] is not.
+pub const DEFAULT_SCALE_BOUNDS: (u32, u32) = (1, 1024);
 
 /// The `fork` callback of relaunch settings, its error made the library's.
 pub(crate) type ForkFn<W> = Box<dyn FnMut(&W, &Spawner<'_>) -> Result<Pid>>;
@@ -66,6 +71,8 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) pool: PoolConfig,
     pub(crate) readiness: Readiness,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) control_socket: Option<PathBuf>,
+    pub(crate) status_file: Option<PathBuf>,
 }
 
 impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
@@ -75,6 +82,8 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("readiness", &self.readiness)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("pool", &self.pool)
+            .field("control_socket", &self.control_socket)
+            .field("status_file", &self.status_file)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +109,8 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         pool: PoolConfig::default(),
         readiness: Readiness::Implicit,
         shutdown_timeout: Duration::from_secs(30),
+        control_socket: None,
+        status_file: None,
     }
 }
 
@@ -316,6 +327,76 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// HUP usually means new code or configuration that the context does not show).
     pub fn replace_unchanged(mut self, yes: bool) -> Self {
         self.pool.replace_unchanged = yes;
+        self
+    }
+
+    /// Turns on runtime scaling, starting at `initial`. The scale is an input to `update`:
+    /// it reads it with [`WorkerSet::scale`] and declares that many workers. `SIGTTIN` (+1),
+    /// `SIGTTOU` (−1) and the control socket's `scale N|+K|-K` change it and call `update`
+    /// again; only the ids that join start and only the ids that leave stop (gracefully), every
+    /// other worker is left alone. A reload (`SIGHUP`) keeps the current scale. A change outside
+    /// [`scale_bounds`](Self::scale_bounds) (default 1 ..= 1024) is refused with a reason.
+    ///
+    /// ```no_run
+    /// use prefork_core::{relaunch_settings, Spawner, WorkerContext, WorkerSet};
+    /// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, WorkerContext)]
+    /// # struct Worker { #[prefork(id)] id: u32 }
+    /// let settings = relaunch_settings(
+    ///     |set: &mut WorkerSet<Worker>| {
+    ///         let n = set.scale().unwrap_or(4);
+    ///         set.set((0..n).map(|id| Worker { id }));
+    ///         Some(())
+    ///     },
+    ///     |w: &Worker, spawner: &Spawner| spawner.fork_worker_process(w),
+    /// )
+    /// .scale(4)
+    /// .scale_bounds(1, 64);
+    /// # drop(settings);
+    /// ```
+    pub fn scale(mut self, initial: u32) -> Self {
+        let (min, max) = self
+            .pool
+            .scale
+            .map_or(DEFAULT_SCALE_BOUNDS, |s| (s.min, s.max));
+        self.pool.scale = Some(ScaleStatus {
+            current: initial,
+            min,
+            max,
+        });
+        self
+    }
+
+    /// The smallest and largest scale a `TTIN`/`TTOU` or `scale` request may reach (default
+    /// 1 ..= 1024). Only meaningful with [`scale`](Self::scale); the initial scale itself is
+    /// not clamped (the program chose it).
+    pub fn scale_bounds(mut self, min: u32, max: u32) -> Self {
+        let s = self.pool.scale.get_or_insert(ScaleStatus {
+            current: min,
+            min,
+            max,
+        });
+        s.min = min;
+        s.max = max.max(min);
+        self
+    }
+
+    /// Listens for commands on a Unix stream socket at `path` (mode 0600; only the master's
+    /// uid and root may connect): `status`, `reload`, `scale`, `replace`, `stop`, `metrics`.
+    /// The protocol and a client are in [`control`](crate::control); `prefork-ctl` is the
+    /// command-line client. A stale socket file left by a dead master is replaced; the master
+    /// removes its file when it exits. The socket is served from the master's one loop: an
+    /// idle master still wakes up for nothing, and a slow or hostile client cannot hold it
+    /// (each request is at most 64 KiB and must arrive within 5 s).
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Writes the [`Status`](crate::status::Status) as JSON to `path` whenever it changes
+    /// (written to a temporary file beside it, then renamed over it, so a reader never sees
+    /// half of one): for exec probes and humans.
+    pub fn status_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.status_file = Some(path.into());
         self
     }
 

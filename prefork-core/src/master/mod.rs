@@ -3,10 +3,12 @@
 //! # The loop
 //!
 //! Everything the master learns arrives through one `poll`: the signal self-pipe
-//! ([`signals`]), the readiness socket ([`crate::readiness`]), and timers as the poll's
-//! timeout, which is the state machine's next deadline (none: it sleeps until something
-//! happens, so an idle master costs no CPU). After a wake-up it handles, in this order:
-//! readiness messages, reaping, `TERM`/`INT`, `QUIT`, `HUP`, stray signals, timers.
+//! ([`signals`]), the readiness socket ([`crate::readiness`]), the control socket and its
+//! clients ([`control`]), and timers as the poll's timeout, which is the state machine's next
+//! deadline, or a connected control client's (none: it sleeps until something happens, so an
+//! idle master costs no CPU). After a wake-up it handles, in this order: readiness messages,
+//! reaping, `TERM`/`INT`, `QUIT`, `HUP`, `TTIN`/`TTOU`, stray signals, timers, control
+//! requests, then what the pool reported (hooks, waiting control clients, the status file).
 //!
 //! Decisions (who to start, replace, retire, back off) are the pure state machine's
 //! ([`pool`]); this module only observes and acts. The state machine acts through
@@ -32,6 +34,7 @@
 //! `SIGTERM`/`SIGINT` sends `SIGKILL` at once. When the last child is reaped, `on_finish` runs
 //! and the master returns.
 
+mod control;
 mod pool;
 mod signals;
 
@@ -47,6 +50,7 @@ use crate::context::{WorkerContext, WorkerSet};
 use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::{Readiness, ReadinessSocket};
+use crate::control::ScaleChange;
 use crate::report::{ReloadOutcome, ReloadReport};
 use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::Spawner;
@@ -113,6 +117,17 @@ struct Master<C, W: WorkerContext> {
     phase: Phase,
     signals: MasterSignals,
     readiness: ReadinessSocket,
+    control: control::Control,
+}
+
+/// What a reload request led to.
+enum ReloadStart<Id> {
+    /// The pool reconciles; it reports the end of this generation later.
+    Started(u64),
+    /// Already over: rejected by `update`, or a hook-only reload.
+    Finished(ReloadReport<Id>),
+    /// The master is stopping.
+    Stopping,
 }
 
 /// Runs the master until it is told to stop. `default_main` calls this in the master process;
@@ -121,6 +136,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
     let _ = crate::launch::launch();
     let signals = MasterSignals::install()?;
     let readiness = ReadinessSocket::new()?;
+    let control = control::Control::new(&settings)?;
     let fork = settings.fork.take();
     let pool = Pool::new(settings.pool_config());
     let mut m = Master {
@@ -133,10 +149,12 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         phase: Phase::Running,
         signals,
         readiness,
+        control,
     };
     m.reap_all();
     let r = m.start().and_then(|()| {
         m.dispatch_events();
+        m.control_after_turn();
         m.run()
     });
     crate::fd::unlink_bound_unix_paths();
@@ -169,6 +187,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     fn start(&mut self) -> Result<()> {
         let mut set = WorkerSet::new();
+        set.set_scale(self.pool.scale().map(|s| s.current));
         let config = call_update(&mut self.settings.update_config, &mut set);
         if self.fork.is_some() && config.is_none() {
             return Err(Error::NoInitialConfig);
@@ -248,18 +267,27 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                         .unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(self.signals.fd(), PollFlags::POLLIN),
                 PollFd::new(self.readiness.master_end(), PollFlags::POLLIN),
             ];
+            self.control.poll_fds(&mut fds);
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(Error::sys("poll", e)),
             }
+            let control_events: Vec<PollFlags> = fds[2..]
+                .iter()
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                .collect();
+            drop(fds);
             let arrived = self.signals.take();
             self.step(&arrived);
+            self.serve_control(&control_events);
             self.dispatch_events();
+            self.control_after_turn();
         }
+        self.control.flush();
         self.reap_all();
         (self.settings.on_finish)(self.config.as_ref());
         tracing::info!(pid = std::process::id(), "master finished");
@@ -269,6 +297,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     /// Hands what the pool reported to the hooks.
     fn dispatch_events(&mut self) {
         for event in self.pool.take_events() {
+            self.control.observe(&event);
             match event {
                 PoolEvent::Ended(ended) => (self.settings.on_worker_exit)(&ended),
                 PoolEvent::Settled(report) => {
@@ -286,6 +315,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     } else {
                         tracing::info!(generation = report.generation, outcome = %what,
                             took_ms = report.took.as_millis() as u64, "reload finished");
+                        self.control.reload_finished(&report, Instant::now());
                         (self.settings.on_reload_finished)(&report);
                     }
                 }
@@ -295,6 +325,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut d = self.pool.next_deadline();
+        if let Some(c) = self.control.next_deadline() {
+            d = Some(d.map_or(c, |x| x.min(c)));
+        }
         if let Phase::Stopping {
             deadline,
             killed: false,
@@ -328,6 +361,14 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         if got(Signal::SIGHUP) {
             self.reload();
+        }
+        for (sig, by) in [(Signal::SIGTTIN, 1), (Signal::SIGTTOU, -1)] {
+            if got(sig) {
+                match self.rescale(ScaleChange::By(by)) {
+                    Ok(r) => tracing::info!(signal = %sig, from = r.from, to = r.to, "scale changed"),
+                    Err(why) => tracing::warn!(signal = %sig, "scale unchanged: {why}"),
+                }
+            }
         }
         for &sig in arrived.iter().filter(|s| !signals::is_meaningful(**s)) {
             tracing::warn!(signal = %sig, "signal has no meaning for the master; ignored");
@@ -456,6 +497,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 self.kill_all(deadline);
             }
             Phase::Running => {
+                self.control.stopping(Instant::now());
                 // Retiring workers already got their stop signal: only the others are asked.
                 let mut asked = self.pool.begin_shutdown();
                 asked.extend(self.unmanaged.iter().copied());
@@ -490,23 +532,27 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
     }
 
-    fn reload(&mut self) {
+    fn reload(&mut self) -> ReloadStart<W::Id> {
         if let Phase::Stopping { .. } = self.phase {
             tracing::info!("SIGHUP during shutdown: ignored");
-            return;
+            return ReloadStart::Stopping;
         }
         let mut set = self.desired.clone();
+        // The runtime scale survives a reload (gunicorn#716 resets it; here it stays).
+        set.set_scale(self.pool.scale().map(|s| s.current));
         let Some(config) = call_update(&mut self.settings.update_config, &mut set) else {
             tracing::warn!(
                 workers = self.live().len(),
                 "SIGHUP: update returned no configuration; keeping the running workers"
             );
-            (self.settings.on_reload_finished)(&ReloadReport {
+            let report = ReloadReport {
                 generation: self.pool.generation(),
                 outcome: ReloadOutcome::Rejected,
                 took: std::time::Duration::ZERO,
-            });
-            return;
+            };
+            self.control.reload_finished(&report, Instant::now());
+            (self.settings.on_reload_finished)(&report);
+            return ReloadStart::Finished(report);
         };
         self.config = Some(config);
         if self.fork.is_some() {
@@ -525,6 +571,15 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             );
         }
         self.call_update_server();
+        match self.pool.settling_generation() {
+            Some(g) if self.fork.is_some() => ReloadStart::Started(g),
+            // Settled already (nothing to replace), or hook-only: over at once.
+            _ => ReloadStart::Finished(ReloadReport {
+                generation: self.pool.generation(),
+                outcome: ReloadOutcome::Complete,
+                took: std::time::Duration::ZERO,
+            }),
+        }
     }
 }
 
