@@ -2,7 +2,7 @@
 //! without dropping a request.
 //!
 //! ```text
-//! sample-axum -p PORT -w WORKERS
+//! sample-axum -p PORT -w WORKERS [--control PATH] [--status-file PATH]
 //! ```
 //!
 //! `GET /` answers `hello`, `GET /id` the id of the worker that answered, `GET /stream` a body
@@ -28,9 +28,15 @@ struct Cli {
     /// TCP port to listen on, on 127.0.0.1 (0: any free port, shown on stderr).
     #[arg(short, long, default_value_t = 3000)]
     port: u16,
-    /// Number of worker processes.
+    /// Number of worker processes (at start: TTIN, TTOU and `prefork-ctl scale` change it).
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
+    /// Serve the control socket at PATH (for `prefork-ctl -s PATH`).
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
+    /// Write the status as JSON to PATH whenever it changes.
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<std::path::PathBuf>,
 }
 
 /// One worker: `ps` shows `sample-axum id=2`.
@@ -66,12 +72,19 @@ async fn stream() -> Body {
 
 fn main() {
     // The master's argv in both processes: a worker's own argv (`id=0`) is for `ps`.
-    let Cli { port, workers } = Cli::parse_from(prefork_core::args());
+    let Cli {
+        port,
+        workers,
+        control,
+        status_file,
+    } = Cli::parse_from(prefork_core::args());
     samples::init_tracing();
 
-    // The desired workers, at start and on every SIGHUP.
+    // The desired workers, at start, on every SIGHUP, and on every scale change (the scale
+    // starts at WORKERS).
     let update = move |set: &mut WorkerSet<Worker>| {
-        set.set((0..workers).map(|id| Worker { id, listener: None }));
+        let n = set.scale().unwrap_or(workers);
+        set.set((0..n).map(|id| Worker { id, listener: None }));
         Some(())
     };
     // The socket is bound once, in the master, and inherited by every worker.
@@ -96,7 +109,16 @@ fn main() {
         })
     };
     // A new worker takes over once prefork_http::serve says it accepts.
-    let settings = relaunch_settings(update, fork).readiness(Readiness::Explicit);
+    let mut settings = relaunch_settings(update, fork)
+        .readiness(Readiness::Explicit)
+        .scale(workers)
+        .scale_bounds(1, 1024);
+    if let Some(path) = control {
+        settings = settings.control_socket(path);
+    }
+    if let Some(path) = status_file {
+        settings = settings.status_file(path);
+    }
     default_main(settings, |w: Worker| {
         prefork_http::serve(w.listener, app(w.id), prefork_http::Options::default())
     })

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
-//!                  [--stop-signal SIG]
+//!                  [--stop-signal SIG] [--control PATH] [--status-file PATH]
 //! ```
 //!
 //! The master binds `127.0.0.1:PORT` once (lazily, in the `fork` callback, as the Haskell sample
@@ -14,6 +14,10 @@
 //!   readiness, once its accept loop runs) before its predecessor is told to stop, and the old
 //!   one drains, so a reload drops no request.
 //! * `kill -TERM <master>`: every worker drains and exits, then the master exits 0.
+//! * `kill -TTIN <master>` / `kill -TTOU <master>`: one worker more (id `WORKERS`, …) or one
+//!   fewer (the highest id drains and exits); a reload keeps the new number.
+//! * `--control PATH`: `prefork-ctl -s PATH status | reload | scale N | replace ID | stop |
+//!   metrics`.
 //!
 //! A stopping worker drops its listener, then drains its keep-alive connections without the
 //! keep-alive race, within `--drain-grace` and `--drain-timeout`: `prefork_http::serve` does
@@ -58,6 +62,12 @@ struct Cli {
     /// The signal that asks a worker to stop and drain (TERM, USR1, QUIT, …).
     #[arg(long, value_name = "SIG", default_value = "TERM")]
     stop_signal: Signal,
+    /// Serve the control socket at PATH (for `prefork-ctl -s PATH`).
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
+    /// Write the status as JSON to PATH whenever it changes.
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<std::path::PathBuf>,
 }
 
 /// One worker: `ps` shows `sample-warp-like id=2 +RTS -N5 -RTS`.
@@ -84,8 +94,11 @@ fn main() {
         .drain_grace(Duration::from_secs(cli.drain_grace))
         .drain_timeout(drain_timeout);
 
+    // The scale starts at WORKERS; TTIN/TTOU and `prefork-ctl scale` change it, and a reload
+    // keeps it.
     let update = move |set: &mut WorkerSet<Worker>| {
-        set.set((0..workers).map(|id| Worker {
+        let n = set.scale().unwrap_or(workers);
+        set.set((0..n).map(|id| Worker {
             id,
             listener: None,
             cap,
@@ -113,13 +126,21 @@ fn main() {
             ..w.clone()
         })
     };
-    let settings = relaunch_settings(update, fork)
+    let mut settings = relaunch_settings(update, fork)
         .readiness(Readiness::Explicit)
+        .scale(workers)
+        .scale_bounds(1, 1024)
         .stop_signal(cli.stop_signal)
         .ready_timeout(Duration::from_secs(20))
         // Longer than a worker's own drain deadline, so it exits by itself.
         .stop_timeout(drain_timeout.saturating_add(Duration::from_secs(5)))
         .shutdown_timeout(drain_timeout.saturating_add(Duration::from_secs(5)));
+    if let Some(path) = &cli.control {
+        settings = settings.control_socket(path);
+    }
+    if let Some(path) = &cli.status_file {
+        settings = settings.status_file(path);
+    }
     default_main(settings, move |w: Worker| {
         // The worker's logs carry its id; prefork_http::serve logs `serving` once it accepts
         // (and has told the master it is ready), then `stop requested: draining`, `drained`.

@@ -4,7 +4,8 @@
 //!            [--shutdown-ms N] [--stop-ms N] [--backoff-ms INITIAL,MAX] [--ready-ms N]
 //!            [--threads N] [--nice N] [--cpus LIST] [--nofile N] [--unix PATH] [--hooks]
 //!            [--default-settings] [--mode-of ID=MODE]... [--once PATH] [--nonblocking]
-//!            [--port N] [--stop-signal SIG]`
+//!            [--port N] [--stop-signal SIG] [--control PATH] [--status-file PATH]
+//!            [--scale] [--scale-bounds MIN,MAX]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
@@ -23,6 +24,10 @@
 //! wrapping a blocking std listener. `--port N` binds 127.0.0.1:N instead of an ephemeral port
 //! (the kernel keeps an explicitly bound port through a `shutdown` of the listener; an
 //! ephemeral one is released).
+//!
+//! `--control PATH` serves the control socket at PATH, `--status-file PATH` writes the status
+//! file; `--scale` turns runtime scaling on, starting at `--workers` (`update` declares
+//! `set.scale()` workers), within `--scale-bounds` (default 1,1024).
 //!
 //! It prints `listening on 127.0.0.1:PORT` once it bound its socket, `hook <name>` for each
 //! hook call with `--hooks`, and workers print `worker <id> started pid <pid> gen <g> at <ms>` and
@@ -111,6 +116,10 @@ struct Opts {
     once: Option<String>,
     nonblocking: bool,
     port: u16,
+    control: Option<String>,
+    status_file: Option<String>,
+    scale: bool,
+    scale_bounds: Option<(u64, u64)>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -169,6 +178,14 @@ fn parse() -> Result<Opts, String> {
             "--once" => o.once = Some(val()?),
             "--nonblocking" => o.nonblocking = true,
             "--port" => o.port = num(val()?)? as u16,
+            "--control" => o.control = Some(val()?),
+            "--status-file" => o.status_file = Some(val()?),
+            "--scale" => o.scale = true,
+            "--scale-bounds" => {
+                let v = val()?;
+                let (a, b) = v.split_once(',').ok_or("--scale-bounds MIN,MAX")?;
+                o.scale_bounds = Some((num(a.into())?, num(b.into())?));
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -327,7 +344,10 @@ fn main() {
         };
         relaunch_settings(
             move |set: &mut WorkerSet<Fx>| {
-                let n = desired_count(&o2)?;
+                let n = match set.scale() {
+                    Some(n) => n,
+                    None => desired_count(&o2)?,
+                };
                 set.set((0..n).map(|id| Fx {
                     id,
                     mode: mode_for(id),
@@ -371,6 +391,18 @@ fn main() {
     }
     if let Some(sig) = o.stop_signal {
         settings = settings.stop_signal(sig);
+    }
+    if let Some(p) = &o.control {
+        settings = settings.control_socket(p);
+    }
+    if let Some(p) = &o.status_file {
+        settings = settings.status_file(p);
+    }
+    if o.scale {
+        settings = settings.scale(o.workers);
+    }
+    if let Some((min, max)) = o.scale_bounds {
+        settings = settings.scale_bounds(min as u32, max as u32);
     }
     if let Some(r) = o.readiness {
         settings = settings.readiness(r);
