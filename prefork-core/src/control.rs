@@ -102,7 +102,8 @@ impl FromStr for ScaleChange {
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let t = s.trim();
-        let bad = |e: std::num::ParseIntError| format!("invalid scale {s:?}: {e} (expected N, +K or -K)");
+        let bad =
+            |e: std::num::ParseIntError| format!("invalid scale {s:?}: {e} (expected N, +K or -K)");
         if let Some(k) = t.strip_prefix('+') {
             k.parse::<i64>().map(ScaleChange::By).map_err(bad)
         } else if t.starts_with('-') {
@@ -204,7 +205,8 @@ pub fn request_timeout(
         .set_read_timeout(timeout)
         .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(10))))
         .map_err(|e| err("cannot set a timeout on", e))?;
-    let mut line = serde_json::to_vec(cmd).map_err(|e| err("cannot encode a request for", e.into()))?;
+    let mut line =
+        serde_json::to_vec(cmd).map_err(|e| err("cannot encode a request for", e.into()))?;
     line.push(b'\n');
     stream
         .write_all(&line)
@@ -233,18 +235,31 @@ mod tests {
     #[test]
     fn commands_are_one_json_object_each() {
         let cases = [
-            (Command::Status { resources: false }, r#"{"cmd":"status","resources":false}"#),
+            (
+                Command::Status { resources: false },
+                r#"{"cmd":"status","resources":false}"#,
+            ),
             (Command::Reload, r#"{"cmd":"reload"}"#),
             (
-                Command::Scale { change: ScaleChange::To(7) },
+                Command::Scale {
+                    change: ScaleChange::To(7),
+                },
                 r#"{"cmd":"scale","to":7}"#,
             ),
             (
-                Command::Scale { change: ScaleChange::By(-2) },
+                Command::Scale {
+                    change: ScaleChange::By(-2),
+                },
                 r#"{"cmd":"scale","by":-2}"#,
             ),
-            (Command::Replace { id: "3".into() }, r#"{"cmd":"replace","id":"3"}"#),
-            (Command::Stop { fast: true }, r#"{"cmd":"stop","fast":true}"#),
+            (
+                Command::Replace { id: "3".into() },
+                r#"{"cmd":"replace","id":"3"}"#,
+            ),
+            (
+                Command::Stop { fast: true },
+                r#"{"cmd":"stop","fast":true}"#,
+            ),
             (Command::Metrics, r#"{"cmd":"metrics"}"#),
         ];
         for (cmd, json) in cases {
@@ -276,9 +291,7 @@ mod tests {
 
     #[test]
     fn responses_are_tagged_by_result() {
-        let r = Response::Error {
-            error: "no".into(),
-        };
+        let r = Response::Error { error: "no".into() };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"result":"error","error":"no"}"#

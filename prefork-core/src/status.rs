@@ -389,7 +389,10 @@ impl Status {
         let m = &self.master;
         let c = &m.counters;
         let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP prefork_{name} {help}\n# TYPE prefork_{name} {kind}");
+            let _ = writeln!(
+                o,
+                "# HELP prefork_{name} {help}\n# TYPE prefork_{name} {kind}"
+            );
         };
         head(&mut o, "workers", "gauge", "Worker processes by state.");
         for (state, label) in [
@@ -403,7 +406,12 @@ impl Status {
         }
         head(&mut o, "workers_desired", "gauge", "Desired worker ids.");
         let _ = writeln!(o, "prefork_workers_desired {}", m.desired);
-        head(&mut o, "workers_ready", "gauge", "Desired ids with a ready worker.");
+        head(
+            &mut o,
+            "workers_ready",
+            "gauge",
+            "Desired ids with a ready worker.",
+        );
         let _ = writeln!(o, "prefork_workers_ready {}", m.ready);
         if let Some(s) = m.scale {
             head(&mut o, "scale", "gauge", "The runtime scale.");
@@ -411,7 +419,12 @@ impl Status {
         }
         head(&mut o, "generation", "gauge", "Reload generation.");
         let _ = writeln!(o, "prefork_generation {}", m.generation);
-        head(&mut o, "spawns_total", "counter", "Worker processes started.");
+        head(
+            &mut o,
+            "spawns_total",
+            "counter",
+            "Worker processes started.",
+        );
         let _ = writeln!(o, "prefork_spawns_total {}", c.spawns);
         head(
             &mut o,
@@ -420,9 +433,19 @@ impl Status {
             "Respawns of workers that had served and died.",
         );
         let _ = writeln!(o, "prefork_restarts_total {}", c.restarts);
-        head(&mut o, "failed_starts_total", "counter", "Failed worker starts.");
+        head(
+            &mut o,
+            "failed_starts_total",
+            "counter",
+            "Failed worker starts.",
+        );
         let _ = writeln!(o, "prefork_failed_starts_total {}", c.failed_starts);
-        head(&mut o, "reloads_total", "counter", "Finished reloads by outcome.");
+        head(
+            &mut o,
+            "reloads_total",
+            "counter",
+            "Finished reloads by outcome.",
+        );
         for (label, n) in [
             ("ok", c.reloads_ok),
             ("incomplete", c.reloads_incomplete),
@@ -430,7 +453,12 @@ impl Status {
         ] {
             let _ = writeln!(o, "prefork_reloads_total{{outcome=\"{label}\"}} {n}");
         }
-        head(&mut o, "worker_exits_total", "counter", "Worker exits by reason.");
+        head(
+            &mut o,
+            "worker_exits_total",
+            "counter",
+            "Worker exits by reason.",
+        );
         for (label, n) in c.exits.pairs() {
             let _ = writeln!(o, "prefork_worker_exits_total{{reason=\"{label}\"}} {n}");
         }
@@ -471,7 +499,12 @@ impl Status {
                     l.accept_queue.unwrap_or(0)
                 );
             }
-            head(&mut o, "listener_backlog", "gauge", "Accept queue capacity.");
+            head(
+                &mut o,
+                "listener_backlog",
+                "gauge",
+                "Accept queue capacity.",
+            );
             for l in &tcp {
                 let _ = writeln!(
                     o,
@@ -510,7 +543,12 @@ mod tests {
             Timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)).to_string(),
             "2000-02-29T00:00:00.000Z"
         );
-        for bad in ["", "2026-12-07", "2026-13-01T00:00:00Z", "2026-12-07T00:00:00+01:00"] {
+        for bad in [
+            "",
+            "2026-12-07",
+            "2026-13-01T00:00:00Z",
+            "2026-12-07T00:00:00+01:00",
+        ] {
             assert_eq!(Timestamp::parse(bad), None, "{bad}");
         }
     }

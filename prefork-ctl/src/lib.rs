@@ -188,7 +188,11 @@ fn execute(cli: &Cli, out: &mut dyn Write) -> Result<bool, String> {
             Ok(true)
         }
         Response::Stopping { fast } => {
-            let how = if fast { "killing its workers" } else { "draining" };
+            let how = if fast {
+                "killing its workers"
+            } else {
+                "draining"
+            };
             print(out, &format!("master stopping ({how})\n"))?;
             Ok(true)
         }
@@ -267,10 +271,19 @@ fn table(s: &Status) -> String {
     );
     let with_res = s.workers.iter().any(|w| w.resources.is_some());
     let mut rows = vec![{
-        let mut h = vec!["ID", "PID", "GEN", "STATE", "UP", "RESTARTS", "FAILED", "LAST EXIT"]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
+        let mut h = vec![
+            "ID",
+            "PID",
+            "GEN",
+            "STATE",
+            "UP",
+            "RESTARTS",
+            "FAILED",
+            "LAST EXIT",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
         if with_res {
             h.extend(["RSS".into(), "PSS".into(), "CPU".into()]);
         }

@@ -120,7 +120,10 @@ fn status_json_names_every_child_and_a_sigkill_shows_in_restarts_and_last_exit()
     let (code, table, _) = ctl(&sock, &["status"]);
     assert_eq!(code, 0);
     assert!(table.contains("SIGKILL (crashed)"), "{table}");
-    assert!(table.starts_with(&format!("master {}  running", m.pid())), "{table}");
+    assert!(
+        table.starts_with(&format!("master {}  running", m.pid())),
+        "{table}"
+    );
 
     let (code, out, _) = ctl(&sock, &["stop"]);
     assert_eq!((code, out.trim()), (0, "master stopping (draining)"));

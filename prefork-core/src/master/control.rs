@@ -190,7 +190,11 @@ impl Control {
         }
     }
 
-    fn reload_status<Id: std::fmt::Debug>(&self, r: &ReloadReport<Id>, now: Instant) -> ReloadStatus {
+    fn reload_status<Id: std::fmt::Debug>(
+        &self,
+        r: &ReloadReport<Id>,
+        now: Instant,
+    ) -> ReloadStatus {
         let (outcome, failed) = match &r.outcome {
             ReloadOutcome::Complete => (ReloadResult::Ok, Vec::new()),
             ReloadOutcome::Incomplete { failed } => (
@@ -387,7 +391,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     /// Changes the runtime scale: the pool checks the bounds, `update` makes the set for the
     /// new scale, and the pool starts the new ids and retires the removed ones.
-    pub(super) fn rescale(&mut self, change: ScaleChange) -> std::result::Result<ScaleResult, String> {
+    pub(super) fn rescale(
+        &mut self,
+        change: ScaleChange,
+    ) -> std::result::Result<ScaleResult, String> {
         if let Phase::Stopping { .. } = self.phase {
             return Err("the master is stopping".into());
         }
@@ -644,9 +651,16 @@ struct Client {
 
 #[derive(Debug)]
 enum ClientPhase {
-    Reading { buf: Vec<u8>, deadline: Instant },
+    Reading {
+        buf: Vec<u8>,
+        deadline: Instant,
+    },
     Waiting(Wait),
-    Writing { out: Vec<u8>, pos: usize, deadline: Instant },
+    Writing {
+        out: Vec<u8>,
+        pos: usize,
+        deadline: Instant,
+    },
 }
 
 impl ClientPhase {
@@ -741,7 +755,10 @@ impl ControlSocket {
                     c.reply(&error("timed out waiting for the request"), now);
                 }
                 ClientPhase::Writing { deadline, .. } if *deadline <= now => {
-                    tracing::debug!(client = c.id, "control client did not read its response in time");
+                    tracing::debug!(
+                        client = c.id,
+                        "control client did not read its response in time"
+                    );
                     c.done = true;
                 }
                 _ => {}
@@ -777,12 +794,17 @@ impl ControlSocket {
                 },
                 done: false,
             };
-            match nix::sys::socket::getsockopt(&c.stream, nix::sys::socket::sockopt::PeerCredentials)
-            {
+            match nix::sys::socket::getsockopt(
+                &c.stream,
+                nix::sys::socket::sockopt::PeerCredentials,
+            ) {
                 Ok(cred) if cred.uid() == self.uid || cred.uid() == 0 => {}
                 Ok(cred) => {
-                    tracing::warn!(uid = cred.uid(), pid = cred.pid(),
-                        "control socket: refused a client of another user");
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        pid = cred.pid(),
+                        "control socket: refused a client of another user"
+                    );
                     c.reply(
                         &error(&format!(
                             "permission denied: uid {} is neither the master's ({}) nor root",

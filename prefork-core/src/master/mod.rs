@@ -47,10 +47,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
 use crate::context::{WorkerContext, WorkerSet};
+use crate::control::ScaleChange;
 use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::{Readiness, ReadinessSocket};
-use crate::control::ScaleChange;
 use crate::report::{ReloadOutcome, ReloadReport};
 use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::Spawner;
@@ -365,7 +365,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         for (sig, by) in [(Signal::SIGTTIN, 1), (Signal::SIGTTOU, -1)] {
             if got(sig) {
                 match self.rescale(ScaleChange::By(by)) {
-                    Ok(r) => tracing::info!(signal = %sig, from = r.from, to = r.to, "scale changed"),
+                    Ok(r) => {
+                        tracing::info!(signal = %sig, from = r.from, to = r.to, "scale changed")
+                    }
                     Err(why) => tracing::warn!(signal = %sig, "scale unchanged: {why}"),
                 }
             }

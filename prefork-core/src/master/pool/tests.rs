@@ -864,7 +864,10 @@ fn replacing_one_id_is_a_rolling_readiness_gated_replacement_of_that_id_only() {
     assert_eq!(old, before[&1]);
     assert_eq!(f.spawned.len(), 4, "one replacement starts");
     assert_eq!(f.spawned[3].0, 1);
-    assert!(f.signals.is_empty(), "the old one serves until the new one is ready");
+    assert!(
+        f.signals.is_empty(),
+        "the old one serves until the new one is ready"
+    );
     assert_eq!(p.replace_progress(&1, old), ReplaceProgress::Pending);
     // Asking again while it is under way changes nothing.
     assert_eq!(p.replace(&1, t, &mut f), Ok(old));
