@@ -819,7 +819,8 @@ fn scaling_up_starts_only_the_new_ids_and_down_retires_only_the_removed_ones() {
         assert_eq!(p.current()[&id], before[&id]);
     }
     assert_eq!(p.scale().map(|s| s.current), Some(7));
-    for (_, pid, _) in f.spawned[5..].to_vec() {
+    let new: Vec<Pid> = f.spawned[5..].iter().map(|s| s.1).collect();
+    for pid in new {
         p.worker_ready(pid, t, &mut f);
     }
 
