@@ -73,6 +73,8 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) control_socket: Option<PathBuf>,
     pub(crate) status_file: Option<PathBuf>,
+    pub(crate) scale_initial: Option<u32>,
+    pub(crate) scale_bounds: (u32, u32),
 }
 
 impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
@@ -84,6 +86,8 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("pool", &self.pool)
             .field("control_socket", &self.control_socket)
             .field("status_file", &self.status_file)
+            .field("scale", &self.scale_initial)
+            .field("scale_bounds", &self.scale_bounds)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +115,8 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         shutdown_timeout: Duration::from_secs(30),
         control_socket: None,
         status_file: None,
+        scale_initial: None,
+        scale_bounds: DEFAULT_SCALE_BOUNDS,
     }
 }
 
@@ -354,15 +360,7 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// # drop(settings);
     /// ```
     pub fn scale(mut self, initial: u32) -> Self {
-        let (min, max) = self
-            .pool
-            .scale
-            .map_or(DEFAULT_SCALE_BOUNDS, |s| (s.min, s.max));
-        self.pool.scale = Some(ScaleStatus {
-            current: initial,
-            min,
-            max,
-        });
+        self.scale_initial = Some(initial);
         self
     }
 
@@ -370,13 +368,7 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// 1 ..= 1024). Only meaningful with [`scale`](Self::scale); the initial scale itself is
     /// not clamped (the program chose it).
     pub fn scale_bounds(mut self, min: u32, max: u32) -> Self {
-        let s = self.pool.scale.get_or_insert(ScaleStatus {
-            current: min,
-            min,
-            max,
-        });
-        s.min = min;
-        s.max = max.max(min);
+        self.scale_bounds = (min, max.max(min));
         self
     }
 
@@ -403,6 +395,10 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     pub(crate) fn pool_config(&self) -> PoolConfig {
         let mut cfg = self.pool.clone();
         cfg.promote_when_ready = self.readiness == Readiness::Explicit;
+        let (min, max) = self.scale_bounds;
+        cfg.scale = self
+            .scale_initial
+            .map(|current| ScaleStatus { current, min, max });
         cfg
     }
 }

@@ -70,8 +70,13 @@ fn the_masters_fds_are_the_same_after_20_reloads_and_500_requests() {
         let r = control::request(&sock, &cmd).unwrap();
         assert!(!matches!(r, Response::Error { .. }), "{r:?}");
     }
-    let after = fds(pid);
-    assert_eq!(before, after, "the master's open fds changed");
+    // The answer reaches the client an instant before the master closes its end: wait for
+    // that close, not for anything else.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fds(pid) != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fds(pid), before, "the master's open fds changed");
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait_exit(DEADLINE), 0);
 }
@@ -223,6 +228,57 @@ fn silent_and_garbage_clients_do_not_wedge_the_master() {
     assert_eq!(status(&sock).master.ready, 2);
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait_exit(DEADLINE), 0);
+}
+
+#[test]
+fn a_reload_that_update_rejects_is_answered_rejected_and_nothing_moves() {
+    let dir = TempDir::new("ctl-rejected");
+    let conf = dir.path().join("workers");
+    std::fs::write(&conf, "2").unwrap();
+    // Workers that ignore SIGTERM keep the master stopping for the whole shutdown timeout.
+    let (mut m, sock) = start(
+        &dir,
+        2,
+        &[
+            "--workers-file",
+            conf.to_str().unwrap(),
+            "--mode",
+            "ignore-term",
+            "--shutdown-ms",
+            "3000",
+        ],
+    );
+    let before = m.workers_by_arg("id");
+    std::fs::write(&conf, "not a number").unwrap();
+    let r = control::request(&sock, &Command::Reload).unwrap();
+    let Response::Reload { reload } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(reload.outcome, ReloadResult::Rejected);
+    assert_eq!(reload.generation, 0);
+    let s = status(&sock);
+    assert_eq!(s.master.counters.reloads_rejected, 1);
+    assert_eq!(
+        s.master.last_reload.map(|r| r.outcome),
+        Some(ReloadResult::Rejected)
+    );
+    assert_eq!(m.workers_by_arg("id"), before);
+    // A second graceful stop does not escalate to SIGKILL (a second SIGTERM would): both are
+    // answered, the workers live on until the shutdown timeout.
+    for _ in 0..2 {
+        let r = control::request(&sock, &Command::Stop { fast: false });
+        assert!(matches!(r, Ok(Response::Stopping { fast: false })), "{r:?}");
+    }
+    assert!(before.values().all(|&p| testkit::alive(p)));
+    assert_eq!(m.wait_exit(DEADLINE), 0);
+    assert!(
+        !m.stderr
+            .all()
+            .iter()
+            .any(|l| l.contains("second stop signal")),
+        "{:?}",
+        m.stderr.all()
+    );
 }
 
 #[test]

@@ -129,7 +129,12 @@ impl Control {
     /// Adds the fds to poll: the listener, then each client.
     pub fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
         if let Some(s) = &self.socket {
-            fds.push(PollFd::new(s.listener.as_fd(), PollFlags::POLLIN));
+            let listen = if s.accept_paused_until.is_some() {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
+            fds.push(PollFd::new(s.listener.as_fd(), listen));
             for c in &s.clients {
                 fds.push(PollFd::new(c.stream.as_fd(), c.phase.events()));
             }
@@ -138,11 +143,11 @@ impl Control {
 
     /// The earliest client deadline (none without clients: an idle master has no timer).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.socket
-            .as_ref()?
-            .clients
+        let s = self.socket.as_ref()?;
+        s.clients
             .iter()
             .filter_map(|c| c.phase.deadline())
+            .chain(s.accept_paused_until)
             .min()
     }
 
@@ -371,7 +376,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 if let Some(s) = &mut self.control.socket {
                     s.respond(client, &Response::Stopping { fast }, Instant::now());
                 }
-                self.stop(Signal::SIGTERM);
+                // Unlike a second SIGTERM, a second graceful `stop` does not escalate.
+                if let Phase::Running = self.phase {
+                    self.stop(Signal::SIGTERM);
+                }
                 if fast && let Phase::Stopping { deadline, .. } = self.phase {
                     self.kill_all(deadline);
                 }
@@ -638,6 +646,9 @@ struct ControlSocket {
     uid: u32,
     clients: Vec<Client>,
     next_id: u64,
+    /// After an accept error (`EMFILE`…), the listener is not polled until then: its pending
+    /// connection would make every `poll` return at once.
+    accept_paused_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -715,6 +726,7 @@ impl ControlSocket {
             uid: crate::sys::effective_uid(),
             clients: Vec::new(),
             next_id: 0,
+            accept_paused_until: None,
         })
     }
 
@@ -742,9 +754,14 @@ impl ControlSocket {
                 ClientPhase::Writing { .. } => c.write_some(),
             }
         }
-        if revents
-            .first()
-            .is_some_and(|e| e.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
+        let resumed = self.accept_paused_until.is_some_and(|t| t <= now);
+        if resumed {
+            self.accept_paused_until = None;
+        }
+        if resumed
+            || revents
+                .first()
+                .is_some_and(|e| e.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
         {
             self.accept_all(now, &mut requests);
         }
@@ -775,9 +792,11 @@ impl ControlSocket {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    // EMFILE and the like: the connection stays queued; the next wake-up
-                    // (another client, a signal) tries again.
-                    tracing::warn!(error = %e, "cannot accept on the control socket");
+                    // EMFILE and the like: the connection stays queued, and the listener is
+                    // left out of the poll for a second (or `poll` would return at once, again
+                    // and again).
+                    tracing::warn!(error = %e, "cannot accept on the control socket; retrying in 1 s");
+                    self.accept_paused_until = Some(now + Duration::from_secs(1));
                     return;
                 }
             };
