@@ -139,6 +139,7 @@ pub mod readiness;
 mod settings;
 mod spawn;
 mod sys;
+pub mod systemd;
 pub mod worker;
 
 pub use context::{Rlimit, RlimitResource, RuntimeOptions, WorkerContext, WorkerSet};
@@ -149,6 +150,7 @@ pub use process::{ChildExit, Pid, Signal, UnknownSignal};
 pub use readiness::Readiness;
 pub use settings::{Settings, default_settings, relaunch_settings};
 pub use spawn::{FIRST_INHERITED_FD, Spawner};
+pub use systemd::Systemd;
 pub use worker::{WorkerExit, args, is_worker};
 
 /// `#[derive(WorkerContext)]`: see [`WorkerContext`] for the attributes.

@@ -2,12 +2,28 @@
 //!
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
-//!                  [--stop-signal SIG]
+//!                  [--stop-signal SIG] [--shutdown-delay SECS] [--fdstore] [--user NAME]
+//!                  [--group NAME]
 //! ```
 //!
 //! The master binds `127.0.0.1:PORT` once (lazily, in the `fork` callback, as the Haskell sample
 //! did) and keeps `WORKERS` workers, `id=0` … `id=WORKERS-1`, each a multi-threaded tokio runtime
 //! serving HTTP/1.1 on the inherited socket: `GET /` answers `hello`, anything else 404.
+//!
+//! Under systemd (see `deploy/`):
+//!
+//! * socket-activated (a `.socket` unit, or `systemd-socket-activate`), it serves on the passed
+//!   socket named `http` (or the only one passed, if it has no name of its own) instead of
+//!   binding `-p`;
+//! * with `--fdstore` it hands the socket it bound to systemd's fd store under the name `http`,
+//!   and a restarted master adopts it from there: `systemctl restart` refuses no connection;
+//! * it tells systemd when its workers are ready, reloading and stopping (by itself, through the
+//!   library, whenever `NOTIFY_SOCKET` is set).
+//!
+//! `--shutdown-delay SECS` keeps serving that long after `SIGTERM` before draining (a lame duck,
+//! for load balancers and Kubernetes). `--user` and `--group` run the workers under another
+//! identity: started as root, the master binds a privileged port and the workers do not keep
+//! root.
 //!
 //! * `kill <worker>`: that id comes back with a new pid, the others are untouched.
 //! * `kill -HUP <master>`: every worker is replaced; each new one says it is ready (explicit
@@ -26,8 +42,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, Pid, Readiness, Signal, Spawner, WorkerContext, WorkerSet, default_main,
-    relaunch_settings,
+    InheritedListener, ListenerKind, Pid, Readiness, RuntimeOptions, Signal, Spawner,
+    WorkerContext, WorkerSet, default_main, relaunch_settings,
 };
 use samples::warp::{self, Drain};
 use serde::{Deserialize, Serialize};
@@ -56,10 +72,26 @@ struct Cli {
     /// The signal that asks a worker to stop and drain (TERM, USR1, QUIT, …).
     #[arg(long, value_name = "SIG", default_value = "TERM")]
     stop_signal: Signal,
+    /// Seconds the workers keep serving new connections after SIGTERM before they drain.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    shutdown_delay: u64,
+    /// Hand the bound socket to systemd's fd store (FDSTORE=1, FDNAME=http).
+    #[arg(long)]
+    fdstore: bool,
+    /// Run the workers as this user (name or uid); the master needs to be root.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Run the workers with this group (name or gid).
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
 }
+
+/// The name of the socket in systemd's world (`FileDescriptorName=`, `FDNAME=`).
+const SOCKET_NAME: &str = "http";
 
 /// One worker: `ps` shows `sample-warp-like id=2 +RTS -N5 -RTS`.
 #[derive(Clone, Debug, Serialize, Deserialize, WorkerContext)]
+#[prefork(runtime_options = identity)]
 struct Worker {
     #[prefork(id, arg)]
     id: u32,
@@ -67,6 +99,21 @@ struct Worker {
     listener: Option<InheritedListener>,
     #[prefork(threads)]
     cap: usize,
+    /// `--user`, `--group`.
+    user: Option<String>,
+    group: Option<String>,
+}
+
+/// The worker's identity, as runtime options.
+fn identity(w: &Worker) -> RuntimeOptions {
+    let mut o = RuntimeOptions::default();
+    if let Some(u) = &w.user {
+        o = o.user(u);
+    }
+    if let Some(g) = &w.group {
+        o = o.group(g);
+    }
+    o
 }
 
 fn main() {
@@ -82,11 +129,14 @@ fn main() {
         deadline: Duration::from_secs(cli.drain_timeout),
     };
 
+    let (user, group, fdstore) = (cli.user.clone(), cli.group.clone(), cli.fdstore);
     let update = move |set: &mut WorkerSet<Worker>| {
         set.set((0..workers).map(|id| Worker {
             id,
             listener: None,
             cap,
+            user: user.clone(),
+            group: group.clone(),
         }));
         Some(())
     };
@@ -95,11 +145,7 @@ fn main() {
     let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<Pid> {
         let listener = match &shared {
             Some(l) => l.clone(),
-            None => {
-                let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
-                eprintln!("sample-warp-like: listening on http://{}", l.local_addr()?);
-                shared.insert(l).clone()
-            }
+            None => shared.insert(open_listener(port, fdstore)?).clone(),
         };
         spawner.fork_worker_process(&Worker {
             listener: Some(listener),
@@ -108,12 +154,31 @@ fn main() {
     };
     let settings = relaunch_settings(update, fork)
         .readiness(Readiness::Explicit)
+        .shutdown_delay(Duration::from_secs(cli.shutdown_delay))
         .stop_signal(cli.stop_signal)
         .ready_timeout(Duration::from_secs(20))
         // Longer than a worker's own drain deadline, so it exits by itself.
         .stop_timeout(drain.deadline + Duration::from_secs(5))
         .shutdown_timeout(drain.deadline + Duration::from_secs(5));
     default_main(settings, move |w: Worker| serve(w, drain))
+}
+
+/// The socket systemd passed (socket activation, or the fd store of a previous master), or a
+/// new one on `127.0.0.1:port`, handed to the fd store with `--fdstore`.
+fn open_listener(port: u16, fdstore: bool) -> prefork_core::Result<InheritedListener> {
+    if let Some(l) = InheritedListener::from_systemd(SOCKET_NAME, ListenerKind::Tcp)? {
+        eprintln!(
+            "sample-warp-like: adopted the socket systemd passed; listening on http://{}",
+            l.local_addr()?
+        );
+        return Ok(l);
+    }
+    let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
+    eprintln!("sample-warp-like: listening on http://{}", l.local_addr()?);
+    if fdstore {
+        l.store_in_systemd(SOCKET_NAME)?;
+    }
+    Ok(l)
 }
 
 /// The worker function.
