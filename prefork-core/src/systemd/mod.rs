@@ -104,3 +104,16 @@ impl Systemd {
         self.notify
     }
 }
+
+/// The master's process-level set-up, before it spawns anything: the sockets systemd passed
+/// are read and made close-on-exec, and with `child_subreaper` (and not PID 1) the master
+/// becomes a child subreaper (see [`Settings::child_subreaper`](crate::Settings::child_subreaper)).
+pub(crate) fn prepare_master(child_subreaper: bool) {
+    activation::init();
+    if child_subreaper && std::process::id() != 1 {
+        match crate::sys::become_child_subreaper() {
+            Ok(()) => tracing::debug!("the master is a child subreaper"),
+            Err(e) => tracing::warn!(error = %e, "cannot become a child subreaper"),
+        }
+    }
+}

@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
-//!                  [--stop-signal SIG] [--shutdown-delay SECS] [--fdstore] [--user NAME]
-//!                  [--group NAME]
+//!                  [--stop-signal SIG] [--host ADDR] [--shutdown-delay SECS] [--fdstore]
+//!                  [--user NAME] [--group NAME]
 //! ```
 //!
-//! The master binds `127.0.0.1:PORT` once (lazily, in the `fork` callback, as the Haskell sample
+//! The master binds `127.0.0.1:PORT` (`--host` for another address) once (lazily, in the `fork` callback, as the Haskell sample
 //! did) and keeps `WORKERS` workers, `id=0` … `id=WORKERS-1`, each a multi-threaded tokio runtime
 //! serving HTTP/1.1 on the inherited socket: `GET /` answers `hello`, anything else 404.
 //!
@@ -54,9 +54,12 @@ use tokio::time::Instant;
 #[derive(Debug, Parser)]
 #[command(name = "sample-warp-like", version)]
 struct Cli {
-    /// TCP port to listen on, on 127.0.0.1 (0: any free port, shown on stderr).
+    /// TCP port to listen on (0: any free port, shown on stderr).
     #[arg(short, long, default_value_t = 11111)]
     port: u16,
+    /// Address to listen on (0.0.0.0 in a container).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
     /// Number of worker processes.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
@@ -121,7 +124,7 @@ fn main() {
     // -RTS`) is for `ps`, not for clap.
     let cli = Cli::parse_from(prefork_core::args());
     samples::init_tracing();
-    let port = cli.port;
+    let (host, port) = (cli.host, cli.port);
     let workers = cli.workers;
     let cap = cli.threads.unwrap_or(workers) as usize;
     let drain = Drain {
@@ -145,7 +148,7 @@ fn main() {
     let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<Pid> {
         let listener = match &shared {
             Some(l) => l.clone(),
-            None => shared.insert(open_listener(port, fdstore)?).clone(),
+            None => shared.insert(open_listener((host, port), fdstore)?).clone(),
         };
         spawner.fork_worker_process(&Worker {
             listener: Some(listener),
@@ -164,8 +167,11 @@ fn main() {
 }
 
 /// The socket systemd passed (socket activation, or the fd store of a previous master), or a
-/// new one on `127.0.0.1:port`, handed to the fd store with `--fdstore`.
-fn open_listener(port: u16, fdstore: bool) -> prefork_core::Result<InheritedListener> {
+/// new one on `addr`, handed to the fd store with `--fdstore`.
+fn open_listener(
+    addr: (std::net::IpAddr, u16),
+    fdstore: bool,
+) -> prefork_core::Result<InheritedListener> {
     if let Some(l) = InheritedListener::from_systemd(SOCKET_NAME, ListenerKind::Tcp)? {
         eprintln!(
             "sample-warp-like: adopted the socket systemd passed; listening on http://{}",
@@ -173,7 +179,7 @@ fn open_listener(port: u16, fdstore: bool) -> prefork_core::Result<InheritedList
         );
         return Ok(l);
     }
-    let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
+    let l = InheritedListener::bind_tcp(addr)?;
     eprintln!("sample-warp-like: listening on http://{}", l.local_addr()?);
     if fdstore {
         l.store_in_systemd(SOCKET_NAME)?;
