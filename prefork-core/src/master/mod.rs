@@ -103,8 +103,14 @@ impl<W> Processes<W> for LiveProcesses<'_, W> {
 enum Phase {
     Running,
     /// Stop requested: still serving until `until` (the shutdown delay), then `sig`'s stop.
-    LameDuck { until: Instant, sig: Signal },
-    Stopping { deadline: Instant, killed: bool },
+    LameDuck {
+        until: Instant,
+        sig: Signal,
+    },
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
 }
 
 struct Master<C, W: WorkerContext> {

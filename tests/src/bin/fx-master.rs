@@ -3,13 +3,17 @@
 //! `fx-master [--workers N | --workers-file PATH] [--mode MODE] [--readiness explicit|implicit]
 //!            [--shutdown-ms N] [--stop-ms N] [--backoff-ms INITIAL,MAX] [--ready-ms N]
 //!            [--threads N] [--nice N] [--cpus LIST] [--nofile N] [--unix PATH] [--hooks]
-//!            [--default-settings] [--stop-signal SIG]`
+//!            [--default-settings] [--stop-signal SIG] [--mode-file PATH] [--shutdown-delay-ms N]
+//!            [--subreaper] [--user NAME] [--group NAME] [--groups LIST] [--extend-ms N]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
 //! adopted), `crash` (exit 3 at once), `ignore-term` (ignore SIGTERM, sleep), `sleep` (sleep until
 //! killed), `drain` (install the stop signal, then exit 0 when asked), `count-stops` (print
-//! `worker <id> pid <pid> got <SIG>` for every stop signal, exit 1.5 s after the first).
+//! `worker <id> pid <pid> got <SIG>` for every stop signal, exit 1.5 s after the first), `orphan`
+//! (start `sleep 1` in the background through `sh`, print `worker <id> orphaned <pid>`, where the
+//! pid is the sleep's as the worker sees it, then serve as `serve` does). `--mode-file` is read at
+//! every `update` (start and `SIGHUP`) and, when it exists, replaces `--mode`: a broken deploy.
 //!
 //! It prints `listening on 127.0.0.1:PORT` once it bound its socket, `hook <name>` for each
 //! hook call with `--hooks`, and workers print `worker <id> started pid <pid> gen <g> at <ms>` and
@@ -20,8 +24,8 @@ use std::net::TcpListener;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prefork_core::{
-    InheritedListener, Pid, Readiness, RuntimeOptions, Signal, Spawner, WorkerContext, WorkerSet,
-    default_main, default_settings, relaunch_settings,
+    InheritedListener, Pid, Readiness, RuntimeOptions, Signal, Spawner, Systemd, WorkerContext,
+    WorkerSet, default_main, default_settings, relaunch_settings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +39,9 @@ struct Fx {
     nofile: Option<u64>,
     nice: Option<i32>,
     cpus: Option<Vec<usize>>,
+    user: Option<String>,
+    group: Option<String>,
+    groups: Option<Vec<String>>,
 }
 
 // Implemented by hand on purpose: the derive is tested elsewhere, this is the manual path.
@@ -59,6 +66,15 @@ impl WorkerContext for Fx {
         }
         if let Some(n) = self.nofile {
             o = o.rlimit(prefork_core::RlimitResource::NoFile, n, n);
+        }
+        if let Some(u) = &self.user {
+            o = o.user(u);
+        }
+        if let Some(g) = &self.group {
+            o = o.group(g);
+        }
+        if let Some(gs) = &self.groups {
+            o = o.supplementary_groups(gs);
         }
         o
     }
@@ -90,6 +106,13 @@ struct Opts {
     hooks: bool,
     default_settings: bool,
     stop_signal: Option<Signal>,
+    mode_file: Option<String>,
+    shutdown_delay_ms: Option<u64>,
+    subreaper: bool,
+    user: Option<String>,
+    group: Option<String>,
+    groups: Option<Vec<String>>,
+    extend_ms: Option<u64>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -140,6 +163,13 @@ fn parse() -> Result<Opts, String> {
             "--hooks" => o.hooks = true,
             "--default-settings" => o.default_settings = true,
             "--stop-signal" => o.stop_signal = Some(val()?.parse().map_err(|e| format!("{e}"))?),
+            "--mode-file" => o.mode_file = Some(val()?),
+            "--shutdown-delay-ms" => o.shutdown_delay_ms = Some(num(val()?)?),
+            "--subreaper" => o.subreaper = true,
+            "--user" => o.user = Some(val()?),
+            "--group" => o.group = Some(val()?),
+            "--groups" => o.groups = Some(val()?.split(',').map(str::to_owned).collect()),
+            "--extend-ms" => o.extend_ms = Some(num(val()?)?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -212,6 +242,9 @@ fn main() {
         nice: o.nice,
         cpus: o.cpus.clone(),
         nofile: o.nofile,
+        user: o.user.clone(),
+        group: o.group.clone(),
+        groups: o.groups.clone(),
     };
     let unix_path = o.unix.clone();
     let mut shared_unix: Option<InheritedListener> = None;
@@ -268,10 +301,20 @@ fn main() {
             workers_file: o.workers_file.clone(),
             ..Opts::default()
         };
+        let mode_file = o.mode_file.clone();
         relaunch_settings(
             move |set: &mut WorkerSet<Fx>| {
                 let n = desired_count(&o2)?;
-                set.set((0..n).map(|id| Fx { id, ..t.clone() }));
+                let mode = mode_file
+                    .as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .map(|m| m.trim().to_owned())
+                    .unwrap_or_else(|| t.mode.clone());
+                set.set((0..n).map(|id| Fx {
+                    id,
+                    mode: mode.clone(),
+                    ..t.clone()
+                }));
                 say(format!("update desired {n}"));
                 Some(())
             },
@@ -313,7 +356,7 @@ fn main() {
     }
     if let Some(r) = o.readiness {
         settings = settings.readiness(r);
-    } else if o.mode == "serve" {
+    } else if o.mode == "serve" || o.mode == "orphan" {
         settings = settings.readiness(Readiness::Explicit);
     }
     if let Some(ms) = o.shutdown_ms {
@@ -328,6 +371,13 @@ fn main() {
     if let Some((a, b)) = o.backoff {
         settings = settings.backoff(Duration::from_millis(a), Duration::from_millis(b));
     }
+    if let Some(ms) = o.shutdown_delay_ms {
+        settings = settings.shutdown_delay(Duration::from_millis(ms));
+    }
+    if let Some(ms) = o.extend_ms {
+        settings = settings.systemd(Systemd::auto().extend_timeouts(Duration::from_millis(ms)));
+    }
+    settings = settings.child_subreaper(o.subreaper);
     default_main(settings, worker)
 }
 
@@ -343,8 +393,21 @@ fn worker(w: Fx) -> Result<(), String> {
         "worker env PREFORK_WORKER={}",
         std::env::var("PREFORK_WORKER").unwrap_or_else(|_| "unset".into())
     ));
+    if w.mode == "orphan" {
+        // `sh` exits at once and leaves the sleep behind, an orphan for the nearest subreaper.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 1 >/dev/null 2>&1 & echo $!"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        say(format!(
+            "worker {} orphaned {}",
+            w.id,
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+    }
     match w.mode.as_str() {
-        "serve" => {
+        "serve" | "orphan" => {
             let l = w
                 .listener
                 .ok_or("no listener in the context")?
