@@ -147,12 +147,22 @@ impl InheritedListener {
     }
 
     /// Binds a Unix stream listener at `path` (non-blocking, like [`bind_tcp`](Self::bind_tcp)).
+    ///
+    /// A socket file left at `path` by a master that died (nothing accepts on it) is removed
+    /// first; a live one, or a file that is not a socket, is an error. The master removes the
+    /// file when it exits.
     pub fn bind_unix(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let l = UnixListener::bind(path).map_err(|source| Error::Listen {
+        let listen_err = |source| Error::Listen {
             addr: path.display().to_string(),
             source,
-        })?;
+        };
+        remove_stale_socket(path).map_err(listen_err)?;
+        let l = UnixListener::bind(path).map_err(listen_err)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::MetadataExt;
+            bound_unix_paths().push((path.to_path_buf(), meta.dev(), meta.ino()));
+        }
         l.set_nonblocking(true)
             .map_err(|e| Error::sys("cannot make the listener non-blocking", e))?;
         Ok(Self::unix(l))
@@ -306,6 +316,42 @@ fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(DEFAULT_BACKLOG)?;
     sock.set_nonblocking(true)?;
     Ok(sock.into())
+}
+
+/// Removes a socket file at `path` that nobody listens on any more. Anything else there (a
+/// live socket, a file that is not a socket) is left alone, and `bind` then reports it.
+fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(()); // nothing there
+    };
+    if !meta.file_type().is_socket() {
+        return Ok(());
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "removing a stale socket file");
+            std::fs::remove_file(path)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Unix socket files this process bound, with the identity of each (device, inode).
+static BOUND_UNIX_PATHS: Mutex<Vec<(std::path::PathBuf, u64, u64)>> = Mutex::new(Vec::new());
+
+fn bound_unix_paths() -> std::sync::MutexGuard<'static, Vec<(std::path::PathBuf, u64, u64)>> {
+    BOUND_UNIX_PATHS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An exiting master removes the socket files it bound, if they are still the ones it bound.
+pub(crate) fn unlink_bound_unix_paths() {
+    use std::os::unix::fs::MetadataExt;
+    for (path, dev, ino) in bound_unix_paths().drain(..) {
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == dev && m.ino() == ino) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Every listener made in this process, so that a stopping master can let go of them.

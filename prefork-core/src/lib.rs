@@ -110,6 +110,13 @@
 //! | a second `TERM`/`INT` | `SIGKILL` to every worker at once |
 //! | `USR1`, `USR2`, `ALRM`, `TTIN`, `TTOU`, real-time, … | logged and ignored: never fatal (see the master's `signals` module) |
 //!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `derive` | yes | `#[derive(WorkerContext)]` |
+//! | `tokio` | no | async workers: [`worker::stopped`] (the stop signal as a future), [`worker::runtime`], `default_main_async` |
+//!
 //! # Errors
 //!
 //! Library calls return [`Error`], one enum; each variant's message says what failed and its
@@ -136,6 +143,7 @@ mod master;
 mod process;
 pub mod protocol;
 pub mod readiness;
+mod report;
 mod settings;
 mod spawn;
 mod sys;
@@ -148,6 +156,7 @@ pub use fd::{InheritedListener, ListenerKind, VisitFds};
 pub use master::run_master;
 pub use process::{ChildExit, Pid, Signal, UnknownSignal};
 pub use readiness::Readiness;
+pub use report::{ExitReason, ReloadOutcome, ReloadReport, WorkerEnded};
 pub use settings::{Settings, default_settings, relaunch_settings};
 pub use spawn::{FIRST_INHERITED_FD, Spawner};
 pub use systemd::Systemd;
@@ -197,4 +206,42 @@ where
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(code)
+}
+
+/// [`default_main`] for an `async` worker function: in a worker, it runs `worker_fn` on a tokio
+/// runtime sized from the context's thread count ([`worker::runtime`]); pair it with
+/// [`worker::stopped`] to learn when to stop.
+///
+/// ```no_run
+/// use prefork_core::{default_main_async, relaunch_settings, Spawner, WorkerContext, WorkerSet};
+/// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, WorkerContext)]
+/// # struct Worker { #[prefork(id)] id: u32 }
+/// fn main() {
+///     let settings = relaunch_settings(
+///         |set: &mut WorkerSet<Worker>| { set.set((0..2).map(|id| Worker { id })); Some(()) },
+///         |w: &Worker, spawner: &Spawner| spawner.fork_worker_process(w),
+///     );
+///     default_main_async(settings, |w: Worker| async move {
+///         prefork_core::worker::stopped().await?;
+///         println!("worker {} stops", w.id);
+///         Ok::<(), prefork_core::Error>(())
+///     })
+/// }
+/// ```
+#[cfg(feature = "tokio")]
+pub fn default_main_async<C, W, F, Fut, R>(settings: Settings<C, W>, worker_fn: F) -> !
+where
+    C: 'static,
+    W: WorkerContext,
+    F: FnOnce(W) -> Fut,
+    Fut: std::future::Future<Output = R>,
+    R: WorkerExit,
+{
+    default_main(
+        settings,
+        move |w: W| -> std::result::Result<R, std::io::Error> {
+            let rt = worker::runtime()?;
+            Ok(rt.block_on(worker_fn(w)))
+        },
+    )
 }

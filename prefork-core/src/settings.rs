@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::master::PoolConfig;
 use crate::process::{Pid, Signal};
 use crate::readiness::Readiness;
+use crate::report::{ReloadReport, WorkerEnded};
 use crate::spawn::Spawner;
 use crate::systemd::Systemd;
 
@@ -21,6 +22,8 @@ type PidsHook<C> = Box<dyn FnMut(&C, &[Pid])>;
 type ConfigHook<C> = Box<dyn FnMut(&C)>;
 type SpawnHook<C> = Box<dyn FnMut(&C, &Spawner<'_>) -> Vec<Pid>>;
 type ChildHook<C> = Box<dyn FnMut(&C, Pid)>;
+type ExitHook<W> = Box<dyn FnMut(&WorkerEnded<W>)>;
+type ReloadHook<W> = Box<dyn FnMut(&ReloadReport<<W as WorkerContext>::Id>)>;
 
 /// How the master behaves: the hooks of haskell-prefork's `PreforkSettings`, plus supervision
 /// settings. `C` is the application's configuration, `W` its worker context.
@@ -56,6 +59,9 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) on_child_finished: SpawnHook<C>,
     pub(crate) update_server: SpawnHook<C>,
     pub(crate) cleanup_child: ChildHook<C>,
+    pub(crate) on_worker_exit: ExitHook<W>,
+    pub(crate) on_pool_ready: ReloadHook<W>,
+    pub(crate) on_reload_finished: ReloadHook<W>,
     pub(crate) update_config: UpdateFn<C, W>,
     pub(crate) fork: Option<ForkFn<W>>,
     pub(crate) pool: PoolConfig,
@@ -93,6 +99,9 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         on_child_finished: Box::new(|_, _| Vec::new()),
         update_server: Box::new(|_, _| Vec::new()),
         cleanup_child: Box::new(|_, _| {}),
+        on_worker_exit: Box::new(|_| {}),
+        on_pool_ready: Box::new(|_| {}),
+        on_reload_finished: Box::new(|_| {}),
         update_config: Box::new(|_| None),
         fork: None,
         pool: PoolConfig::default(),
@@ -207,6 +216,38 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// Called for every reaped child, known or not.
     pub fn cleanup_child(mut self, f: impl FnMut(&C, Pid) + 'static) -> Self {
         self.cleanup_child = Box::new(f);
+        self
+    }
+
+    /// Called for every worker of the declared set that ended, with its id, context, pid,
+    /// generation, how it ended and why ([`ExitReason`](crate::ExitReason): crashed, failed
+    /// start, retired by a reload, removed, killed at its deadline, shutdown). The pid is
+    /// reaped, so this is the place to clean up what the worker held (by pid: an id is shared
+    /// by the old and the new worker for a moment during a reload).
+    pub fn on_worker_exit(mut self, f: impl FnMut(&WorkerEnded<W>) + 'static) -> Self {
+        self.on_worker_exit = Box::new(f);
+        self
+    }
+
+    /// Called once, when every worker of the first generation is ready (gunicorn's
+    /// `when_ready`), or when the start gave up on some ids (the report says which).
+    pub fn on_pool_ready(
+        mut self,
+        f: impl FnMut(&ReloadReport<<W as WorkerContext>::Id>) + 'static,
+    ) -> Self {
+        self.on_pool_ready = Box::new(f);
+        self
+    }
+
+    /// Called when a reload (`SIGHUP`) finished: every worker replaced and ready
+    /// ([`ReloadOutcome::Complete`](crate::ReloadOutcome::Complete)), the reload gave up on
+    /// some ids (`Incomplete`, with each id and why; the old workers keep serving), or `update`
+    /// returned no configuration (`Rejected`).
+    pub fn on_reload_finished(
+        mut self,
+        f: impl FnMut(&ReloadReport<<W as WorkerContext>::Id>) + 'static,
+    ) -> Self {
+        self.on_reload_finished = Box::new(f);
         self
     }
 

@@ -2,8 +2,8 @@
 //! `sample-warp-like`'s serving code in one process, without prefork.
 //!
 //! * [`init_tracing`]: the samples' log setup.
-//! * [`warp`]: `sample-warp-like`'s HTTP server: the accept loop, the connections and how a
-//!   stopping worker drains them without dropping a request.
+//! * [`warp`]: `sample-warp-like`'s application, served by `prefork-http` (which accepts,
+//!   says when the worker is ready and drains without dropping a request).
 
 #![warn(missing_docs)]
 

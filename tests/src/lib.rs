@@ -34,3 +34,9 @@ pub use lines::{Lines, listening_addr};
 pub use master::Master;
 pub use temp::{TempDir, TempFile};
 pub use wait::{DEADLINE, now_ms, wait_for, wait_until};
+
+// Helpers of the hardening tests (log sinks that fail or stall, what a parent hands down, probes
+// of a master seen from outside), in modules of their own.
+pub mod logpipe;
+pub mod parent;
+pub mod probe;

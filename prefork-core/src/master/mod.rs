@@ -36,6 +36,7 @@
 //! and the master returns.
 
 mod pool;
+mod service;
 mod signals;
 
 use std::collections::BTreeSet;
@@ -50,11 +51,12 @@ use crate::context::{WorkerContext, WorkerSet};
 use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::{Readiness, ReadinessSocket};
+use crate::report::{ReloadOutcome, ReloadReport};
 use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::Spawner;
 use crate::systemd::Link;
 
-use pool::{Pool, Processes};
+use pool::{Pool, PoolEvent, Processes};
 pub(crate) use pool::{PoolConfig, later};
 use signals::MasterSignals;
 
@@ -151,8 +153,12 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         systemd: Link::new(settings_systemd, Instant::now()),
     };
     m.reap_all();
-    m.start()?;
-    m.run()
+    let r = m.start().and_then(|()| {
+        m.dispatch_events();
+        m.run()
+    });
+    crate::fd::unlink_bound_unix_paths();
+    r
 }
 
 /// The spawner the hooks get (fields borrowed apart from the hooks themselves).
@@ -198,6 +204,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
         }
         self.call_update_server();
+        if self.fork.is_none() {
+            self.notify_ready_now();
+        }
         tracing::info!(
             pid = std::process::id(),
             workers = self.pool.pids().len() + self.unmanaged.len(),
@@ -270,11 +279,41 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
             let arrived = self.signals.take();
             self.step(&arrived);
+            self.dispatch_events();
+            self.notify_turn();
         }
         self.reap_all();
         (self.settings.on_finish)(self.config.as_ref());
         tracing::info!(pid = std::process::id(), "master finished");
         Ok(())
+    }
+
+    /// Hands what the pool reported to the hooks.
+    fn dispatch_events(&mut self) {
+        for event in self.pool.take_events() {
+            match event {
+                PoolEvent::Ended(ended) => (self.settings.on_worker_exit)(&ended),
+                PoolEvent::Settled(report) => {
+                    self.notify_settled(&report);
+                    let what = match &report.outcome {
+                        ReloadOutcome::Complete => "complete".to_string(),
+                        ReloadOutcome::Incomplete { failed } => {
+                            format!("incomplete: {} id(s) failed", failed.len())
+                        }
+                        ReloadOutcome::Rejected => "rejected".to_string(),
+                    };
+                    if report.generation == 0 {
+                        tracing::info!(outcome = %what, took_ms = report.took.as_millis() as u64,
+                            "pool ready");
+                        (self.settings.on_pool_ready)(&report);
+                    } else {
+                        tracing::info!(generation = report.generation, outcome = %what,
+                            took_ms = report.took.as_millis() as u64, "reload finished");
+                        (self.settings.on_reload_finished)(&report);
+                    }
+                }
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -454,9 +493,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 self.begin_stop(sig);
             }
             Phase::Running => {
+                self.notify_stopping();
                 let now = Instant::now();
                 let delay = self.settings.shutdown_delay;
-                self.systemd.stopping(&format!("stopping ({sig})"), now);
                 if delay.is_zero() {
                     self.begin_stop(sig);
                 } else {
@@ -497,12 +536,12 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 for &pid in &asked {
                     send_signal(pid, worker_signal);
                 }
-                // The workers stop accepting; the master lets go of the listening sockets, so
-                // the kernel refuses new connections once the last worker closed its copy.
-                let released = crate::fd::release_master_listeners();
-                tracing::debug!(released, "listening sockets released");
             }
         }
+        // The workers stop accepting; the master lets go of the listening sockets, so
+        // the kernel refuses new connections once the last worker closed its copy.
+        let released = crate::fd::release_master_listeners();
+        tracing::debug!(released, "listening sockets released");
     }
 
     fn reload(&mut self) {
@@ -510,20 +549,20 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             tracing::info!("SIGHUP during shutdown: ignored");
             return;
         }
-        let now = Instant::now();
-        let next = self.pool.generation() + 1;
-        self.systemd
-            .reloading(&format!("reloading: generation {next}"), now);
+        self.notify_reloading();
         let mut set = self.desired.clone();
         let Some(config) = call_update(&mut self.settings.update_config, &mut set) else {
             tracing::warn!(
                 workers = self.live().len(),
                 "SIGHUP: update returned no configuration; keeping the running workers"
             );
-            self.systemd.reloaded(
-                "reload rejected: update returned no configuration; the running workers keep serving",
-                now,
-            );
+            let report = ReloadReport {
+                generation: self.pool.generation(),
+                outcome: ReloadOutcome::Rejected,
+                took: std::time::Duration::ZERO,
+            };
+            self.notify_settled(&report);
+            (self.settings.on_reload_finished)(&report);
             return;
         };
         self.config = Some(config);
@@ -543,6 +582,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             );
         }
         self.call_update_server();
+        if self.fork.is_none() {
+            self.notify_ready_now();
+        }
     }
 }
 

@@ -39,6 +39,56 @@ use std::time::{Duration, Instant};
 use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::process::{ChildExit, Pid, Signal};
+use crate::report::{ExitReason, ReloadOutcome, ReloadReport, WorkerEnded};
+
+/// What the pool tells its driver, besides acting: drained with [`Pool::take_events`].
+#[derive(Debug)]
+pub(crate) enum PoolEvent<W: WorkerContext> {
+    /// A worker of the pool ended.
+    Ended(WorkerEnded<W>),
+    /// The start (generation 0) or a reload finished: every desired id has a ready worker of
+    /// the generation, or the pool gave up on some ids.
+    Settled(ReloadReport<W::Id>),
+}
+
+/// A worker's state, for status views.
+// Read by the status views of the control socket.
+#[allow(dead_code)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WorkerState {
+    /// Started, not ready yet.
+    Starting,
+    /// Ready and serving (or a ready replacement waiting to take over).
+    Ready,
+    /// Asked to stop.
+    Draining,
+}
+
+/// One worker, for status views.
+// Read by the status views of the control socket.
+#[allow(dead_code)]
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerView<Id> {
+    pub id: Id,
+    pub pid: Pid,
+    pub generation: u64,
+    pub state: WorkerState,
+    pub started_at: Instant,
+    pub ready_at: Option<Instant>,
+}
+
+/// One id, for status views.
+// Read by the status views of the control socket.
+#[allow(dead_code)]
+#[derive(Clone, Debug)]
+pub(crate) struct SlotView<Id> {
+    pub id: Id,
+    /// Respawns after a worker that served died.
+    pub restarts: u64,
+    /// Failed starts (since the id joined the set).
+    pub failed_starts: u64,
+    pub last_exit: Option<(ChildExit, ExitReason, Instant)>,
+}
 
 /// What the state machine needs from the outside world.
 pub(crate) trait Processes<W> {
@@ -62,6 +112,8 @@ pub(crate) struct PoolConfig {
     pub backoff_max: Duration,
     pub max_parallel_replacements: usize,
     pub replace_unchanged: bool,
+    /// A reload gives up on an id (reports it as failed) after this many failed starts.
+    pub give_up_after: u32,
 }
 
 impl Default for PoolConfig {
@@ -76,6 +128,7 @@ impl Default for PoolConfig {
             backoff_max: Duration::from_secs(15),
             max_parallel_replacements: usize::MAX,
             replace_unchanged: true,
+            give_up_after: 3,
         }
     }
 }
@@ -159,10 +212,54 @@ struct Slot<W> {
     start_backoff: Backoff,
     /// Starts of a replacement.
     replace_backoff: Backoff,
+    /// Why the last start failed.
+    last_failure: Option<String>,
+    restarts: u64,
+    failed_starts: u64,
+    last_exit: Option<(ChildExit, ExitReason, Instant)>,
 }
 
+impl<W> Slot<W> {
+    fn new(ctx: W, encoded: Vec<u8>) -> Self {
+        Slot {
+            ctx,
+            encoded,
+            good: None,
+            current: None,
+            next: None,
+            wants_replacement: false,
+            start_backoff: Backoff::default(),
+            replace_backoff: Backoff::default(),
+            last_failure: None,
+            restarts: 0,
+            failed_starts: 0,
+            last_exit: None,
+        }
+    }
+
+    /// Runs a ready worker of the desired context, with nothing pending.
+    fn settled(&self) -> bool {
+        !self.wants_replacement
+            && self.next.is_none()
+            && self.current.as_ref().is_some_and(|p| p.ready_at.is_some())
+    }
+
+    /// Failed starts in a row of what it is waiting for (a replacement, or a first worker).
+    fn pending_failures(&self) -> u32 {
+        if self.current.is_none() {
+            self.start_backoff.failures
+        } else {
+            self.replace_backoff.failures
+        }
+    }
+}
+
+/// A worker asked to stop.
 #[derive(Debug)]
-struct Retiring {
+struct Retiring<W: WorkerContext> {
+    id: W::Id,
+    proc: Proc<W>,
+    why: ExitReason,
     kill_at: Instant,
     killed: bool,
 }
@@ -172,9 +269,12 @@ struct Retiring {
 pub(crate) struct Pool<W: WorkerContext> {
     cfg: PoolConfig,
     slots: BTreeMap<W::Id, Slot<W>>,
-    retiring: BTreeMap<Pid, Retiring>,
+    retiring: BTreeMap<Pid, Retiring<W>>,
     generation: u64,
     shutting_down: bool,
+    /// The generation whose outcome is not reported yet, and when it began.
+    settling: Option<(u64, Instant)>,
+    events: Vec<PoolEvent<W>>,
 }
 
 fn encode_for_diff<W: WorkerContext>(w: &W) -> Vec<u8> {
@@ -190,7 +290,95 @@ impl<W: WorkerContext> Pool<W> {
             retiring: BTreeMap::new(),
             generation: 0,
             shutting_down: false,
+            settling: None,
+            events: Vec::new(),
         }
+    }
+
+    /// What happened since the last call.
+    pub fn take_events(&mut self) -> Vec<PoolEvent<W>> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Reports the outcome of the start or reload in progress once it has one.
+    fn check_settled(&mut self, now: Instant) {
+        let Some((generation, began)) = self.settling else {
+            return;
+        };
+        if self.shutting_down {
+            self.settling = None;
+            return;
+        }
+        let pending: Vec<(&W::Id, &Slot<W>)> =
+            self.slots.iter().filter(|(_, s)| !s.settled()).collect();
+        let outcome = if pending.is_empty() {
+            ReloadOutcome::Complete
+        } else if pending
+            .iter()
+            .all(|(_, s)| s.pending_failures() >= self.cfg.give_up_after)
+        {
+            ReloadOutcome::Incomplete {
+                failed: pending
+                    .iter()
+                    .map(|(id, s)| {
+                        let why = s.last_failure.clone().unwrap_or_else(|| "failed".into());
+                        ((*id).clone(), why)
+                    })
+                    .collect(),
+            }
+        } else {
+            return;
+        };
+        self.settling = None;
+        self.events.push(PoolEvent::Settled(ReloadReport {
+            generation,
+            outcome,
+            took: now.saturating_duration_since(began),
+        }));
+    }
+
+    /// Id by id, for status views.
+    #[allow(dead_code)] // the control socket's status
+    pub fn slot_views(&self) -> Vec<SlotView<W::Id>> {
+        self.slots
+            .iter()
+            .map(|(id, s)| SlotView {
+                id: id.clone(),
+                restarts: s.restarts,
+                failed_starts: s.failed_starts,
+                last_exit: s.last_exit,
+            })
+            .collect()
+    }
+
+    /// Every worker the pool knows, for status views.
+    #[allow(dead_code)] // the control socket's status
+    pub fn worker_views(&self) -> Vec<WorkerView<W::Id>> {
+        let view = |id: &W::Id, p: &Proc<W>, state| WorkerView {
+            id: id.clone(),
+            pid: p.pid,
+            generation: p.generation,
+            state,
+            started_at: p.spawned_at,
+            ready_at: p.ready_at,
+        };
+        let ready_or_starting = |p: &Proc<W>| {
+            if p.ready_at.is_some() {
+                WorkerState::Ready
+            } else {
+                WorkerState::Starting
+            }
+        };
+        let mut out = Vec::new();
+        for (id, s) in &self.slots {
+            for p in [&s.current, &s.next].into_iter().flatten() {
+                out.push(view(id, p, ready_or_starting(p)));
+            }
+        }
+        for r in self.retiring.values() {
+            out.push(view(&r.id, &r.proc, WorkerState::Draining));
+        }
+        out
     }
 
     /// The reload generation: 0 at start, + 1 per reload.
@@ -211,8 +399,11 @@ impl<W: WorkerContext> Pool<W> {
         now: Instant,
         ops: &mut impl Processes<W>,
     ) -> Option<(W::Id, Error)> {
+        self.settling = Some((0, now));
         self.set_desired(desired, now, ops);
-        self.pump(now, ops, true).into_iter().next()
+        let failed = self.pump(now, ops, true).into_iter().next();
+        self.check_settled(now);
+        failed
     }
 
     /// A reload (generation + 1): sets a new desired set and starts what it needs; a spawn
@@ -224,8 +415,10 @@ impl<W: WorkerContext> Pool<W> {
         ops: &mut impl Processes<W>,
     ) {
         self.advance_generation();
+        self.settling = Some((self.generation, now));
         self.set_desired(desired, now, ops);
         self.pump(now, ops, false);
+        self.check_settled(now);
     }
 
     fn set_desired(
@@ -246,7 +439,7 @@ impl<W: WorkerContext> Pool<W> {
             if let Some(slot) = self.slots.remove(&id) {
                 tracing::info!(worker_id = ?id, generation, "worker left the desired set");
                 for p in [slot.current, slot.next].into_iter().flatten() {
-                    self.retire(p.pid, now, ops);
+                    self.retire(id.clone(), p, ExitReason::Removed, now, ops);
                 }
             }
         }
@@ -254,19 +447,7 @@ impl<W: WorkerContext> Pool<W> {
             let encoded = encode_for_diff(&ctx);
             match self.slots.get_mut(&id) {
                 None => {
-                    self.slots.insert(
-                        id,
-                        Slot {
-                            ctx,
-                            encoded,
-                            good: None,
-                            current: None,
-                            next: None,
-                            wants_replacement: false,
-                            start_backoff: Backoff::default(),
-                            replace_backoff: Backoff::default(),
-                        },
-                    );
+                    self.slots.insert(id, Slot::new(ctx, encoded));
                 }
                 Some(slot) => {
                     let changed = slot.encoded != encoded;
@@ -281,7 +462,7 @@ impl<W: WorkerContext> Pool<W> {
                     if let Some(p) = stale_next {
                         // A replacement from an earlier reload that is still starting: it runs
                         // the old context, so it goes, and a fresh one starts.
-                        self.retire(p.pid, now, ops);
+                        self.retire(id, p, ExitReason::Retired, now, ops);
                     }
                 }
             }
@@ -363,6 +544,8 @@ impl<W: WorkerContext> Pool<W> {
                         &mut slot.start_backoff
                     };
                     let delay = b.fail(&self.cfg, now);
+                    slot.failed_starts += 1;
+                    slot.last_failure = Some(e.report().to_string());
                     if !at_start {
                         tracing::error!(worker_id = ?id, generation, error = %e.report(), attempt = b.failures,
                             retry_in_ms = delay.as_millis() as u64, "cannot start worker");
@@ -374,14 +557,24 @@ impl<W: WorkerContext> Pool<W> {
         errors
     }
 
-    fn retire(&mut self, pid: Pid, now: Instant, ops: &mut impl Processes<W>) {
-        if self.shutting_down {
-            return; // the driver signals everything once; see `begin_shutdown`
+    fn retire(
+        &mut self,
+        id: W::Id,
+        proc: Proc<W>,
+        why: ExitReason,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) {
+        // During shutdown the driver signals everything once (see `begin_shutdown`).
+        if !self.shutting_down {
+            ops.signal(proc.pid, self.cfg.stop_signal);
         }
-        ops.signal(pid, self.cfg.stop_signal);
         self.retiring.insert(
-            pid,
+            proc.pid,
             Retiring {
+                id,
+                proc,
+                why,
                 kill_at: later(now, self.cfg.stop_timeout),
                 killed: false,
             },
@@ -400,6 +593,7 @@ impl<W: WorkerContext> Pool<W> {
             }
         }
         self.promote_ready(now, ops);
+        self.check_settled(now);
     }
 
     /// Next workers that may take over do; the worker they replace retires.
@@ -420,15 +614,15 @@ impl<W: WorkerContext> Pool<W> {
                         tracing::info!(worker_id = ?id, old_pid = %old.pid, new_pid = %new.pid,
                             generation = new.generation, "worker replaced");
                     }
-                    to_retire.push(old.pid);
+                    to_retire.push((id.clone(), old));
                 }
                 slot.good = slot.current.as_ref().map(|p| p.ctx.clone());
                 slot.wants_replacement = false;
                 slot.replace_backoff.reset();
             }
         }
-        for pid in to_retire {
-            self.retire(pid, now, ops);
+        for (id, old) in to_retire {
+            self.retire(id, old, ExitReason::Retired, now, ops);
         }
         // Starting the next replacement may now fit in the budget.
         self.pump(now, ops, false);
@@ -442,84 +636,159 @@ impl<W: WorkerContext> Pool<W> {
         now: Instant,
         ops: &mut impl Processes<W>,
     ) -> bool {
-        if let Some(r) = self.retiring.remove(&pid) {
-            if how == ChildExit::Signaled(self.cfg.stop_signal) {
-                tracing::warn!(%pid, status = %how,
-                    "retired worker died from its stop signal instead of draining \
-                     (does it handle it? see worker::stop_signal)");
-            } else {
-                tracing::info!(%pid, status = %how, killed = r.killed, "retired worker exited");
-            }
+        let known = if let Some(r) = self.retiring.remove(&pid) {
+            self.retired_exited(r, how, now);
+            true
+        } else {
+            self.slot_worker_exited(pid, how, now, ops)
+        };
+        if known {
             self.pump(now, ops, false);
-            return true;
+            self.check_settled(now);
         }
-        let window = self.cfg.startup_window;
-        let shutting_down = self.shutting_down;
-        let mut found = None;
-        for (id, slot) in self.slots.iter_mut() {
-            if slot.current.as_ref().is_some_and(|p| p.pid == pid) {
-                found = Some((id.clone(), true));
-                break;
-            }
-            if slot.next.as_ref().is_some_and(|p| p.pid == pid) {
-                found = Some((id.clone(), false));
-                break;
-            }
+        known
+    }
+
+    fn retired_exited(&mut self, r: Retiring<W>, how: ChildExit, now: Instant) {
+        let pid = r.proc.pid;
+        if how == ChildExit::Signaled(self.cfg.stop_signal) {
+            tracing::warn!(%pid, status = %how,
+                "retired worker died from its stop signal instead of draining \
+                 (does it handle it? see worker::stop_signal)");
+        } else {
+            tracing::info!(%pid, status = %how, killed = r.killed, "retired worker exited");
         }
-        let Some((id, was_current)) = found else {
+        let reason = if r.killed {
+            ExitReason::KilledAtDeadline
+        } else if self.shutting_down {
+            ExitReason::Shutdown
+        } else {
+            r.why
+        };
+        if let Some(slot) = self.slots.get_mut(&r.id) {
+            slot.last_exit = Some((how, reason, now));
+        }
+        self.ended(r.id, r.proc, how, reason, now);
+    }
+
+    fn ended(&mut self, id: W::Id, p: Proc<W>, how: ChildExit, reason: ExitReason, now: Instant) {
+        self.events.push(PoolEvent::Ended(WorkerEnded {
+            id,
+            pid: p.pid,
+            generation: p.generation,
+            status: how,
+            reason,
+            uptime: now.saturating_duration_since(p.spawned_at),
+            context: p.ctx,
+        }));
+    }
+
+    /// A current or next worker died: decide what comes next for its id.
+    fn slot_worker_exited(
+        &mut self,
+        pid: Pid,
+        how: ChildExit,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) -> bool {
+        let Some((id, was_current)) = self.find(pid) else {
             return false;
         };
-        let mut respawned = None;
+        let window = self.cfg.startup_window;
+        let shutting_down = self.shutting_down;
         let cfg = &self.cfg;
-        if let Some(slot) = self.slots.get_mut(&id) {
-            let p = if was_current {
-                slot.current.take()
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return false;
+        };
+        let taken = if was_current {
+            slot.current.take()
+        } else {
+            slot.next.take()
+        };
+        let Some(p) = taken else { return false };
+        let served = p.served(now, window) || (p.ready_at.is_some() && !ended_by_itself(how));
+        let mut respawned = false;
+        let reason = if shutting_down {
+            tracing::info!(worker_id = ?id, %pid, status = %how, "worker exited");
+            ExitReason::Shutdown
+        } else if !was_current {
+            Self::failed_start(slot, cfg, &id, &p, how, now, true);
+            ExitReason::FailedStart
+        } else if let Some(next) = slot.next.take() {
+            // The replacement takes over the slot right away.
+            slot.current = Some(next);
+            slot.wants_replacement = false;
+            tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
+                "worker exited during its replacement; the replacement takes over");
+            if served {
+                ExitReason::Crashed
             } else {
-                slot.next.take()
-            };
-            let Some(p) = p else { return true };
-            let served = p.served(now, window) || (p.ready_at.is_some() && !ended_by_itself(how));
-            if shutting_down {
-                tracing::info!(worker_id = ?id, %pid, status = %how, "worker exited");
-                return true;
+                ExitReason::FailedStart
             }
-            let failed = |b: &mut Backoff, what: &str| {
-                let delay = b.fail(cfg, now);
-                tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
-                    attempt = b.failures, retry_in_ms = delay.as_millis() as u64, "{what}");
-            };
-            if !was_current {
-                failed(
-                    &mut slot.replace_backoff,
-                    "replacement died before it was ready; the old worker keeps serving",
-                );
-            } else if let Some(next) = slot.next.take() {
-                // The replacement takes over the slot right away.
-                slot.current = Some(next);
-                slot.wants_replacement = false;
-                tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
-                    "worker exited during its replacement; the replacement takes over");
-            } else if served {
-                // It served: respawn at once, with the context it ran.
-                slot.start_backoff.reset();
-                slot.good = Some(p.ctx.clone());
-                // Logged after the respawn below: a log write must not delay it.
-                respawned = Some((p.generation, now.duration_since(p.spawned_at)));
-            } else {
-                failed(&mut slot.start_backoff, "worker died while starting");
-            }
-        }
-        self.pump(now, ops, false);
-        if let Some((generation, uptime)) = respawned {
+        } else if served {
+            // It served: respawn at once, with the context it ran.
+            slot.start_backoff.reset();
+            slot.good = Some(p.ctx.clone());
+            slot.restarts += 1;
+            respawned = true;
+            ExitReason::Crashed
+        } else {
+            Self::failed_start(slot, cfg, &id, &p, how, now, false);
+            ExitReason::FailedStart
+        };
+        slot.last_exit = Some((how, reason, now));
+        if respawned {
+            // Respawn first: a log write must not delay it.
+            self.pump(now, ops, false);
             let new_pid = self
                 .slots
                 .get(&id)
                 .and_then(|s| s.current.as_ref())
-                .map(|p| p.pid.as_raw());
-            tracing::warn!(worker_id = ?id, %pid, status = %how, generation,
-                uptime_ms = uptime.as_millis() as u64, new_pid, "worker exited; respawned");
+                .map(|n| n.pid.as_raw());
+            tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
+                uptime_ms = now.saturating_duration_since(p.spawned_at).as_millis() as u64,
+                new_pid, "worker exited; respawned");
         }
+        self.ended(id, p, how, reason, now);
         true
+    }
+
+    /// Records a failed start of `p` (a replacement if `replacement`) and logs it.
+    fn failed_start(
+        slot: &mut Slot<W>,
+        cfg: &PoolConfig,
+        id: &W::Id,
+        p: &Proc<W>,
+        how: ChildExit,
+        now: Instant,
+        replacement: bool,
+    ) {
+        let (b, what) = if replacement {
+            (
+                &mut slot.replace_backoff,
+                "replacement died before it was ready; the old worker keeps serving",
+            )
+        } else {
+            (&mut slot.start_backoff, "worker died while starting")
+        };
+        let delay = b.fail(cfg, now);
+        tracing::warn!(worker_id = ?id, pid = %p.pid, status = %how, generation = p.generation,
+            attempt = b.failures, retry_in_ms = delay.as_millis() as u64, "{what}");
+        slot.failed_starts += 1;
+        slot.last_failure = Some(format!("{what} ({how})"));
+    }
+
+    /// The id of `pid`, and whether it is the current worker (else the next).
+    fn find(&self, pid: Pid) -> Option<(W::Id, bool)> {
+        self.slots.iter().find_map(|(id, s)| {
+            if s.current.as_ref().is_some_and(|p| p.pid == pid) {
+                Some((id.clone(), true))
+            } else if s.next.as_ref().is_some_and(|p| p.pid == pid) {
+                Some((id.clone(), false))
+            } else {
+                None
+            }
+        })
     }
 
     /// Timers: readiness deadlines, stop deadlines, promotions, retries.
@@ -544,6 +813,7 @@ impl<W: WorkerContext> Pool<W> {
             }
         }
         self.promote_ready(now, ops);
+        self.check_settled(now);
     }
 
     /// When `tick` next has something to do, if ever.

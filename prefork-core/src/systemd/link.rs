@@ -1,19 +1,50 @@
-//! The master's side of the notification protocol: what to send on which event of the loop,
-//! and the watchdog's timer.
+//! The master's side of the notification protocol: which message each event of the loop
+//! becomes, the `STATUS=` line, and the watchdog's timer.
 //!
-//! The master calls one method per event (its first generation is ready, a reload began or
-//! ended, a stop began, a worker exited while draining) and asks [`Link::next_deadline`] for
-//! the watchdog's next ping, which becomes part of its poll timeout. Without `NOTIFY_SOCKET`
-//! every method does nothing and there is no deadline.
+//! The master calls one method per event (the start or a reload settled, a reload began, a
+//! stop began) and [`Link::refresh`] after every turn of its loop with a [`Summary`] of the
+//! pool; `STATUS=` goes out only when its text changed, so a turn that changed nothing sends
+//! nothing, and an idle master has no turns. [`Link::next_deadline`] is the watchdog's next
+//! ping, part of the master's poll timeout. Without `NOTIFY_SOCKET` every method does nothing
+//! and there is no deadline.
 
+use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use super::Systemd;
 use super::notify::{Notifier, monotonic_usec, one_line};
+use crate::report::{ReloadOutcome, ReloadReport};
 
 /// Watchdog variables.
 const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 const WATCHDOG_PID: &str = "WATCHDOG_PID";
+
+/// The pool, as `STATUS=` tells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Summary {
+    /// Ids desired.
+    pub desired: usize,
+    /// Ids with a ready worker.
+    pub ready: usize,
+    /// Ids with a ready worker of the latest generation.
+    pub ready_latest: usize,
+    /// The latest generation.
+    pub generation: u64,
+    /// Worker processes alive (any state).
+    pub live: usize,
+}
+
+/// Where the master is, as the manager sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Before the first `READY=1`.
+    Starting,
+    Running,
+    /// Between `RELOADING=1` and its `READY=1`.
+    Reloading,
+    /// After `STOPPING=1`.
+    Stopping,
+}
 
 /// The master's link to its service manager.
 #[derive(Debug)]
@@ -21,10 +52,13 @@ pub(crate) struct Link {
     notifier: Option<Notifier>,
     watchdog: Option<Watchdog>,
     extend: Option<Duration>,
-    /// `READY=1` of the first generation was sent.
-    started: bool,
+    state: State,
+    /// What the last settled start or reload left to say (the ids it gave up on).
+    note: Option<String>,
     /// The last `STATUS=` sent.
     status: String,
+    /// The last summary seen, to notice progress.
+    last: Summary,
 }
 
 #[derive(Debug)]
@@ -65,8 +99,10 @@ impl Link {
             extend: opts.extend_timeouts.filter(|_| notifier.is_some()),
             notifier,
             watchdog,
-            started: false,
+            state: State::Starting,
+            note: None,
             status: String::new(),
+            last: Summary::default(),
         }
     }
 
@@ -75,86 +111,123 @@ impl Link {
         self.notifier.is_some()
     }
 
-    fn send(&mut self, lines: &[String], now: Instant) {
+    /// Sends `lines` (with the current `STATUS=`), and a watchdog ping with every `READY=1`: a
+    /// restart must not be killed by the watchdog before its first timer.
+    fn send(&mut self, lines: &[&str], summary: Summary, now: Instant) {
         let Some(n) = &self.notifier else { return };
+        self.status = status_text(self.state, self.note.as_deref(), summary);
         let mut msg = lines.join("\n");
+        msg.push_str("\nSTATUS=");
+        msg.push_str(&self.status);
         if let Some(w) = &mut self.watchdog
-            && lines.iter().any(|l| l == "READY=1")
+            && lines.contains(&"READY=1")
         {
-            // A ping goes with every READY: a restart must not be killed by the watchdog
-            // between its start and the first timer.
             msg.push_str("\nWATCHDOG=1");
             w.next = crate::master::later(now, w.interval);
         }
         n.send(&msg);
     }
 
-    fn status_line(&mut self, status: &str) -> String {
-        self.status = one_line(status);
-        format!("STATUS={}", self.status)
-    }
-
-    /// Every desired worker of the first generation is ready: `READY=1`, once.
-    pub fn started(&mut self, status: &str, now: Instant) {
-        if self.started || !self.active() {
+    /// The start (generation 0) or a reload settled. `READY=1` always ends a reload, complete
+    /// or not (a unit must never stay "reloading"); it ends the start unless not one worker
+    /// is ready (the unit then fails its start timeout, as it should: nothing serves).
+    pub fn settled<Id: Debug>(
+        &mut self,
+        report: &ReloadReport<Id>,
+        summary: Summary,
+        now: Instant,
+    ) {
+        if !self.active() || self.state == State::Stopping {
             return;
         }
-        self.started = true;
-        let s = self.status_line(status);
-        self.send(&["READY=1".into(), s], now);
+        let what = if report.generation == 0 {
+            "start"
+        } else {
+            "reload"
+        };
+        self.note = match &report.outcome {
+            ReloadOutcome::Complete => None,
+            ReloadOutcome::Rejected => Some(format!(
+                "reload rejected (update returned no configuration); generation {} keeps serving",
+                report.generation
+            )),
+            ReloadOutcome::Incomplete { failed } => {
+                let ids: Vec<String> = failed
+                    .iter()
+                    .map(|(id, why)| format!("id {id:?} failed: {}", one_line(why)))
+                    .collect();
+                Some(format!(
+                    "{what} of generation {} incomplete: {}; retrying, the previous workers keep serving",
+                    report.generation,
+                    ids.join(", ")
+                ))
+            }
+        };
+        if self.state == State::Starting && summary.ready == 0 && summary.desired > 0 {
+            self.refresh(summary, now);
+            return;
+        }
+        self.state = State::Running;
+        self.send(&["READY=1"], summary, now);
+        self.last = summary;
     }
 
     /// A reload begins: `RELOADING=1` and `MONOTONIC_USEC=` in one datagram.
-    pub fn reloading(&mut self, status: &str, now: Instant) {
-        if !self.active() {
+    pub fn reloading(&mut self, summary: Summary, now: Instant) {
+        if !self.active() || self.state == State::Stopping {
             return;
         }
-        let s = self.status_line(status);
+        self.state = State::Reloading;
         let mono = format!("MONOTONIC_USEC={}", monotonic_usec());
-        self.send(&["RELOADING=1".into(), mono, s], now);
+        self.send(&["RELOADING=1", &mono], summary, now);
+        self.last = summary;
     }
 
-    /// A reload ended, completely or not: `READY=1` all the same (a unit must never stay
-    /// "reloading"), with a `STATUS=` that says which. Before the first generation was ready,
-    /// this is the start's `READY=1`.
-    pub fn reloaded(&mut self, status: &str, now: Instant) {
-        if !self.active() {
+    /// A reload that has no pool to settle (hook-only settings) or a start with nothing to
+    /// wait for: `READY=1` now.
+    pub fn ready_now(&mut self, summary: Summary, now: Instant) {
+        if !self.active() || self.state == State::Stopping {
             return;
         }
-        self.started = true;
-        let s = self.status_line(status);
-        self.send(&["READY=1".into(), s], now);
+        self.state = State::Running;
+        self.send(&["READY=1"], summary, now);
+        self.last = summary;
     }
 
-    /// A stop begins: `STOPPING=1`.
-    pub fn stopping(&mut self, status: &str, now: Instant) {
-        if !self.active() {
+    /// A stop begins: `STOPPING=1`, first thing.
+    pub fn stopping(&mut self, summary: Summary, now: Instant) {
+        if !self.active() || self.state == State::Stopping {
             return;
         }
-        let s = self.status_line(status);
-        self.send(&["STOPPING=1".into(), s], now);
+        self.state = State::Stopping;
+        self.note = None;
+        self.send(&["STOPPING=1"], summary, now);
+        self.last = summary;
     }
 
-    /// `STATUS=` alone, if it changed.
-    pub fn status(&mut self, status: &str, now: Instant) {
-        if !self.active() || one_line(status) == self.status {
+    /// After a turn of the loop: `STATUS=` if it changed, and `EXTEND_TIMEOUT_USEC=` (when
+    /// switched on) if a slow start or a drain made progress.
+    pub fn refresh(&mut self, summary: Summary, now: Instant) {
+        if !self.active() || summary == self.last {
             return;
         }
-        let s = self.status_line(status);
-        self.send(&[s], now);
-    }
-
-    /// A slow start or a drain made progress: `EXTEND_TIMEOUT_USEC=`, when switched on.
-    pub fn progress(&mut self, now: Instant) {
-        if let Some(by) = self.extend {
-            let line = format!("EXTEND_TIMEOUT_USEC={}", by.as_micros());
-            self.send(&[line], now);
+        let progress = match self.state {
+            State::Starting => summary.ready > self.last.ready,
+            State::Stopping => summary.live < self.last.live,
+            State::Running | State::Reloading => false,
+        };
+        self.last = summary;
+        let mut lines = Vec::new();
+        let extend;
+        if let Some(by) = self.extend.filter(|_| progress) {
+            extend = format!("EXTEND_TIMEOUT_USEC={}", by.as_micros());
+            lines.push(extend.as_str());
         }
-    }
-
-    /// Whether the first generation's `READY=1` was sent.
-    pub fn has_started(&self) -> bool {
-        self.started
+        if lines.is_empty() && status_text(self.state, self.note.as_deref(), summary) == self.status
+        {
+            return;
+        }
+        self.send(&lines, summary, now);
     }
 
     /// When the watchdog wants its next ping, if it is on.
@@ -173,6 +246,27 @@ impl Link {
             n.send("WATCHDOG=1");
         }
     }
+}
+
+/// The `STATUS=` line.
+fn status_text(state: State, note: Option<&str>, s: Summary) -> String {
+    let mut t = match state {
+        State::Starting => format!("starting: {}/{} workers ready", s.ready, s.desired),
+        State::Running => format!(
+            "{}/{} workers ready, generation {}",
+            s.ready, s.desired, s.generation
+        ),
+        State::Reloading => format!(
+            "reloading to generation {}: {}/{} workers replaced",
+            s.generation, s.ready_latest, s.desired
+        ),
+        State::Stopping => format!("stopping: {} workers left", s.live),
+    };
+    if let Some(n) = note {
+        t.push_str("; ");
+        t.push_str(n);
+    }
+    one_line(&t)
 }
 
 /// The ping interval (half of `WATCHDOG_USEC`), when the watchdog is on and meant for the
@@ -203,12 +297,43 @@ mod tests {
     }
 
     #[test]
+    fn status_lines() {
+        let s = Summary {
+            desired: 5,
+            ready: 5,
+            ready_latest: 2,
+            generation: 3,
+            live: 7,
+        };
+        assert_eq!(
+            status_text(State::Running, None, s),
+            "5/5 workers ready, generation 3"
+        );
+        assert_eq!(
+            status_text(State::Reloading, None, s),
+            "reloading to generation 3: 2/5 workers replaced"
+        );
+        assert_eq!(
+            status_text(State::Stopping, None, s),
+            "stopping: 7 workers left"
+        );
+        assert_eq!(
+            status_text(
+                State::Running,
+                Some("reload of generation 3 incomplete:\nx"),
+                s
+            ),
+            "5/5 workers ready, generation 3; reload of generation 3 incomplete: x"
+        );
+    }
+
+    #[test]
     fn without_a_manager_nothing_happens() {
         let now = Instant::now();
         let mut l = Link::new(Systemd::off(), now);
         assert!(!l.active());
-        l.started("x", now);
-        assert!(!l.has_started());
+        l.ready_now(Summary::default(), now);
+        assert_eq!(l.state, State::Starting);
         assert_eq!(l.next_deadline(), None);
     }
 }

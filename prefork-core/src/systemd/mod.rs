@@ -47,7 +47,7 @@ mod notify;
 use std::time::Duration;
 
 pub use activation::passed_names;
-pub(crate) use link::Link;
+pub(crate) use link::{Link, Summary};
 
 /// How the master talks to systemd. Set with [`Settings::systemd`](crate::Settings::systemd);
 /// the default is [`Systemd::auto`].

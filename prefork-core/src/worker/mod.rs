@@ -27,6 +27,8 @@ use std::sync::atomic::Ordering;
 use crate::readiness::Readiness;
 
 pub(crate) use boot::{Boot, Role, role};
+#[cfg(feature = "tokio")]
+pub use stop::stopped;
 pub use stop::{StopSignal, configured_stop_signal, stop_signal};
 
 static WORKER_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -162,10 +164,14 @@ impl<T: WorkerExit, E: std::fmt::Display> WorkerExit for std::result::Result<T, 
             Ok(t) => t.exit_code(),
             Err(e) => {
                 // `{:#}` prints the whole chain for error types that have one (anyhow).
-                crate::log::emergency_line(&format!(
-                    "prefork worker {}: {e:#}",
-                    std::process::id()
-                ));
+                let mut line = format!("prefork worker {}: {e:#}", std::process::id());
+                if line.contains("Address already in use") {
+                    line.push_str(
+                        " (hint: code before default_main runs again in every worker; bind \
+                         listeners in the fork callback, which runs only in the master)",
+                    );
+                }
+                crate::log::emergency_line(&line);
                 1
             }
         }
@@ -197,4 +203,22 @@ where
     use std::io::Write;
     let _ = io::stdout().flush();
     std::process::exit(code)
+}
+
+/// A tokio runtime sized for this worker: [`threads`] worker threads (the context's runtime
+/// option), a current-thread runtime for 1, and every driver enabled.
+#[cfg(feature = "tokio")]
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    match threads() {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
 }

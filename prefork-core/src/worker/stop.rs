@@ -77,6 +77,9 @@ fn install(signal: Signal) -> std::result::Result<StopSignal, i32> {
                 let mut g = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
                 *g = true;
                 inner.cond.notify_all();
+                drop(g);
+                #[cfg(feature = "tokio")]
+                ASYNC_STOP.send_replace(true);
             }
         })
         .map_err(errno)?;
@@ -112,4 +115,35 @@ impl StopSignal {
             .unwrap_or_else(|p| p.into_inner());
         *g
     }
+}
+
+/// The stop, for async code: set by the stop thread, read by [`stopped`].
+#[cfg(feature = "tokio")]
+static ASYNC_STOP: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
+
+/// Resolves once the master asks this worker to stop (its stop signal or `SIGINT`); at once if
+/// it already did. Installs the handling on first use, like [`stop_signal`]; if that fails,
+/// the error is returned at once.
+///
+/// ```no_run
+/// # #![allow(dead_code)]
+/// # async fn serve() {}
+/// # async fn demo() -> prefork_core::Result<()> {
+/// tokio::select! {
+///     _ = serve() => {}
+///     r = prefork_core::worker::stopped() => r?,
+/// }
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "tokio")]
+pub async fn stopped() -> Result<()> {
+    let stop = stop_signal()?;
+    let mut rx = ASYNC_STOP.subscribe();
+    if stop.is_stopping() {
+        return Ok(());
+    }
+    // The sender is a static: it never closes, so `wait_for` only returns on `true`.
+    let _ = rx.wait_for(|stopping| *stopping).await;
+    Ok(())
 }

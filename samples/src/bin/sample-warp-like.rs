@@ -6,9 +6,10 @@
 //!                  [--user NAME] [--group NAME]
 //! ```
 //!
-//! The master binds `127.0.0.1:PORT` (`--host` for another address) once (lazily, in the `fork` callback, as the Haskell sample
-//! did) and keeps `WORKERS` workers, `id=0` … `id=WORKERS-1`, each a multi-threaded tokio runtime
-//! serving HTTP/1.1 on the inherited socket: `GET /` answers `hello`, anything else 404.
+//! The master binds `127.0.0.1:PORT` (`--host` for another address) once (lazily, in the `fork`
+//! callback, as the Haskell sample did) and keeps `WORKERS` workers, `id=0` … `id=WORKERS-1`,
+//! each a multi-threaded tokio runtime serving HTTP/1.1 on the inherited socket: `GET /` answers
+//! `hello`, anything else 404.
 //!
 //! Under systemd (see `deploy/`):
 //!
@@ -17,8 +18,8 @@
 //!   binding `-p`;
 //! * with `--fdstore` it hands the socket it bound to systemd's fd store under the name `http`,
 //!   and a restarted master adopts it from there: `systemctl restart` refuses no connection;
-//! * it tells systemd when its workers are ready, reloading and stopping (by itself, through the
-//!   library, whenever `NOTIFY_SOCKET` is set).
+//! * it tells systemd when its workers are ready, reloading and stopping (the library does,
+//!   whenever `NOTIFY_SOCKET` is set).
 //!
 //! `--shutdown-delay SECS` keeps serving that long after `SIGTERM` before draining (a lame duck,
 //! for load balancers and Kubernetes). `--user` and `--group` run the workers under another
@@ -32,23 +33,23 @@
 //! * `kill -TERM <master>`: every worker drains and exits, then the master exits 0.
 //!
 //! A stopping worker drops its listener, then drains its keep-alive connections without the
-//! keep-alive race, within `--drain-grace` and `--drain-timeout`: the serving code and how it
-//! drains are in [`samples::warp`], which `bench-baseline` runs too.
+//! keep-alive race, within `--drain-grace` and `--drain-timeout`: `prefork_http::serve` does
+//! the serving and the drain; the application is [`samples::warp::App`].
 
-use std::io;
-use std::sync::Arc;
+use std::io::Write as _;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
 use prefork_core::{
     InheritedListener, ListenerKind, Pid, Readiness, RuntimeOptions, Signal, Spawner,
     WorkerContext, WorkerSet, default_main, relaunch_settings,
 };
-use samples::warp::{self, Drain};
+use prefork_http::Options;
+use samples::warp::App;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-use tokio::time::Instant;
+
+/// The longest drain the flags accept: a day.
+const MAX_DRAIN_SECS: u64 = 86_400;
 
 /// A preforking HTTP server: a master and WORKERS workers sharing one listening socket.
 #[derive(Debug, Parser)]
@@ -67,16 +68,19 @@ struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
     /// Seconds a stopping worker leaves a silent keep-alive connection open before closing it.
-    #[arg(long, value_name = "SECS", default_value_t = Drain::DEFAULT_GRACE_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = Options::DEFAULT_DRAIN_GRACE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_SECS))]
     drain_grace: u64,
     /// Seconds a stopping worker may drain in all before it exits anyway.
-    #[arg(long, value_name = "SECS", default_value_t = Drain::DEFAULT_DEADLINE_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = Options::DEFAULT_DRAIN_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_SECS))]
     drain_timeout: u64,
     /// The signal that asks a worker to stop and drain (TERM, USR1, QUIT, …).
     #[arg(long, value_name = "SIG", default_value = "TERM")]
     stop_signal: Signal,
     /// Seconds the workers keep serving new connections after SIGTERM before they drain.
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    #[arg(long, value_name = "SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_SECS))]
     shutdown_delay: u64,
     /// Hand the bound socket to systemd's fd store (FDSTORE=1, FDNAME=http).
     #[arg(long)]
@@ -89,7 +93,7 @@ struct Cli {
     group: Option<String>,
 }
 
-/// The name of the socket in systemd's world (`FileDescriptorName=`, `FDNAME=`).
+/// The socket's name in systemd's world (`FileDescriptorName=`, `FDNAME=`).
 const SOCKET_NAME: &str = "http";
 
 /// One worker: `ps` shows `sample-warp-like id=2 +RTS -N5 -RTS`.
@@ -127,10 +131,10 @@ fn main() {
     let (host, port) = (cli.host, cli.port);
     let workers = cli.workers;
     let cap = cli.threads.unwrap_or(workers) as usize;
-    let drain = Drain {
-        grace: Duration::from_secs(cli.drain_grace),
-        deadline: Duration::from_secs(cli.drain_timeout),
-    };
+    let drain_timeout = Duration::from_secs(cli.drain_timeout);
+    let options = Options::default()
+        .drain_grace(Duration::from_secs(cli.drain_grace))
+        .drain_timeout(drain_timeout);
 
     let (user, group, fdstore) = (cli.user.clone(), cli.group.clone(), cli.fdstore);
     let update = move |set: &mut WorkerSet<Worker>| {
@@ -161,9 +165,14 @@ fn main() {
         .stop_signal(cli.stop_signal)
         .ready_timeout(Duration::from_secs(20))
         // Longer than a worker's own drain deadline, so it exits by itself.
-        .stop_timeout(drain.deadline + Duration::from_secs(5))
-        .shutdown_timeout(drain.deadline + Duration::from_secs(5));
-    default_main(settings, move |w: Worker| serve(w, drain))
+        .stop_timeout(drain_timeout.saturating_add(Duration::from_secs(5)))
+        .shutdown_timeout(drain_timeout.saturating_add(Duration::from_secs(5)));
+    default_main(settings, move |w: Worker| {
+        // The worker's logs carry its id; prefork_http::serve logs `serving` once it accepts
+        // (and has told the master it is ready), then `stop requested: draining`, `drained`.
+        let _span = tracing::info_span!("worker", id = w.id).entered();
+        prefork_http::serve(w.listener, App, options.clone())
+    })
 }
 
 /// The socket systemd passed (socket activation, or the fd store of a previous master), or a
@@ -172,75 +181,23 @@ fn open_listener(
     addr: (std::net::IpAddr, u16),
     fdstore: bool,
 ) -> prefork_core::Result<InheritedListener> {
+    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
     if let Some(l) = InheritedListener::from_systemd(SOCKET_NAME, ListenerKind::Tcp)? {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "sample-warp-like: adopted the socket systemd passed; listening on http://{}",
             l.local_addr()?
         );
         return Ok(l);
     }
     let l = InheritedListener::bind_tcp(addr)?;
-    eprintln!("sample-warp-like: listening on http://{}", l.local_addr()?);
+    let _ = writeln!(
+        std::io::stderr(),
+        "sample-warp-like: listening on http://{}",
+        l.local_addr()?
+    );
     if fdstore {
         l.store_in_systemd(SOCKET_NAME)?;
     }
     Ok(l)
-}
-
-/// The worker function.
-fn serve(w: Worker, drain: Drain) -> anyhow::Result<()> {
-    // Take over SIGTERM first: from now on a stop request drains instead of killing.
-    let stop = prefork_core::worker::stop_signal()?;
-    let listener = w
-        .listener
-        .context("the context carries no listener")?
-        .into_tcp()?;
-    let threads = prefork_core::worker::threads().unwrap_or(w.cap).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-
-    // The stop signal is a blocking wait; a thread turns it into the drain's start time.
-    // The sender outlives the runtime (this function holds it), so receivers never see it closed.
-    let (drain_tx, drain_rx) = watch::channel(None::<Instant>);
-    let drain_tx = Arc::new(drain_tx);
-    let bridge_tx = Arc::clone(&drain_tx);
-    std::thread::Builder::new()
-        .name("stop-bridge".into())
-        .spawn(move || {
-            stop.wait();
-            bridge_tx.send_replace(Some(Instant::now()));
-        })
-        .context("cannot start the stop thread")?;
-
-    rt.block_on(start_serving(w.id, threads, listener, drain, drain_rx))?;
-    rt.shutdown_timeout(Duration::from_millis(200));
-    drop(drain_tx);
-    Ok(())
-}
-
-/// Registers the inherited listener with the runtime, tells the master this worker serves, then
-/// runs [`warp::accept_loop`] until it has drained.
-async fn start_serving(
-    id: u32,
-    threads: usize,
-    listener: std::net::TcpListener,
-    cfg: Drain,
-    drain: watch::Receiver<Option<Instant>>,
-) -> io::Result<()> {
-    // The master made the socket non-blocking (shared by all workers); it is not touched here.
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    // The listener is registered with the runtime and the accept loop runs next: tell the master
-    // this worker serves, so that it may retire the one it replaces.
-    prefork_core::worker::ready();
-    tracing::info!(
-        worker = id,
-        threads,
-        generation = prefork_core::worker::generation(),
-        "worker serving"
-    );
-    warp::accept_loop(id, listener, cfg, drain).await;
-    Ok(())
 }

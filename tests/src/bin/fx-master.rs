@@ -3,17 +3,34 @@
 //! `fx-master [--workers N | --workers-file PATH] [--mode MODE] [--readiness explicit|implicit]
 //!            [--shutdown-ms N] [--stop-ms N] [--backoff-ms INITIAL,MAX] [--ready-ms N]
 //!            [--threads N] [--nice N] [--cpus LIST] [--nofile N] [--unix PATH] [--hooks]
-//!            [--default-settings] [--stop-signal SIG] [--mode-file PATH] [--shutdown-delay-ms N]
+//!            [--default-settings] [--mode-of ID=MODE]... [--once PATH] [--nonblocking]
+//!            [--port N] [--stop-signal SIG] [--mode-file PATH] [--shutdown-delay-ms N]
 //!            [--subreaper] [--user NAME] [--group NAME] [--groups LIST] [--extend-ms N]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
-//! adopted), `crash` (exit 3 at once), `ignore-term` (ignore SIGTERM, sleep), `sleep` (sleep until
-//! killed), `drain` (install the stop signal, then exit 0 when asked), `count-stops` (print
-//! `worker <id> pid <pid> got <SIG>` for every stop signal, exit 1.5 s after the first), `orphan`
-//! (start `sleep 1` in the background through `sh`, print `worker <id> orphaned <pid>`, where the
-//! pid is the sleep's as the worker sees it, then serve as `serve` does). `--mode-file` is read at
-//! every `update` (start and `SIGHUP`) and, when it exists, replaces `--mode`: a broken deploy.
+//! adopted; a non-blocking listener is waited on with `poll`), `crash` (exit 3 at once),
+//! `ignore-term` (ignore SIGTERM, sleep), `sleep` (sleep until killed, never ready), `drain`
+//! (install the stop signal, then exit 0 when asked), `ready-exit` (report ready, then exit 3 at
+//! once), `count-stops` (print `worker <id> pid <pid> got <SIG>` for every stop signal, exit
+//! 1.5 s after the first), `forge-ready` (report ready, then for 60 s send `ready <pid>` for each sibling worker on
+//! the readiness socket, printing `forged ready <pid>` the first time for each), `shut-rd` and
+//! `clear-nonblock` (as `serve`, but once ready first `shutdown(SHUT_RD)` the shared listener,
+//! printing `worker <id> shut the listener`, or clear its `O_NONBLOCK`, printing `worker <id>
+//! cleared O_NONBLOCK`; with `--once PATH` only the start that creates PATH does it), `orphan`
+//! (start `sleep 1` in the background through `sh`, print `worker <id> orphaned <pid>`, where
+//! the pid is the sleep's as the worker sees it, then serve as `serve` does).
+//!
+//! `--mode-file PATH` is read at every `update` (start and `SIGHUP`) and, when it exists,
+//! replaces `--mode`: a deploy, broken or not. `--user`, `--group`, `--groups` are the workers'
+//! identity; `--subreaper`, `--shutdown-delay-ms`, `--extend-ms` (EXTEND_TIMEOUT_USEC) the
+//! master's settings.
+//!
+//! `--mode-of ID=MODE` gives worker ID another mode than `--mode`. `--nonblocking` binds the
+//! listener with `InheritedListener::bind_tcp` (non-blocking, as the samples' is) instead of
+//! wrapping a blocking std listener. `--port N` binds 127.0.0.1:N instead of an ephemeral port
+//! (the kernel keeps an explicitly bound port through a `shutdown` of the listener; an
+//! ephemeral one is released).
 //!
 //! It prints `listening on 127.0.0.1:PORT` once it bound its socket, `hook <name>` for each
 //! hook call with `--hooks`, and workers print `worker <id> started pid <pid> gen <g> at <ms>` and
@@ -21,6 +38,7 @@
 
 use std::io::Write;
 use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prefork_core::{
@@ -39,8 +57,14 @@ struct Fx {
     nofile: Option<u64>,
     nice: Option<i32>,
     cpus: Option<Vec<usize>>,
+    /// For the one-shot modes: the file whose creation claims the one shot.
+    #[serde(default)]
+    once: Option<String>,
+    #[serde(default)]
     user: Option<String>,
+    #[serde(default)]
     group: Option<String>,
+    #[serde(default)]
     groups: Option<Vec<String>>,
 }
 
@@ -106,6 +130,10 @@ struct Opts {
     hooks: bool,
     default_settings: bool,
     stop_signal: Option<Signal>,
+    mode_of: Vec<(u32, String)>,
+    once: Option<String>,
+    nonblocking: bool,
+    port: u16,
     mode_file: Option<String>,
     shutdown_delay_ms: Option<u64>,
     subreaper: bool,
@@ -163,6 +191,14 @@ fn parse() -> Result<Opts, String> {
             "--hooks" => o.hooks = true,
             "--default-settings" => o.default_settings = true,
             "--stop-signal" => o.stop_signal = Some(val()?.parse().map_err(|e| format!("{e}"))?),
+            "--mode-of" => {
+                let v = val()?;
+                let (id, mode) = v.split_once('=').ok_or("--mode-of ID=MODE")?;
+                o.mode_of.push((num(id.into())? as u32, mode.into()));
+            }
+            "--once" => o.once = Some(val()?),
+            "--nonblocking" => o.nonblocking = true,
+            "--port" => o.port = num(val()?)? as u16,
             "--mode-file" => o.mode_file = Some(val()?),
             "--shutdown-delay-ms" => o.shutdown_delay_ms = Some(num(val()?)?),
             "--subreaper" => o.subreaper = true,
@@ -216,7 +252,7 @@ fn desired_count(o: &Opts) -> Option<u32> {
 
 fn main() {
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(prefork_core::log::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
@@ -242,20 +278,46 @@ fn main() {
         nice: o.nice,
         cpus: o.cpus.clone(),
         nofile: o.nofile,
+        once: o.once.clone(),
         user: o.user.clone(),
         group: o.group.clone(),
         groups: o.groups.clone(),
     };
+    // The mode of worker `id`: its `--mode-of`, else the mode file's content, else `--mode`.
+    let (default_mode, mode_of, mode_file) =
+        (o.mode.clone(), o.mode_of.clone(), o.mode_file.clone());
+    let mode_for = move |id: u32| {
+        let from_file = || {
+            mode_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|m| m.trim().to_owned())
+        };
+        mode_of
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == id)
+            .map(|(_, m)| m.clone())
+            .or_else(from_file)
+            .unwrap_or_else(|| default_mode.clone())
+    };
+    let nonblocking = o.nonblocking;
+    let bind_addr = format!("127.0.0.1:{}", o.port);
     let unix_path = o.unix.clone();
     let mut shared_unix: Option<InheritedListener> = None;
     let mut shared: Option<InheritedListener> = None;
     let fork = move |w: &Fx, spawner: &Spawner| -> prefork_core::Result<Pid> {
         let l = match &shared {
             Some(l) => l.clone(),
+            None if nonblocking => {
+                let l = InheritedListener::bind_tcp(bind_addr.as_str())?;
+                say(format!("listening on {}", l.local_addr()?));
+                shared.insert(l).clone()
+            }
             None => {
-                let std_l = TcpListener::bind("127.0.0.1:0").map_err(|source| {
+                let std_l = TcpListener::bind(bind_addr.as_str()).map_err(|source| {
                     prefork_core::Error::Listen {
-                        addr: "127.0.0.1:0".into(),
+                        addr: bind_addr.clone(),
                         source,
                     }
                 })?;
@@ -286,12 +348,23 @@ fn main() {
         let mut fork = fork;
         let t = template.clone();
         let n = o.workers;
+        let mode_for = mode_for.clone();
         default_settings::<(), Fx>()
             .update_config(move || Some(()))
             .update_server(move |_, spawner| {
                 hook("update_server");
                 (0..n)
-                    .filter_map(|id| fork(&Fx { id, ..t.clone() }, spawner).ok())
+                    .filter_map(|id| {
+                        fork(
+                            &Fx {
+                                id,
+                                mode: mode_for(id),
+                                ..t.clone()
+                            },
+                            spawner,
+                        )
+                        .ok()
+                    })
                     .collect()
             })
     } else {
@@ -301,18 +374,12 @@ fn main() {
             workers_file: o.workers_file.clone(),
             ..Opts::default()
         };
-        let mode_file = o.mode_file.clone();
         relaunch_settings(
             move |set: &mut WorkerSet<Fx>| {
                 let n = desired_count(&o2)?;
-                let mode = mode_file
-                    .as_ref()
-                    .and_then(|p| std::fs::read_to_string(p).ok())
-                    .map(|m| m.trim().to_owned())
-                    .unwrap_or_else(|| t.mode.clone());
                 set.set((0..n).map(|id| Fx {
                     id,
-                    mode: mode.clone(),
+                    mode: mode_for(id),
                     ..t.clone()
                 }));
                 say(format!("update desired {n}"));
@@ -407,43 +474,19 @@ fn worker(w: Fx) -> Result<(), String> {
         ));
     }
     match w.mode.as_str() {
-        "serve" | "orphan" => {
-            let l = w
-                .listener
-                .ok_or("no listener in the context")?
-                .into_tcp()
-                .map_err(|e| e.to_string())?;
-            if let Some(u) = w.unix {
-                let u = u.into_unix().map_err(|e| e.to_string())?;
-                // The master made it non-blocking (shared by all workers): poll, do not spin.
-                std::thread::spawn(move || {
-                    loop {
-                        match u.accept() {
-                            Ok((mut c, _)) => {
-                                let _ = writeln!(c, "unix pid {} id {}", std::process::id(), w.id);
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                std::thread::sleep(Duration::from_millis(5))
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                });
-            }
-            prefork_core::worker::ready();
-            for conn in l.incoming() {
-                let mut c = conn.map_err(|e| e.to_string())?;
-                let _ = writeln!(
-                    c,
-                    "pid {} id {} gen {}",
-                    std::process::id(),
-                    w.id,
-                    prefork_core::worker::generation()
-                );
-            }
-            Ok(())
-        }
+        "serve" | "shut-rd" | "clear-nonblock" | "orphan" => serve(w),
         "crash" => std::process::exit(3),
+        "ready-exit" => {
+            prefork_core::worker::ready();
+            std::process::exit(3)
+        }
+        "forge-ready" => {
+            prefork_core::worker::ready();
+            forge_ready();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         "ignore-term" => {
             // SAFETY: setting a signal to SIG_IGN installs no handler code.
             unsafe {
@@ -501,5 +544,156 @@ fn worker(w: Fx) -> Result<(), String> {
         _ => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
+    }
+}
+
+/// The `serve` modes: accept on the inherited listener and answer each connection with one line;
+/// `shut-rd` and `clear-nonblock` first break the shared listener (once, see `--once`).
+fn serve(w: Fx) -> Result<(), String> {
+    let l = w
+        .listener
+        .ok_or("no listener in the context")?
+        .into_tcp()
+        .map_err(|e| e.to_string())?;
+    if let Some(u) = w.unix {
+        let u = u.into_unix().map_err(|e| e.to_string())?;
+        // The master made it non-blocking (shared by all workers): poll, do not spin.
+        std::thread::spawn(move || {
+            loop {
+                match u.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = writeln!(c, "unix pid {} id {}", std::process::id(), w.id);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+    prefork_core::worker::ready();
+    if w.mode != "serve" && claim_once(w.once.as_deref()) {
+        let fd = l.as_raw_fd();
+        if w.mode == "shut-rd" {
+            // SAFETY: shutdown(2) on a socket this process holds; no memory is passed.
+            if unsafe { nix::libc::shutdown(fd, nix::libc::SHUT_RD) } != 0 {
+                return Err(format!("shutdown: {}", std::io::Error::last_os_error()));
+            }
+            say(format!("worker {} shut the listener", w.id));
+        } else {
+            // SAFETY: fcntl(F_GETFL/F_SETFL) on a socket this process holds; no memory is
+            // passed.
+            let r = unsafe {
+                let fl = nix::libc::fcntl(fd, nix::libc::F_GETFL);
+                nix::libc::fcntl(fd, nix::libc::F_SETFL, fl & !nix::libc::O_NONBLOCK)
+            };
+            if r != 0 {
+                return Err(format!("fcntl: {}", std::io::Error::last_os_error()));
+            }
+            say(format!("worker {} cleared O_NONBLOCK", w.id));
+        }
+    }
+    loop {
+        match l.accept() {
+            Ok((mut c, _)) => {
+                let _ = writeln!(
+                    c,
+                    "pid {} id {} gen {}",
+                    std::process::id(),
+                    w.id,
+                    prefork_core::worker::generation()
+                );
+            }
+            // A non-blocking listener (shared: any sibling may have taken the connection).
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [nix::poll::PollFd::new(
+                    l.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(format!("poll: {e}")),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// True if this start may do the one-shot thing: there is no `--once` file, or this call created
+/// it.
+fn claim_once(path: Option<&str>) -> bool {
+    match path {
+        None => true,
+        Some(p) => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .is_ok(),
+    }
+}
+
+/// The readiness socket, found among this process's open fds: the one `AF_UNIX` datagram
+/// socket. (The library keeps its number to itself; the kernel does not.)
+fn readiness_socket() -> Option<RawFd> {
+    let sockopt = |fd: RawFd, opt: nix::libc::c_int| {
+        let mut v: nix::libc::c_int = 0;
+        let mut len = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`, an int on this stack.
+        let r = unsafe {
+            nix::libc::getsockopt(
+                fd,
+                nix::libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut nix::libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .find(|&fd| {
+            fd > 2
+                && sockopt(fd, nix::libc::SO_DOMAIN) == Some(nix::libc::AF_UNIX)
+                && sockopt(fd, nix::libc::SO_TYPE) == Some(nix::libc::SOCK_DGRAM)
+        })
+}
+
+/// The other children of this worker's parent (its sibling workers).
+fn siblings() -> Vec<i32> {
+    let ppid = nix::unistd::getppid().as_raw();
+    let me = std::process::id() as i32;
+    std::fs::read_to_string(format!("/proc/{ppid}/task/{ppid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&p| p != me)
+        .collect()
+}
+
+/// For 60 s, every 50 ms, claims on the readiness socket that each sibling is ready.
+fn forge_ready() {
+    let Some(fd) = readiness_socket() else {
+        say("forge-ready: no readiness socket".into());
+        return;
+    };
+    let mut told = std::collections::BTreeSet::new();
+    for _ in 0..1200 {
+        for pid in siblings() {
+            let msg = format!("ready {pid}");
+            // SAFETY: send(2) of a buffer that lives across the call, on a socket this process
+            // holds.
+            let r = unsafe {
+                nix::libc::send(fd, msg.as_ptr().cast(), msg.len(), nix::libc::MSG_DONTWAIT)
+            };
+            if r >= 0 && told.insert(pid) {
+                say(format!("forged ready {pid}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

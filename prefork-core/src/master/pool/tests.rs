@@ -1,4 +1,5 @@
 use super::*;
+use crate::report::{ExitReason, ReloadOutcome, ReloadReport};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -654,4 +655,121 @@ fn shutdown_freezes_a_settling_reload_and_signals_nobody() {
     assert_eq!(p.current(), old, "no replacement completed");
     assert_eq!(f.spawned.len(), 4, "nothing spawned");
     assert_eq!(p.next_deadline(), None);
+}
+
+fn settled(p: &mut Pool<W>) -> Vec<ReloadReport<u32>> {
+    p.take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            PoolEvent::Settled(r) => Some(r),
+            PoolEvent::Ended(_) => None,
+        })
+        .collect()
+}
+
+fn ended(p: &mut Pool<W>) -> Vec<(u32, Pid, ExitReason)> {
+    p.take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            PoolEvent::Ended(e) => Some((e.id, e.pid, e.reason)),
+            PoolEvent::Settled(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_start_and_each_reload_report_when_every_worker_is_ready() {
+    let t0 = Instant::now();
+    let mut p = Pool::new(explicit());
+    let mut f = Fake::default();
+    assert!(p.start(set(0..2, 0), t0, &mut f).is_none());
+    p.worker_ready(f.spawned[0].1, t0 + ms(5), &mut f);
+    assert!(settled(&mut p).is_empty(), "one of two is ready: not yet");
+    p.worker_ready(f.spawned[1].1, t0 + ms(7), &mut f);
+    let r = settled(&mut p);
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].generation, &r[0].outcome),
+        (0, &ReloadOutcome::Complete)
+    );
+    assert_eq!(r[0].took, ms(7));
+    // A reload: complete once both replacements took over.
+    let t = t0 + Duration::from_secs(5);
+    p.reload(set(0..2, 0), t, &mut f);
+    p.worker_ready(f.spawned[2].1, t + ms(3), &mut f);
+    assert!(settled(&mut p).is_empty());
+    p.worker_ready(f.spawned[3].1, t + ms(4), &mut f);
+    let r = settled(&mut p);
+    assert_eq!(
+        (r[0].generation, &r[0].outcome),
+        (1, &ReloadOutcome::Complete)
+    );
+    let retired = ended(&mut p);
+    assert!(
+        retired.is_empty(),
+        "the old workers are draining, not ended yet"
+    );
+    p.exited(f.spawned[0].1, ChildExit::Exited(0), t + ms(50), &mut f);
+    assert_eq!(
+        ended(&mut p),
+        vec![(0, f.spawned[0].1, ExitReason::Retired)]
+    );
+}
+
+#[test]
+fn a_broken_reload_is_reported_incomplete_after_three_failures_of_each_id() {
+    let (mut p, mut f, t0) = running(2, explicit());
+    let _ = p.take_events();
+    let mut t = t0 + Duration::from_secs(5);
+    p.reload(set(0..2, 1), t, &mut f);
+    for round in 0..3 {
+        let fresh: Vec<Pid> = f.spawned[f.spawned.len() - 2..]
+            .iter()
+            .map(|s| s.1)
+            .collect();
+        t += ms(1);
+        for pid in fresh {
+            p.exited(pid, ChildExit::Exited(1), t, &mut f);
+        }
+        if round < 2 {
+            assert!(settled(&mut p).is_empty(), "round {round}: still trying");
+            t = p.next_deadline().unwrap();
+            p.tick(t, &mut f);
+        }
+    }
+    let r = settled(&mut p);
+    assert_eq!(r.len(), 1, "one report");
+    match &r[0].outcome {
+        ReloadOutcome::Incomplete { failed } => {
+            assert_eq!(failed.iter().map(|f| f.0).collect::<Vec<_>>(), vec![0, 1]);
+            assert!(failed[0].1.contains("exit status 1"), "{failed:?}");
+        }
+        other => panic!("expected incomplete, got {other:?}"),
+    }
+    assert_eq!(p.current().len(), 2, "the old workers keep serving");
+}
+
+#[test]
+fn exit_reasons_say_why_a_worker_ended() {
+    let (mut p, mut f, t0) = running(3, explicit());
+    let _ = p.take_events();
+    let t = t0 + Duration::from_secs(5);
+    let cur = p.current();
+    p.exited(cur[&0], ChildExit::Signaled(Signal::SIGKILL), t, &mut f);
+    assert_eq!(ended(&mut p), vec![(0, cur[&0], ExitReason::Crashed)]);
+    // The respawn dies at once, by itself: a failed start.
+    let respawn = f.spawned.last().unwrap().1;
+    p.exited(respawn, ChildExit::Exited(2), t + ms(1), &mut f);
+    assert_eq!(ended(&mut p), vec![(0, respawn, ExitReason::FailedStart)]);
+    // Id 2 leaves the set: removed.
+    p.reload(set(0..2, 0), t + ms(5), &mut f);
+    p.exited(cur[&2], ChildExit::Exited(0), t + ms(6), &mut f);
+    assert!(ended(&mut p).contains(&(2, cur[&2], ExitReason::Removed)));
+    let views = p.slot_views();
+    assert_eq!(views[0].restarts, 1);
+    assert_eq!(views[0].failed_starts, 1);
+    assert!(matches!(
+        views[0].last_exit,
+        Some((ChildExit::Exited(2), ExitReason::FailedStart, _))
+    ));
 }

@@ -1,0 +1,103 @@
+//! `sample-axum`: an axum app served by prefork workers; `kill -HUP <master>` replaces them all
+//! without dropping a request.
+//!
+//! ```text
+//! sample-axum -p PORT -w WORKERS
+//! ```
+//!
+//! `GET /` answers `hello`, `GET /id` the id of the worker that answered, `GET /stream` a body
+//! streamed in three chunks. This is the smallest complete program: copy it and replace
+//! `app`.
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::time::Duration;
+
+use axum::{Router, body::Body, routing::get};
+use clap::Parser;
+use prefork_core::{
+    InheritedListener, Readiness, Spawner, WorkerContext, WorkerSet, default_main,
+    relaunch_settings,
+};
+use serde::{Deserialize, Serialize};
+
+/// An axum app in a master and WORKERS workers sharing one listening socket.
+#[derive(Debug, Parser)]
+#[command(name = "sample-axum", version)]
+struct Cli {
+    /// TCP port to listen on, on 127.0.0.1 (0: any free port, shown on stderr).
+    #[arg(short, long, default_value_t = 3000)]
+    port: u16,
+    /// Number of worker processes.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: u32,
+}
+
+/// One worker: `ps` shows `sample-axum id=2`.
+#[derive(Clone, Debug, Serialize, Deserialize, WorkerContext)]
+struct Worker {
+    #[prefork(id, arg)]
+    id: u32,
+    #[prefork(fd)]
+    listener: Option<InheritedListener>,
+}
+
+/// The application.
+fn app(id: u32) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route("/id", get(move || async move { format!("{id}\n") }))
+        .route("/stream", get(stream))
+}
+
+/// Three chunks, 50 ms apart.
+async fn stream() -> Body {
+    let chunks = futures_util::stream::unfold(0, |i| async move {
+        if i == 3 {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some((Ok::<_, Infallible>(format!("chunk {i}\n")), i + 1))
+    });
+    Body::from_stream(chunks)
+}
+
+fn main() {
+    // The master's argv in both processes: a worker's own argv (`id=0`) is for `ps`.
+    let Cli { port, workers } = Cli::parse_from(prefork_core::args());
+    samples::init_tracing();
+
+    // The desired workers, at start and on every SIGHUP.
+    let update = move |set: &mut WorkerSet<Worker>| {
+        set.set((0..workers).map(|id| Worker { id, listener: None }));
+        Some(())
+    };
+    // The socket is bound once, in the master, and inherited by every worker.
+    let mut shared: Option<InheritedListener> = None;
+    let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<_> {
+        let listener = match &shared {
+            Some(l) => l.clone(),
+            None => {
+                let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
+                // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "sample-axum: listening on http://{}",
+                    l.local_addr()?
+                );
+                shared.insert(l).clone()
+            }
+        };
+        spawner.fork_worker_process(&Worker {
+            listener: Some(listener),
+            ..w.clone()
+        })
+    };
+    // A new worker takes over once prefork_http::serve says it accepts.
+    let settings = relaunch_settings(update, fork).readiness(Readiness::Explicit);
+    default_main(settings, |w: Worker| {
+        prefork_http::serve(w.listener, app(w.id), prefork_http::Options::default())
+    })
+}
