@@ -26,6 +26,8 @@ pub struct Notification {
     pub at: Instant,
     /// `CLOCK_MONOTONIC` in µs when the test received it.
     pub monotonic_usec: u64,
+    /// The wall clock in ms when the test received it (the clock of the fixture's lines).
+    pub at_ms: u64,
     /// The text: `KEY=value` lines.
     pub text: String,
     /// The fds it carried, now the test's.
@@ -184,6 +186,7 @@ fn receive(fd: RawFd) -> Option<Notification> {
         pid,
         at: Instant::now(),
         monotonic_usec: monotonic_usec(),
+        at_ms: crate::now_ms(),
         text: String::from_utf8_lossy(&buf[..len]).into_owned(),
         fds,
     })

@@ -116,8 +116,12 @@ impl Link {
     fn send(&mut self, lines: &[&str], summary: Summary, now: Instant) {
         let Some(n) = &self.notifier else { return };
         self.status = status_text(self.state, self.note.as_deref(), summary);
-        let mut msg = lines.join("\n");
-        msg.push_str("\nSTATUS=");
+        let mut msg = String::new();
+        for l in lines {
+            msg.push_str(l);
+            msg.push('\n');
+        }
+        msg.push_str("STATUS=");
         msg.push_str(&self.status);
         if let Some(w) = &mut self.watchdog
             && lines.contains(&"READY=1")
@@ -157,9 +161,9 @@ impl Link {
                     .map(|(id, why)| format!("id {id:?} failed: {}", one_line(why)))
                     .collect();
                 Some(format!(
-                    "{what} of generation {} incomplete: {}; retrying, the previous workers keep serving",
+                    "{what} of generation {} incomplete (still retried): {}",
                     report.generation,
-                    ids.join(", ")
+                    ids.join("; ")
                 ))
             }
         };
@@ -252,9 +256,13 @@ impl Link {
 fn status_text(state: State, note: Option<&str>, s: Summary) -> String {
     let mut t = match state {
         State::Starting => format!("starting: {}/{} workers ready", s.ready, s.desired),
-        State::Running => format!(
+        State::Running if s.ready_latest == s.desired => format!(
             "{}/{} workers ready, generation {}",
             s.ready, s.desired, s.generation
+        ),
+        State::Running => format!(
+            "{}/{} workers ready, {} of generation {}",
+            s.ready, s.desired, s.ready_latest, s.generation
         ),
         State::Reloading => format!(
             "reloading to generation {}: {}/{} workers replaced",
@@ -304,6 +312,14 @@ mod tests {
             ready_latest: 2,
             generation: 3,
             live: 7,
+        };
+        assert_eq!(
+            status_text(State::Running, None, s),
+            "5/5 workers ready, 2 of generation 3"
+        );
+        let s = Summary {
+            ready_latest: 5,
+            ..s
         };
         assert_eq!(
             status_text(State::Running, None, s),

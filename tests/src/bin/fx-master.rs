@@ -5,7 +5,8 @@
 //!            [--threads N] [--nice N] [--cpus LIST] [--nofile N] [--unix PATH] [--hooks]
 //!            [--default-settings] [--mode-of ID=MODE]... [--once PATH] [--nonblocking]
 //!            [--port N] [--stop-signal SIG] [--mode-file PATH] [--shutdown-delay-ms N]
-//!            [--subreaper] [--user NAME] [--group NAME] [--groups LIST] [--extend-ms N]`
+//!            [--subreaper] [--user NAME] [--group NAME] [--groups LIST] [--extend-ms N]
+//!            [--ready-delay-ms N]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
@@ -19,7 +20,9 @@
 //! printing `worker <id> shut the listener`, or clear its `O_NONBLOCK`, printing `worker <id>
 //! cleared O_NONBLOCK`; with `--once PATH` only the start that creates PATH does it), `orphan`
 //! (start `sleep 1` in the background through `sh`, print `worker <id> orphaned <pid>`, where
-//! the pid is the sleep's as the worker sees it, then serve as `serve` does).
+//! the pid is the sleep's as the worker sees it, then serve as `serve` does). The serving modes
+//! print `worker <id> ready gen <g> at <ms>` just before they report ready, `--ready-delay-ms N`
+//! after waiting `N × id` ms.
 //!
 //! `--mode-file PATH` is read at every `update` (start and `SIGHUP`) and, when it exists,
 //! replaces `--mode`: a deploy, broken or not. `--user`, `--group`, `--groups` are the workers'
@@ -66,6 +69,8 @@ struct Fx {
     group: Option<String>,
     #[serde(default)]
     groups: Option<Vec<String>>,
+    #[serde(default)]
+    ready_delay_ms: Option<u64>,
 }
 
 // Implemented by hand on purpose: the derive is tested elsewhere, this is the manual path.
@@ -141,6 +146,7 @@ struct Opts {
     group: Option<String>,
     groups: Option<Vec<String>>,
     extend_ms: Option<u64>,
+    ready_delay_ms: Option<u64>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -206,6 +212,7 @@ fn parse() -> Result<Opts, String> {
             "--group" => o.group = Some(val()?),
             "--groups" => o.groups = Some(val()?.split(',').map(str::to_owned).collect()),
             "--extend-ms" => o.extend_ms = Some(num(val()?)?),
+            "--ready-delay-ms" => o.ready_delay_ms = Some(num(val()?)?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -282,6 +289,7 @@ fn main() {
         user: o.user.clone(),
         group: o.group.clone(),
         groups: o.groups.clone(),
+        ready_delay_ms: o.ready_delay_ms,
     };
     // The mode of worker `id`: its `--mode-of`, else the mode file's content, else `--mode`.
     let (default_mode, mode_of, mode_file) =
@@ -572,8 +580,17 @@ fn serve(w: Fx) -> Result<(), String> {
             }
         });
     }
+    if let Some(ms) = w.ready_delay_ms {
+        std::thread::sleep(Duration::from_millis(ms * u64::from(w.id)));
+    }
+    say(format!(
+        "worker {} ready gen {} at {}",
+        w.id,
+        prefork_core::worker::generation(),
+        now_ms()
+    ));
     prefork_core::worker::ready();
-    if w.mode != "serve" && claim_once(w.once.as_deref()) {
+    if !matches!(w.mode.as_str(), "serve" | "orphan") && claim_once(w.once.as_deref()) {
         let fd = l.as_raw_fd();
         if w.mode == "shut-rd" {
             // SAFETY: shutdown(2) on a socket this process holds; no memory is passed.
