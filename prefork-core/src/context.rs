@@ -121,7 +121,7 @@ pub struct RuntimeOptions {
     ///
     /// Names are looked up in the master at every spawn (`getpwnam`, `getgrnam`,
     /// `getgrouplist`); an unknown one fails the spawn with
-    /// [`Error::InvalidSetting`](crate::Error::InvalidSetting), which at start ends the master
+    /// [`Error::InvalidSetting`], which at start ends the master
     /// with one line. In the child the groups are set first, then the gid, then the uid, before
     /// `execve`.
     pub user: Option<String>,

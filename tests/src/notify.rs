@@ -107,7 +107,7 @@ impl NotifySocket {
     }
 
     /// Waits for the first message received so far or later that satisfies `pred`, and
-    /// returns its index in [`all`](Self::all).
+    /// returns its index (in [`with_all`](Self::with_all)'s list).
     pub fn wait(
         &self,
         deadline: Duration,
