@@ -22,8 +22,8 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
-//! use prefork_core::{InheritedListener, Readiness, WorkerContext, WorkerSet, default_main,
-//!                    fork_worker_process, relaunch_settings};
+//! use prefork_core::{InheritedListener, Readiness, Spawner, WorkerContext, WorkerSet,
+//!                    default_main, relaunch_settings};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Clone, Debug, Serialize, Deserialize, WorkerContext)]
@@ -41,12 +41,12 @@
 //!     };
 //!     // The socket is bound once, in the master, and inherited by every worker.
 //!     let mut shared: Option<InheritedListener> = None;
-//!     let fork = move |w: &Worker| {
+//!     let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<_> {
 //!         let l = match &shared {
 //!             Some(l) => l.clone(),
 //!             None => shared.insert(InheritedListener::bind_tcp("127.0.0.1:3000")?).clone(),
 //!         };
-//!         fork_worker_process(&Worker { listener: Some(l), ..w.clone() })
+//!         spawner.fork_worker_process(&Worker { listener: Some(l), ..w.clone() })
 //!     };
 //!     let settings = relaunch_settings(update, fork).readiness(Readiness::Explicit);
 //!     default_main(settings, |w: Worker| {
@@ -273,6 +273,7 @@ where
     let drain = Arc::new(Drain::new(options.drain_grace));
     let mut conns = JoinSet::new();
     let mut next = 0;
+    let mut accept_errors = AcceptErrors::default();
     let accept = |cx: &mut Context<'_>, next: &mut usize| poll_accept_any(&bound, next, cx);
     tokio::pin!(shutdown);
     loop {
@@ -286,8 +287,9 @@ where
                     conns.spawn(serve_accepted(accepted, svc, builder, drain, options.tcp_nodelay));
                 }
                 Err(e) => {
-                    // ECONNABORTED, EMFILE, …: not fatal; do not spin on it either.
-                    tracing::warn!(target: LOG_TARGET, error = %e, "accept failed");
+                    // ECONNABORTED, EMFILE, …: not fatal; do not spin on it, and do not flood
+                    // the log with it either (EMFILE repeats for as long as the fds are gone).
+                    accept_errors.record(&e);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
@@ -397,5 +399,31 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         self.0.call(req)
+    }
+}
+
+/// Accept failures, logged at most once a second with how many were not logged.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn record(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(target: LOG_TARGET, error = %e, repeated = self.unlogged,
+            "accept failed (logged at most once a second)");
+        self.last_logged = Some(now);
+        self.unlogged = 0;
     }
 }

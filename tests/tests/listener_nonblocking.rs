@@ -33,11 +33,8 @@ fn the_master_sets_o_nonblock_again_before_it_spawns() {
     let w = m.wait_workers(2, "id");
     m.stdout
         .wait_line(DEADLINE, |l| l == "worker 0 cleared O_NONBLOCK");
-    assert_eq!(
-        listener_nonblocking(master, port),
-        Some(false),
-        "the fixture cleared O_NONBLOCK on the listener the master holds"
-    );
+    // (The flag may already be back: any spawn since, of any id, restores it. What matters is
+    // that it is set once a worker was spawned after the clearing, checked below.)
 
     // A spawn: id=1 is killed and started again.
     let victim = w["1"];
