@@ -10,10 +10,9 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use testkit::load::{Load, LoadSpec};
-use testkit::{DEADLINE, Master, Signal, http_get, listening_addr, wait_for, zombies_of};
+use testkit::load::reloads_under_load;
+use testkit::{DEADLINE, Master, Signal, http_get, listening_addr, zombies_of};
 
 /// The tool, if installed.
 fn socket_activate() -> Option<PathBuf> {
@@ -74,31 +73,8 @@ fn an_activated_sample_serves_its_first_connection_and_reloads_under_load_losing
     });
     assert_eq!(listening_addr(&m.stderr), addr, "{adopted}");
     // The tool exec'd the sample in place: the guard's pid is the master's.
-    let mut pids = m.wait_workers(3, "id");
-
-    let load = Load::start(
-        addr,
-        LoadSpec {
-            keepalive: 4,
-            fresh: 2,
-            max_requests_per_thread: 1_000_000,
-            max_time: Duration::from_secs(120),
-            io_timeout: Duration::from_secs(15),
-        },
-    );
-    wait_for(DEADLINE, "the load to get going", || {
-        (load.progress() > 200).then_some(())
-    });
-    for _ in 0..5 {
-        let before = load.progress();
-        m.signal(Signal::SIGHUP);
-        pids = m.wait_replaced(&pids);
-        wait_for(DEADLINE, "requests after the reload", || {
-            (load.progress() > before + 500).then_some(())
-        });
-    }
-    let report = load.finish();
-    eprintln!("{report:?}");
+    let pids = m.wait_workers(3, "id");
+    let report = reloads_under_load(&m, addr, pids, 5, 500);
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
     assert_eq!(report.non_200, 0, "non-200 responses: {:?}", report.errors);
     assert!(report.ok > 2500, "the load really ran: {report:?}");

@@ -30,15 +30,7 @@ fn a_subreaper_master_adopts_and_reaps_the_orphans_of_its_workers() {
     let master = m.pid().as_raw();
     let orphan = orphan_of(master);
     assert_eq!(ppid(orphan), Some(master));
-    // `sleep 1` ends by itself; the master reaps it.
-    wait_until(DEADLINE, "the orphan to exit and be reaped", || {
-        !children_of(master).contains(&orphan)
-    });
-    assert!(
-        zombies_of(master).is_empty(),
-        "zombies: {:?}",
-        zombies_of(master)
-    );
+    reaped(master, orphan);
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait_exit(DEADLINE), 0);
 }
@@ -83,6 +75,17 @@ fn a_master_that_is_pid_1_reaps_every_orphan() {
         children_of(m.pid().as_raw()).first().copied()
     });
     let orphan = orphan_of(master);
+    reaped(master, orphan);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master), Signal::SIGTERM).unwrap();
+    assert_eq!(
+        m.wait_exit(DEADLINE),
+        0,
+        "unshare passes on the master's status"
+    );
+}
+
+/// The orphan ends by itself (`sleep 1`); the master reaps it and leaves no zombie.
+fn reaped(master: i32, orphan: i32) {
     wait_until(DEADLINE, "the orphan to exit and be reaped", || {
         !children_of(master).contains(&orphan)
     });
@@ -90,11 +93,5 @@ fn a_master_that_is_pid_1_reaps_every_orphan() {
         zombies_of(master).is_empty(),
         "zombies: {:?}",
         zombies_of(master)
-    );
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master), Signal::SIGTERM).unwrap();
-    assert_eq!(
-        m.wait_exit(DEADLINE),
-        0,
-        "unshare passes on the master's status"
     );
 }

@@ -171,42 +171,37 @@ impl Link {
             self.refresh(summary, now);
             return;
         }
-        self.state = State::Running;
-        self.send(&["READY=1"], summary, now);
+        self.enter(State::Running, &["READY=1"], summary, now);
+    }
+
+    /// Moves to `state` saying `lines`; nothing once stopping (`STOPPING=1` is final).
+    fn enter(&mut self, state: State, lines: &[&str], summary: Summary, now: Instant) {
+        if !self.active() || self.state == State::Stopping {
+            return;
+        }
+        self.state = state;
+        self.send(lines, summary, now);
         self.last = summary;
     }
 
     /// A reload begins: `RELOADING=1` and `MONOTONIC_USEC=` in one datagram.
     pub fn reloading(&mut self, summary: Summary, now: Instant) {
-        if !self.active() || self.state == State::Stopping {
-            return;
-        }
-        self.state = State::Reloading;
         let mono = format!("MONOTONIC_USEC={}", monotonic_usec());
-        self.send(&["RELOADING=1", &mono], summary, now);
-        self.last = summary;
+        self.enter(State::Reloading, &["RELOADING=1", &mono], summary, now);
     }
 
     /// A reload that has no pool to settle (hook-only settings) or a start with nothing to
     /// wait for: `READY=1` now.
     pub fn ready_now(&mut self, summary: Summary, now: Instant) {
-        if !self.active() || self.state == State::Stopping {
-            return;
-        }
-        self.state = State::Running;
-        self.send(&["READY=1"], summary, now);
-        self.last = summary;
+        self.enter(State::Running, &["READY=1"], summary, now);
     }
 
     /// A stop begins: `STOPPING=1`, first thing.
     pub fn stopping(&mut self, summary: Summary, now: Instant) {
-        if !self.active() || self.state == State::Stopping {
-            return;
+        if self.state != State::Stopping {
+            self.note = None;
         }
-        self.state = State::Stopping;
-        self.note = None;
-        self.send(&["STOPPING=1"], summary, now);
-        self.last = summary;
+        self.enter(State::Stopping, &["STOPPING=1"], summary, now);
     }
 
     /// After a turn of the loop: `STATUS=` if it changed, and `EXTEND_TIMEOUT_USEC=` (when

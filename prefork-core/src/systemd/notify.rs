@@ -145,14 +145,9 @@ mod tests {
         assert!(parse_address(OsStr::new("relative")).is_err());
     }
 
-    #[test]
-    fn sends_to_a_path_and_to_an_abstract_name() {
-        let dir = std::env::temp_dir().join(format!("prefork-notify-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&path);
-        let rx = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier {
+    /// A notifier of `address`, as `NOTIFY_SOCKET` would name it.
+    fn to(address: &OsStr) -> Notifier {
+        Notifier {
             sock: socket(
                 AddressFamily::Unix,
                 SockType::Datagram,
@@ -160,8 +155,18 @@ mod tests {
                 None,
             )
             .unwrap(),
-            addr: parse_address(path.as_os_str()).unwrap(),
-        };
+            addr: parse_address(address).unwrap(),
+        }
+    }
+
+    #[test]
+    fn sends_to_a_path_and_to_an_abstract_name() {
+        let dir = std::env::temp_dir().join(format!("prefork-notify-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = to(path.as_os_str());
         assert!(n.send("READY=1\nSTATUS=hi"));
         let mut buf = [0u8; 64];
         let len = rx.recv(&mut buf).unwrap();
@@ -172,16 +177,7 @@ mod tests {
         let name = format!("prefork-notify-test-{}", std::process::id());
         let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let rx = UnixDatagram::bind_addr(&sa).unwrap();
-        let n = Notifier {
-            sock: socket(
-                AddressFamily::Unix,
-                SockType::Datagram,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )
-            .unwrap(),
-            addr: parse_address(OsStr::new(&format!("@{name}"))).unwrap(),
-        };
+        let n = to(OsStr::new(&format!("@{name}")));
         assert!(n.send("WATCHDOG=1"));
         let len = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"WATCHDOG=1");
