@@ -181,6 +181,7 @@ impl InheritedListener {
     ///     Some(l) => l,
     ///     None => InheritedListener::bind_tcp("127.0.0.1:3000")?,
     /// };
+    /// println!("listening on {}", l.local_addr()?);
     /// # Ok::<(), prefork_core::Error>(())
     /// ```
     pub fn from_systemd(name: &str, kind: ListenerKind) -> Result<Option<InheritedListener>> {

@@ -322,7 +322,7 @@ mod tests {
         );
         assert_eq!(
             status_text(State::Reloading, None, s),
-            "reloading to generation 3: 2/5 workers replaced"
+            "reloading to generation 3: 5/5 workers replaced"
         );
         assert_eq!(
             status_text(State::Stopping, None, s),
