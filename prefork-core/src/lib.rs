@@ -78,6 +78,9 @@
 //!   [`worker::threads`]; [`args`] gives the master's argv to a CLI parser in either process.
 //! * [`log`]: a log writer that never blocks and never panics, and the default subscriber
 //!   that [`default_main`] installs when the program set none.
+//! * [`systemd`]: readiness, reload and stop notifications, the watchdog, socket activation
+//!   ([`InheritedListener::from_systemd`]) and the fd store
+//!   ([`InheritedListener::store_in_systemd`]); all no-ops unless systemd asked for them.
 //!
 //! # The process model
 //!
