@@ -90,7 +90,7 @@ impl NotifySocket {
             // Ends once the test dropped the socket's owner.
             while let Some(sink) = sink.upgrade() {
                 if let Some(n) = receive(sock.as_raw_fd()) {
-                    sink.lock().unwrap().push(n);
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(n);
                 }
             }
         });
@@ -126,7 +126,7 @@ impl NotifySocket {
         pred: impl Fn(&Notification) -> bool,
     ) -> usize {
         wait_for(deadline, what, || {
-            let r = self.received.lock().unwrap();
+            let r = self.received.lock().unwrap_or_else(|p| p.into_inner());
             r.iter()
                 .enumerate()
                 .skip(from)
@@ -137,7 +137,10 @@ impl NotifySocket {
 
     /// How many messages arrived so far.
     pub fn len(&self) -> usize {
-        self.received.lock().unwrap().len()
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// True when nothing arrived yet.
@@ -147,7 +150,7 @@ impl NotifySocket {
 
     /// Runs `f` on every message received so far.
     pub fn with_all<R>(&self, f: impl FnOnce(&mut Vec<Notification>) -> R) -> R {
-        f(&mut self.received.lock().unwrap())
+        f(&mut self.received.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The texts received so far, one line per message (newlines shown as `|`).

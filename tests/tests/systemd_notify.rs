@@ -174,24 +174,29 @@ fn term_says_stopping_first() {
     let seen = ns.len();
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait_exit(DEADLINE), 0);
+    // --extend-ms: each worker that exited during the drain extended the stop timeout. The
+    // last of them is sent after the last worker exited: everything before it has arrived.
+    let extended = ns.wait_from(
+        seen,
+        DEADLINE,
+        "EXTEND_TIMEOUT_USEC during the drain",
+        |n| {
+            n.has("EXTEND_TIMEOUT_USEC", "5000000")
+                && n.get("STATUS") == Some("stopping: 0 workers left")
+        },
+    );
     ns.with_all(|all| {
-        let after: Vec<&Notification> = all[seen..].iter().collect();
+        let after: Vec<&str> = all[seen..=extended]
+            .iter()
+            .map(|n| n.text.as_str())
+            .collect();
         assert!(
-            after.first().is_some_and(|n| n.has("STOPPING", "1")),
-            "STOPPING=1 first: {:?}",
-            after.iter().map(|n| &n.text).collect::<Vec<_>>()
+            all[seen].has("STOPPING", "1"),
+            "STOPPING=1 first: {after:?}"
         );
         assert!(
-            after.iter().all(|n| !is_ready(n)),
-            "no READY=1 after STOPPING=1"
-        );
-        // --extend-ms: each worker that exited during the drain extended the stop timeout.
-        assert!(
-            after
-                .iter()
-                .any(|n| n.has("EXTEND_TIMEOUT_USEC", "5000000")),
-            "{:?}",
-            after.iter().map(|n| &n.text).collect::<Vec<_>>()
+            all[seen..].iter().all(|n| !is_ready(n)),
+            "no READY=1 after STOPPING=1: {after:?}"
         );
         assert!(ready < seen);
     });
