@@ -12,6 +12,7 @@ use crate::readiness::Readiness;
 use crate::report::{ReloadReport, WorkerEnded};
 use crate::spawn::Spawner;
 use crate::status::ScaleStatus;
+use crate::systemd::Systemd;
 
 /// The scale bounds when [`Settings::scale`] is set and [`Settings::scale_bounds`] is not.
 pub const DEFAULT_SCALE_BOUNDS: (u32, u32) = (1, 1024);
@@ -75,6 +76,9 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) status_file: Option<PathBuf>,
     pub(crate) scale_initial: Option<u32>,
     pub(crate) scale_bounds: (u32, u32),
+    pub(crate) shutdown_delay: Duration,
+    pub(crate) systemd: Systemd,
+    pub(crate) child_subreaper: bool,
 }
 
 impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
@@ -83,6 +87,9 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("relaunch", &self.fork.is_some())
             .field("readiness", &self.readiness)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("shutdown_delay", &self.shutdown_delay)
+            .field("systemd", &self.systemd)
+            .field("child_subreaper", &self.child_subreaper)
             .field("pool", &self.pool)
             .field("control_socket", &self.control_socket)
             .field("status_file", &self.status_file)
@@ -117,6 +124,9 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         status_file: None,
         scale_initial: None,
         scale_bounds: DEFAULT_SCALE_BOUNDS,
+        shutdown_delay: Duration::ZERO,
+        systemd: Systemd::auto(),
+        child_subreaper: false,
     }
 }
 
@@ -308,6 +318,35 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// rest (default 30 s).
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
+        self
+    }
+
+    /// The lame-duck delay (default 0): after `SIGTERM` or `SIGINT` the workers keep serving,
+    /// new connections included, for this long before the stop proceeds as usual (workers
+    /// told to stop and drain, listening sockets released, `shutdown_timeout` counted from
+    /// then). Meant for load balancers and Kubernetes, which keep sending new connections to a
+    /// pod for a moment after it was told to stop. The master says `STOPPING=1` to systemd at
+    /// once; a second `SIGTERM`/`SIGINT` during the delay cuts it short, a third kills.
+    /// `SIGHUP` is ignored from the first stop signal on.
+    pub fn shutdown_delay(mut self, d: Duration) -> Self {
+        self.shutdown_delay = d;
+        self
+    }
+
+    /// How the master talks to systemd (default [`Systemd::auto`]: readiness, reload and stop
+    /// notifications when `NOTIFY_SOCKET` is set, watchdog pings when `WATCHDOG_USEC` asks for
+    /// them). See [`crate::systemd`].
+    pub fn systemd(mut self, s: Systemd) -> Self {
+        self.systemd = s;
+        self
+    }
+
+    /// Makes the master a child subreaper (`PR_SET_CHILD_SUBREAPER`) when it is not PID 1
+    /// (default: no): orphans of its workers (a daemonizing helper, a worker's child whose
+    /// parent crashed) are re-parented to the master, which reaps them, instead of to init.
+    /// A master that is PID 1 (in a container) reaps every orphan already.
+    pub fn child_subreaper(mut self, yes: bool) -> Self {
+        self.child_subreaper = yes;
         self
     }
 

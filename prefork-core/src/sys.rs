@@ -177,3 +177,8 @@ pub(crate) fn tcp_listen_queue(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
     };
     (r == 0 && info.tcpi_state == TCP_LISTEN).then_some((info.tcpi_unacked, info.tcpi_sacked))
 }
+
+/// `prctl(PR_SET_CHILD_SUBREAPER, 1)`: orphaned descendants are re-parented to this process.
+pub(crate) fn become_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}

@@ -41,7 +41,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     // The idle master, with the control socket on and after it served a request.
     let sock = dir.0.join("warp.sock");
     let sock_arg = sock.to_str().context("odd temp path")?;
-    let (mut warp, _) = start_warp_with(bins, 2, None, &["--control", sock_arg])?;
+    let (mut warp, _) = start_warp_with(bins, 2, None, &["--control", sock_arg], &[])?;
     status(&sock)?;
     std::thread::sleep(Duration::from_secs(1));
     let pid = warp.pid();

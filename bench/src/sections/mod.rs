@@ -155,19 +155,20 @@ fn start_sleeper(bins: &Bins, n: u32, extra: &[&str], timeout: Duration) -> Resu
 /// Starts `sample-warp-like` with `workers` (and `threads` runtime threads each) and waits until
 /// every worker is ready and it answers.
 fn start_warp(bins: &Bins, workers: u32, threads: Option<u32>) -> Result<(Server, SocketAddr)> {
-    start_warp_with(bins, workers, threads, &[])
+    start_warp_with(bins, workers, threads, &[], &[])
 }
 
-/// [`start_warp`] with `extra` arguments.
+/// As [`start_warp`], with more arguments and environment variables.
 fn start_warp_with(
     bins: &Bins,
     workers: u32,
     threads: Option<u32>,
-    extra: &[&str],
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<(Server, SocketAddr)> {
     let mut cmd = Command::new(&bins.warp);
-    cmd.args(["-p", "0", "-w", &workers.to_string()])
-        .args(extra);
+    cmd.args(["-p", "0", "-w", &workers.to_string()]).args(args);
+    cmd.envs(env.iter().copied());
     if let Some(t) = threads {
         cmd.args(["--threads", &t.to_string()]);
     }

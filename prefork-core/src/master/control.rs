@@ -380,8 +380,14 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 if let Phase::Running = self.phase {
                     self.stop(Signal::SIGTERM);
                 }
-                if fast && let Phase::Stopping { deadline, .. } = self.phase {
-                    self.kill_all(deadline);
+                if fast {
+                    // No lame duck either: the stop proper at once, then SIGKILL.
+                    if let Phase::LameDuck { sig, .. } = self.phase {
+                        self.begin_stop(sig);
+                    }
+                    if let Phase::Stopping { deadline, .. } = self.phase {
+                        self.kill_all(deadline);
+                    }
                 }
                 Outcome::Answered
             }
@@ -403,7 +409,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         &mut self,
         change: ScaleChange,
     ) -> std::result::Result<ScaleResult, String> {
-        if let Phase::Stopping { .. } = self.phase {
+        if !matches!(self.phase, Phase::Running) {
             return Err("the master is stopping".into());
         }
         if self.fork.is_none() {
@@ -532,7 +538,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             });
         }
         let state = match (&self.phase, self.pool.settling_generation()) {
-            (Phase::Stopping { .. }, _) => MasterState::Stopping,
+            (Phase::Stopping { .. } | Phase::LameDuck { .. }, _) => MasterState::Stopping,
             (_, Some(g)) if g > 0 => MasterState::Reloading,
             _ => MasterState::Running,
         };
