@@ -404,42 +404,57 @@ impl Status {
             let n = self.workers.iter().filter(|w| w.state == state).count();
             let _ = writeln!(o, "prefork_workers{{state=\"{label}\"}} {n}");
         }
-        head(&mut o, "workers_desired", "gauge", "Desired worker ids.");
-        let _ = writeln!(o, "prefork_workers_desired {}", m.desired);
-        head(
-            &mut o,
-            "workers_ready",
-            "gauge",
-            "Desired ids with a ready worker.",
-        );
-        let _ = writeln!(o, "prefork_workers_ready {}", m.ready);
-        if let Some(s) = m.scale {
-            head(&mut o, "scale", "gauge", "The runtime scale.");
-            let _ = writeln!(o, "prefork_scale {}", s.current);
+        // One unlabelled sample each.
+        let scalars = [
+            (
+                "workers_desired",
+                "gauge",
+                "Desired worker ids.",
+                Some(m.desired as u64),
+            ),
+            (
+                "workers_ready",
+                "gauge",
+                "Desired ids with a ready worker.",
+                Some(m.ready as u64),
+            ),
+            (
+                "scale",
+                "gauge",
+                "The runtime scale.",
+                m.scale.map(|s| u64::from(s.current)),
+            ),
+            (
+                "generation",
+                "gauge",
+                "Reload generation.",
+                Some(m.generation),
+            ),
+            (
+                "spawns_total",
+                "counter",
+                "Worker processes started.",
+                Some(c.spawns),
+            ),
+            (
+                "restarts_total",
+                "counter",
+                "Respawns of workers that had served and died.",
+                Some(c.restarts),
+            ),
+            (
+                "failed_starts_total",
+                "counter",
+                "Failed worker starts.",
+                Some(c.failed_starts),
+            ),
+        ];
+        for (name, kind, help, value) in scalars {
+            if let Some(v) = value {
+                head(&mut o, name, kind, help);
+                let _ = writeln!(o, "prefork_{name} {v}");
+            }
         }
-        head(&mut o, "generation", "gauge", "Reload generation.");
-        let _ = writeln!(o, "prefork_generation {}", m.generation);
-        head(
-            &mut o,
-            "spawns_total",
-            "counter",
-            "Worker processes started.",
-        );
-        let _ = writeln!(o, "prefork_spawns_total {}", c.spawns);
-        head(
-            &mut o,
-            "restarts_total",
-            "counter",
-            "Respawns of workers that had served and died.",
-        );
-        let _ = writeln!(o, "prefork_restarts_total {}", c.restarts);
-        head(
-            &mut o,
-            "failed_starts_total",
-            "counter",
-            "Failed worker starts.",
-        );
-        let _ = writeln!(o, "prefork_failed_starts_total {}", c.failed_starts);
         head(
             &mut o,
             "reloads_total",
@@ -484,33 +499,30 @@ impl Status {
             .iter()
             .filter(|l| l.accept_queue.is_some())
             .collect();
-        if !tcp.is_empty() {
-            head(
-                &mut o,
+        type Gauge = (
+            &'static str,
+            &'static str,
+            fn(&ListenerStatus) -> Option<u32>,
+        );
+        let gauges: [Gauge; 2] = [
+            (
                 "listener_accept_queue",
-                "gauge",
                 "Connections waiting to be accepted.",
-            );
-            for l in &tcp {
-                let _ = writeln!(
-                    o,
-                    "prefork_listener_accept_queue{{addr=\"{}\"}} {}",
-                    escape_label(&l.addr),
-                    l.accept_queue.unwrap_or(0)
-                );
+                |l| l.accept_queue,
+            ),
+            ("listener_backlog", "Accept queue capacity.", |l| l.backlog),
+        ];
+        for (name, help, value) in gauges {
+            if tcp.is_empty() {
+                break;
             }
-            head(
-                &mut o,
-                "listener_backlog",
-                "gauge",
-                "Accept queue capacity.",
-            );
+            head(&mut o, name, "gauge", help);
             for l in &tcp {
                 let _ = writeln!(
                     o,
-                    "prefork_listener_backlog{{addr=\"{}\"}} {}",
+                    "prefork_{name}{{addr=\"{}\"}} {}",
                     escape_label(&l.addr),
-                    l.backlog.unwrap_or(0)
+                    value(l).unwrap_or(0)
                 );
             }
         }

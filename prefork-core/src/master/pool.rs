@@ -469,20 +469,7 @@ impl<W: WorkerContext> Pool<W> {
         if let Some(s) = &mut self.scale {
             s.current = scale;
         }
-        let removed: Vec<W::Id> = self
-            .slots
-            .keys()
-            .filter(|id| !desired.contains_key(id))
-            .cloned()
-            .collect();
-        for id in &removed {
-            if let Some(slot) = self.slots.remove(id) {
-                tracing::info!(worker_id = ?id, scale, "worker left the desired set (scale)");
-                for p in [slot.current, slot.next].into_iter().flatten() {
-                    self.retire(id.clone(), p, ExitReason::Removed, now, ops);
-                }
-            }
-        }
+        let removed = self.retire_left(&desired, now, ops);
         let mut started = Vec::new();
         for (id, ctx) in desired {
             if !self.slots.contains_key(&id) {
@@ -592,22 +579,7 @@ impl<W: WorkerContext> Pool<W> {
         now: Instant,
         ops: &mut impl Processes<W>,
     ) {
-        let generation = self.generation;
-        // Ids that left the set.
-        let gone: Vec<W::Id> = self
-            .slots
-            .keys()
-            .filter(|id| !desired.contains_key(id))
-            .cloned()
-            .collect();
-        for id in gone {
-            if let Some(slot) = self.slots.remove(&id) {
-                tracing::info!(worker_id = ?id, generation, "worker left the desired set");
-                for p in [slot.current, slot.next].into_iter().flatten() {
-                    self.retire(id.clone(), p, ExitReason::Removed, now, ops);
-                }
-            }
-        }
+        self.retire_left(&desired, now, ops);
         for (id, ctx) in desired {
             let encoded = encode_for_diff(&ctx);
             match self.slots.get_mut(&id) {
@@ -632,6 +604,31 @@ impl<W: WorkerContext> Pool<W> {
                 }
             }
         }
+    }
+
+    /// Ids that are not in `desired` leave: their workers retire as removed. Returns them.
+    fn retire_left(
+        &mut self,
+        desired: &BTreeMap<W::Id, W>,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) -> Vec<W::Id> {
+        let gone: Vec<W::Id> = self
+            .slots
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            if let Some(slot) = self.slots.remove(id) {
+                tracing::info!(worker_id = ?id, generation = self.generation,
+                    "worker left the desired set");
+                for p in [slot.current, slot.next].into_iter().flatten() {
+                    self.retire(id.clone(), p, ExitReason::Removed, now, ops);
+                }
+            }
+        }
+        gone
     }
 
     /// Starts what is due: first spawns of empty slots, then replacements within the budget.
