@@ -415,9 +415,10 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// uid and root may connect): `status`, `reload`, `scale`, `replace`, `stop`, `metrics`.
     /// The protocol and a client are in [`control`](crate::control); `prefork-ctl` is the
     /// command-line client. A stale socket file left by a dead master is replaced; the master
-    /// removes its file when it exits. The socket is served from the master's one loop: an
-    /// idle master still wakes up for nothing, and a slow or hostile client cannot hold it
-    /// (each request is at most 64 KiB and must arrive within 5 s).
+    /// removes its file when it exits; a live socket or any other file at `path` is an error
+    /// at start. The socket is served from the master's one loop, without a thread or a timer
+    /// (an idle master still makes no wake-up), and a slow or hostile client cannot hold it:
+    /// each request is at most 64 KiB and must arrive within 5 s.
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.control_socket = Some(path.into());
         self

@@ -67,7 +67,7 @@ impl Timestamp {
         if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
             return None;
         }
-        let frac = &s[19..s.len() - 1];
+        let frac = s.get(19..s.len() - 1)?;
         let nanos = match frac.strip_prefix('.') {
             None if frac.is_empty() => 0,
             Some(f) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|c| c.is_ascii_digit()) => {

@@ -345,6 +345,27 @@ fn status_file_replace_metrics_and_a_fast_stop() {
         "{text}"
     );
 
+    // A second master on the same path does not steal it: one line, exit 1, nothing started.
+    let mut second = fx!(&["--workers", "1", "--control", sock.to_str().unwrap()]);
+    assert_eq!(second.wait_exit(DEADLINE), 1);
+    second.wait_output_closed(DEADLINE);
+    let err = second.stderr.all().join("\n");
+    assert!(
+        err.contains(&format!(
+            "prefork: cannot listen on {}: something is there already",
+            sock.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        second
+            .stdout
+            .all()
+            .iter()
+            .all(|l| !l.contains(" started pid "))
+    );
+    assert_eq!(status(&sock).master.pid, m.pid().as_raw());
+
     // stop --fast: every worker gets SIGKILL at once; the master exits 0 and removes its
     // socket.
     let pids: Vec<i32> = m.workers();

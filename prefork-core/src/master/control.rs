@@ -81,11 +81,11 @@ struct Book {
 impl Book {
     fn wall(&self, t: Instant) -> Timestamp {
         let w = if t >= self.started {
-            self.started_wall + (t - self.started)
+            self.started_wall.checked_add(t - self.started)
         } else {
-            self.started_wall - (self.started - t)
+            self.started_wall.checked_sub(self.started - t)
         };
-        Timestamp::from(w)
+        Timestamp::from(w.unwrap_or(self.started_wall))
     }
 }
 
@@ -707,6 +707,13 @@ impl ControlSocket {
             source,
         };
         crate::fd::remove_stale_socket(path).map_err(listen_err)?;
+        // What is left is a live socket (another master) or not a socket: never replaced.
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(listen_err(std::io::Error::new(
+                ErrorKind::AddrInUse,
+                "something is there already (another master's live socket, or a file)",
+            )));
+        }
         // Bound under a temporary name, made owner-only, then renamed into place: the path is
         // never reachable with the umask's permissions.
         let mut tmp = path.as_os_str().to_owned();
