@@ -39,7 +39,9 @@ pub struct Plan {
     pub storm: u32,
     /// §6 Scale: storms.
     pub storms: usize,
-    /// §7 Control: `status` round trips per master.
+    /// §7 Cost of the serving layer: rounds of (new, old) runs, `tput_secs` each.
+    pub layer_rounds: usize,
+    /// §8 Control: `status` round trips per master.
     pub control_reps: usize,
 }
 
@@ -65,6 +67,7 @@ impl Plan {
                 scale_reps: 1,
                 storm: 20,
                 storms: 1,
+                layer_rounds: 3,
                 control_reps: 20,
             }
         } else {
@@ -86,6 +89,7 @@ impl Plan {
                 scale_reps: 3,
                 storm: 100,
                 storms: 3,
+                layer_rounds: 7,
                 control_reps: 200,
             }
         }

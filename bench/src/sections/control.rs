@@ -1,4 +1,4 @@
-//! Section 7, the control socket: the `status` round trip (connect, request, the master builds
+//! Section 8, the control socket: the `status` round trip (connect, request, the master builds
 //! and writes the status, the client reads and parses it) with 16 and with 1000 workers, and
 //! the idle master's wake-ups with the control socket on (it must stay at 0: the socket is one
 //! more fd of the same `poll`, with no timer while no client is connected).
