@@ -208,14 +208,16 @@ pub fn request_timeout(
     let mut line =
         serde_json::to_vec(cmd).map_err(|e| err("cannot encode a request for", e.into()))?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .map_err(|e| err("cannot send the request to", e))?;
+    // A master that refuses a client (another uid, too many clients) answers and closes at
+    // once, maybe before the request is written: the write then fails, but the answer is there.
+    let sent = stream.write_all(&line);
     let mut reply = Vec::new();
     let mut reader = BufReader::new(std::io::Read::take(&stream, MAX_RESPONSE));
-    reader
-        .read_until(b'\n', &mut reply)
-        .map_err(|e| err("no answer from", e))?;
+    let read = reader.read_until(b'\n', &mut reply);
+    if let (Err(e), true) = (sent, reply.is_empty()) {
+        return Err(err("cannot send the request to", e));
+    }
+    read.map_err(|e| err("no answer from", e))?;
     if reply.is_empty() {
         return Err(err(
             "no answer from",
