@@ -530,7 +530,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
 /// Calls the user's update callback; a panic in it is caught and treated as `None`, so a bad
 /// configuration never takes the master (and with it, every worker) down.
-fn call_update<C, W: WorkerContext>(f: &mut UpdateFn<C, W>, set: &mut WorkerSet<W>) -> Option<C> {
+pub(crate) fn call_update<C, W: WorkerContext>(
+    f: &mut UpdateFn<C, W>,
+    set: &mut WorkerSet<W>,
+) -> Option<C> {
     match std::panic::catch_unwind(AssertUnwindSafe(|| f(set))) {
         Ok(c) => c,
         Err(_) => {

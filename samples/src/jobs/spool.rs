@@ -73,6 +73,14 @@ struct Shared {
     _lock: Flock<File>,
 }
 
+impl Drop for Shared {
+    /// A worker that stops cleanly removes its (empty) claim directory; one that holds claims
+    /// leaves them for the master. The lock is released after this, with the fields.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.mine);
+    }
+}
+
 impl SpoolWorker {
     /// Creates and locks `claimed/<this pid>/`. Jobs already in it (left by a dead process that
     /// had the same pid) go back to the queue first.
