@@ -66,6 +66,8 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) pool: PoolConfig,
     pub(crate) readiness: Readiness,
     pub(crate) shutdown_timeout: Duration,
+    /// Signals the master passes on to every worker: (received, sent).
+    pub(crate) forwards: Vec<(Signal, Signal)>,
 }
 
 impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
@@ -75,6 +77,7 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("readiness", &self.readiness)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("pool", &self.pool)
+            .field("forwards", &self.forwards)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +103,7 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         pool: PoolConfig::default(),
         readiness: Readiness::Implicit,
         shutdown_timeout: Duration::from_secs(30),
+        forwards: Vec::new(),
     }
 }
 
@@ -316,6 +320,21 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// HUP usually means new code or configuration that the context does not show).
     pub fn replace_unchanged(mut self, yes: bool) -> Self {
         self.pool.replace_unchanged = yes;
+        self
+    }
+
+    /// When the master receives `received`, it sends `sent` to every live worker
+    /// (Parallel::Prefork's `trap_signals`): `.forward_signal(Signal::SIGUSR1, Signal::SIGUSR1)`
+    /// lets `kill -USR1 <master>` ask every worker to reopen its logs. Call it once per signal.
+    ///
+    /// The workers must handle `sent` (with `signal-hook`, for example): most signals' default
+    /// action ends a process. Signals the master gives a meaning of its own are refused with
+    /// an error at start ([`run_master`](crate::run_master) returns
+    /// [`Error::InvalidSetting`]): `HUP` (reload), `TERM` and `INT` (stop), `CHLD` (reaping),
+    /// `QUIT` (`on_quit`), and those that cannot be caught or are faults (`KILL`, `STOP`,
+    /// `SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`, `SYS`), as is a signal forwarded twice.
+    pub fn forward_signal(mut self, received: Signal, sent: Signal) -> Self {
+        self.forwards.push((received, sent));
         self
     }
 

@@ -119,7 +119,9 @@ struct Master<C, W: WorkerContext> {
 /// call it yourself only to wrap it.
 pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) -> Result<()> {
     let _ = crate::launch::launch();
-    let signals = MasterSignals::install()?;
+    signals::check_forwards(&settings.forwards)?;
+    let forwarded: Vec<Signal> = settings.forwards.iter().map(|&(from, _)| from).collect();
+    let signals = MasterSignals::install(&forwarded)?;
     let readiness = ReadinessSocket::new()?;
     let fork = settings.fork.take();
     let pool = Pool::new(settings.pool_config());
@@ -330,7 +332,24 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             self.reload();
         }
         for &sig in arrived.iter().filter(|s| !signals::is_meaningful(**s)) {
-            tracing::warn!(signal = %sig, "signal has no meaning for the master; ignored");
+            match self
+                .settings
+                .forwards
+                .iter()
+                .find(|&&(from, _)| from == sig)
+            {
+                Some(&(_, to)) => {
+                    let workers = self.live();
+                    for &pid in &workers {
+                        send_signal(pid, to);
+                    }
+                    tracing::info!(signal = %sig, sent = %to, workers = workers.len(),
+                        "signal forwarded to the workers");
+                }
+                None => {
+                    tracing::warn!(signal = %sig, "signal has no meaning for the master; ignored")
+                }
+            }
         }
         let now = Instant::now();
         self.drive(|pool, ops| pool.tick(now, ops));

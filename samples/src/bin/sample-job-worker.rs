@@ -21,11 +21,15 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
 use prefork_core::worker::StopSignal;
-use prefork_core::{Readiness, Spawner, WorkerContext, WorkerSet, default_main, relaunch_settings};
+use prefork_core::{
+    Readiness, Signal, Spawner, WorkerContext, WorkerSet, default_main, relaunch_settings,
+};
 use samples::jobs::config::{Config, Flags};
 use samples::jobs::{self, Job, QueueSpec, Recorded, RedisUrl};
 use serde::{Deserialize, Serialize};
@@ -61,12 +65,25 @@ struct Cli {
     /// Adaptive pool: never more than N workers.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     max_workers: Option<u32>,
+    /// Also forward signal FROM received by the master to every worker as TO (repeatable;
+    /// USR1:USR1 is always on: each worker logs how many jobs it did).
+    #[arg(long, value_name = "FROM:TO", value_parser = parse_forward)]
+    forward: Vec<(Signal, Signal)>,
     /// Add N test jobs to the queue and exit.
     #[arg(long, value_name = "N")]
     enqueue: Option<u64>,
     /// With --enqueue: how long each job takes, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10, requires = "enqueue")]
     job_ms: u64,
+}
+
+/// `USR2:USR1` → (SIGUSR2, SIGUSR1).
+fn parse_forward(s: &str) -> Result<(Signal, Signal), String> {
+    let (from, to) = s
+        .split_once(':')
+        .ok_or("expected FROM:TO, e.g. USR2:USR1")?;
+    let sig = |x: &str| x.parse::<Signal>().map_err(|e| e.to_string());
+    Ok((sig(from)?, sig(to)?))
 }
 
 impl Cli {
@@ -134,8 +151,11 @@ fn main() {
         Some(config)
     };
     let fork = |w: &Worker, spawner: &Spawner| spawner.fork_worker_process(w);
-    let settings = relaunch_settings(update, fork)
+    let mut settings = relaunch_settings(update, fork)
         .readiness(Readiness::Explicit)
+        // `kill -USR1 <master>`: every worker logs its progress (Parallel::Prefork's
+        // trap_signals; a real daemon would reopen its log files here).
+        .forward_signal(Signal::SIGUSR1, Signal::SIGUSR1)
         // A master killed with its workers left claims behind: put them back first.
         .on_start(|config: Option<&Config>| {
             if let Some(c) = config {
@@ -157,6 +177,9 @@ fn main() {
                 "cannot recover the jobs of an ended worker"),
             },
         );
+    for &(from, to) in &cli.forward {
+        settings = settings.forward_signal(from, to);
+    }
     default_main(settings, work)
 }
 
@@ -176,41 +199,50 @@ fn enqueue(queue: &QueueSpec, n: u64, job_ms: u64) -> ! {
 /// finishes the job in hand.
 fn work(w: Worker) -> anyhow::Result<()> {
     let stop = prefork_core::worker::stop_signal()?;
+    let done = Arc::new(AtomicU64::new(0));
+    // First thing: the master forwards USR1 here, and its default action would end the worker.
+    let mut usr1 = signal_hook::iterator::Signals::new([Signal::SIGUSR1.as_raw()])?;
+    let progress = done.clone();
+    std::thread::Builder::new()
+        .name("usr1".into())
+        .spawn(move || {
+            for _ in usr1.forever() {
+                let jobs = progress.load(Ordering::Relaxed);
+                tracing::info!(id = w.id, jobs, "SIGUSR1: jobs done so far");
+            }
+        })?;
     let queue = jobs::open_worker(&w.queue)?;
     let mut threads = Vec::new();
     for t in 0..w.concurrency {
         let claimer = queue.claimer()?;
-        let stop = stop.clone();
+        let (stop, done) = (stop.clone(), done.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("jobs-{t}"))
-                .spawn(move || run_jobs(claimer, stop))?,
+                .spawn(move || run_jobs(claimer, stop, &done))?,
         );
     }
     prefork_core::worker::ready();
     tracing::info!(id = w.id, concurrency = w.concurrency, queue = %w.queue, "taking jobs");
-    let mut done = 0u64;
     for t in threads {
-        done += t.join().unwrap_or(0);
+        let _ = t.join();
     }
-    tracing::info!(
-        id = w.id,
-        jobs = done,
-        "stopped: every job in hand is finished"
-    );
+    let jobs = done.load(Ordering::Relaxed);
+    tracing::info!(id = w.id, jobs, "stopped: every job in hand is finished");
     Ok(())
 }
 
-/// One thread's loop; returns how many jobs it completed.
-fn run_jobs(mut claimer: Box<dyn jobs::Claimer>, stop: StopSignal) -> u64 {
-    let mut done = 0;
+/// One thread's loop; counts the jobs it completed in `done`.
+fn run_jobs(mut claimer: Box<dyn jobs::Claimer>, stop: StopSignal, done: &AtomicU64) {
     while !stop.is_stopping() {
         match claimer.claim(Duration::from_millis(200)) {
             Ok(None) => {}
             Ok(Some(job)) => {
                 let result = job.run();
                 match claimer.complete(&job, &result) {
-                    Ok(Recorded::First) => done += 1,
+                    Ok(Recorded::First) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(Recorded::Duplicate) => {
                         tracing::info!(job = %job.id, "job ran again; its first result stands")
                     }
@@ -223,5 +255,4 @@ fn run_jobs(mut claimer: Box<dyn jobs::Claimer>, stop: StopSignal) -> u64 {
             }
         }
     }
-    done
 }
