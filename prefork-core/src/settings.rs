@@ -331,7 +331,7 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// action ends a process. Signals the master gives a meaning of its own are refused with
     /// an error at start ([`run_master`](crate::run_master) returns
     /// [`Error::InvalidSetting`]): `HUP` (reload), `TERM` and `INT` (stop), `CHLD` (reaping),
-    /// `QUIT` (`on_quit`), and those that cannot be caught or are faults (`KILL`, `STOP`,
+    /// `QUIT` (`on_quit`), `TTIN` and `TTOU` (reserved for runtime scaling), and those that cannot be caught or are faults (`KILL`, `STOP`,
     /// `SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`, `SYS`), as is a signal forwarded twice.
     pub fn forward_signal(mut self, received: Signal, sent: Signal) -> Self {
         self.forwards.push((received, sent));

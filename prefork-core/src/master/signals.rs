@@ -117,6 +117,7 @@ pub(crate) fn reserved(sig: Signal) -> Option<&'static str> {
         Signal::SIGTERM | Signal::SIGINT => "the master stops on it",
         Signal::SIGCHLD => "the master reaps its workers on it",
         Signal::SIGQUIT => "the master calls on_quit on it",
+        Signal::SIGTTIN | Signal::SIGTTOU => "it is reserved for runtime scaling",
         Signal::SIGKILL | Signal::SIGSTOP => "it cannot be caught",
         Signal::SIGSEGV
         | Signal::SIGBUS

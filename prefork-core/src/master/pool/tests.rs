@@ -773,3 +773,5 @@ fn exit_reasons_say_why_a_worker_ended() {
         Some((ChildExit::Exited(2), ExitReason::FailedStart, _))
     ));
 }
+
+mod adaptive;
