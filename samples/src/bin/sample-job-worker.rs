@@ -126,6 +126,14 @@ fn main() {
         let config = flags
             .load(cli.config.as_deref())
             .unwrap_or_else(|e| fail(&e));
+        if config.spare.is_some() {
+            // The pool's decisions exist (prefork-core's state machine); the in-flight counts
+            // that drive them come with the scoreboard.
+            fail(
+                "--min-spare/--max-spare: the adaptive pool is not available yet (it needs the \
+                 scoreboard's per-worker in-flight counts)",
+            );
+        }
         if let Some(n) = cli.enqueue {
             enqueue(&config.queue, n, cli.job_ms);
         }
@@ -133,14 +141,18 @@ fn main() {
 
     let file = cli.config.clone();
     let update = move |set: &mut WorkerSet<Worker>| -> Option<Config> {
-        let config = match flags.load(file.as_deref()) {
+        let loaded = flags.load(file.as_deref()).and_then(|c| match c.spare {
+            Some(_) => Err("min_spare/max_spare: the adaptive pool is not available yet".into()),
+            None => Ok(c),
+        });
+        let config = match loaded {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("{e}; keeping the running workers");
                 return None;
             }
         };
-        let workers = config.spare.map_or(config.workers, |s| s.max_workers);
+        let workers = config.workers;
         set.set((0..workers).map(|id| Worker {
             id,
             concurrency: config.concurrency,
