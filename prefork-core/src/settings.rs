@@ -76,6 +76,8 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) status_file: Option<PathBuf>,
     pub(crate) scale_initial: Option<u32>,
     pub(crate) scale_bounds: (u32, u32),
+    /// Signals the master passes on to every worker: (received, sent).
+    pub(crate) forwards: Vec<(Signal, Signal)>,
     pub(crate) shutdown_delay: Duration,
     pub(crate) systemd: Systemd,
     pub(crate) child_subreaper: bool,
@@ -95,6 +97,7 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("status_file", &self.status_file)
             .field("scale", &self.scale_initial)
             .field("scale_bounds", &self.scale_bounds)
+            .field("forwards", &self.forwards)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +127,7 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         status_file: None,
         scale_initial: None,
         scale_bounds: DEFAULT_SCALE_BOUNDS,
+        forwards: Vec::new(),
         shutdown_delay: Duration::ZERO,
         systemd: Systemd::auto(),
         child_subreaper: false,
@@ -429,6 +433,21 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// half of one): for exec probes and humans.
     pub fn status_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.status_file = Some(path.into());
+        self
+    }
+
+    /// When the master receives `received`, it sends `sent` to every live worker
+    /// (Parallel::Prefork's `trap_signals`): `.forward_signal(Signal::SIGUSR1, Signal::SIGUSR1)`
+    /// lets `kill -USR1 <master>` ask every worker to reopen its logs. Call it once per signal.
+    ///
+    /// The workers must handle `sent` (with `signal-hook`, for example): most signals' default
+    /// action ends a process. Signals the master gives a meaning of its own are refused with
+    /// an error at start ([`run_master`](crate::run_master) returns
+    /// [`Error::InvalidSetting`]): `HUP` (reload), `TERM` and `INT` (stop), `CHLD` (reaping),
+    /// `QUIT` (`on_quit`), `TTIN` and `TTOU` (runtime scaling), and those that cannot be caught or are faults (`KILL`, `STOP`,
+    /// `SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`, `SYS`), as is a signal forwarded twice.
+    pub fn forward_signal(mut self, received: Signal, sent: Signal) -> Self {
+        self.forwards.push((received, sent));
         self
     }
 

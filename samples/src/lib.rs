@@ -4,9 +4,11 @@
 //! * [`init_tracing`]: the samples' log setup.
 //! * [`warp`]: `sample-warp-like`'s application, served by `prefork-http` (which accepts,
 //!   says when the worker is ready and drains without dropping a request).
+//! * [`jobs`]: `sample-job-worker`'s queues (a spool directory, Redis) and configuration.
 
 #![warn(missing_docs)]
 
+pub mod jobs;
 pub mod warp;
 
 /// Logs go to standard error (`RUST_LOG`, default `info`), coloured only on a terminal,

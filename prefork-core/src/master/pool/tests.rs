@@ -902,3 +902,4 @@ fn a_replacement_that_keeps_failing_is_given_up_and_the_old_worker_keeps_serving
     assert_eq!(p.failed_starts(), 3);
     assert_eq!(p.spawns(), 4);
 }
+mod adaptive;
