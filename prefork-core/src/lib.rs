@@ -125,6 +125,7 @@
 //! | a second `TERM`/`INT` | `SIGKILL` to every worker at once |
 //! | `TTIN`, `TTOU` | scale up or down by one, with [`Settings::scale`] (see below); logged and ignored without it |
 //! | `USR1`, `USR2`, `ALRM`, real-time, … | logged and ignored: never fatal (see the master's `signals` module) |
+//! | one named by [`Settings::forward_signal`] | passed on to every live worker |
 //!
 //! # Seeing and steering a running master
 //!
