@@ -11,7 +11,8 @@
 //!
 //! In the master (allocation allowed), here:
 //! 1. The context is cloned and walked with `visit_fds`; the n declared sockets get the
-//!    child-side numbers 3 … 3+n-1, and the readiness socket gets 3+n. Each listener is checked
+//!    child-side numbers 3 … 3+n-1, the readiness socket gets 3+n, and the scoreboard (when the
+//!    master keeps one and a slot is free) 3+n+1. Each listener is checked
 //!    first: still listening and non-blocking, restored loudly if a worker broke it (see
 //!    [`fd`](crate::fd)).
 //! 2. The context is encoded behind a one-line header and written *whole* into a fresh pipe
@@ -44,8 +45,9 @@ use crate::context::{RuntimeOptions, WorkerContext};
 use crate::error::{Error, Result};
 use crate::fd::ListenerKind;
 use crate::process::{Pid, Signal};
-use crate::protocol::{Header, WORKER_ENV};
+use crate::protocol::{Header, ScoreboardGrant, WORKER_ENV};
 use crate::readiness::Readiness;
+use crate::scoreboard::Board;
 
 use argv::CStringArray;
 use child::{ChildPlan, Program};
@@ -58,13 +60,16 @@ pub use child::FIRST_INHERITED_FD;
 ///
 /// It exists only inside those calls, on the master's thread (a worker's parent-death signal
 /// follows the thread that started it), and carries what every worker needs from its master:
-/// the readiness socket, the readiness mode, the stop signal and the reload generation.
+/// the readiness socket, the readiness mode, the stop signal, the reload generation, and a
+/// scoreboard slot for each worker it starts.
 #[derive(Debug)]
 pub struct Spawner<'a> {
     readiness_fd: BorrowedFd<'a>,
     readiness: Readiness,
     stop_signal: Signal,
     generation: u64,
+    board: Option<&'a Board>,
+    max_requests: Option<u64>,
 }
 
 impl<'a> Spawner<'a> {
@@ -73,13 +78,23 @@ impl<'a> Spawner<'a> {
         readiness: Readiness,
         stop_signal: Signal,
         generation: u64,
+        board: Option<&'a Board>,
     ) -> Self {
         Spawner {
             readiness_fd,
             readiness,
             stop_signal,
             generation,
+            board,
+            max_requests: None,
         }
+    }
+
+    /// The request budget of the workers this spawner starts (drawn by the pool, jitter
+    /// included).
+    pub(crate) fn with_max_requests(mut self, n: Option<u64>) -> Self {
+        self.max_requests = n;
+        self
     }
 
     /// The reload generation the next worker starts in (0 at start, +1 per reload).
@@ -104,7 +119,40 @@ impl<'a> Spawner<'a> {
     {
         let what = format!("{:?}", ctx.id());
         let mut ctx = ctx.clone();
-        let fds = FdLayout::of(&mut ctx, self.readiness_fd)?;
+        // A slot is claimed for this spawn and given back if it fails.
+        let claim = self.board.and_then(|b| Some((b, b.claim()?)));
+        let r = self.spawn_with_slot(&what, &mut ctx, args, claim);
+        if let Some((board, slot)) = claim {
+            match &r {
+                Ok(pid) => board.assign(slot, *pid),
+                Err(_) => board.unclaim(slot),
+            }
+        }
+        r
+    }
+
+    fn spawn_with_slot<W, I, S>(
+        &self,
+        what: &str,
+        ctx: &mut W,
+        args: I,
+        claim: Option<(&Board, u32)>,
+    ) -> Result<Pid>
+    where
+        W: WorkerContext,
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let fds = FdLayout::of(ctx, self.readiness_fd, claim.map(|(b, _)| b.fd()))?;
+        let scoreboard = match (claim, fds.scoreboard_target) {
+            (Some((board, slot)), Some(fd)) => Some(ScoreboardGrant {
+                fd,
+                slot,
+                beat_ms: u64::try_from(board.beat_every().as_millis()).unwrap_or(u64::MAX),
+                max_requests: self.max_requests,
+            }),
+            _ => None,
+        };
         let opts = ctx.runtime_options();
         let header = Header {
             v: crate::protocol::VERSION,
@@ -121,6 +169,7 @@ impl<'a> Spawner<'a> {
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
+            scoreboard,
         };
         let mut doc = serde_json::to_vec(&header).map_err(|e| Error::Encode(e.to_string()))?;
         doc.push(b'\n');
@@ -128,7 +177,7 @@ impl<'a> Spawner<'a> {
         let context_pipe = context_pipe(&doc)?;
         let program = program(args, &opts)?;
         let spawn_err = |source: io::Error| Error::Spawn {
-            what: what.clone(),
+            what: what.to_string(),
             source,
         };
         let plan = ChildPlan::new(fds.sources, context_pipe.as_raw_fd(), &opts, program)
@@ -151,18 +200,24 @@ struct FdLayout {
     /// Declared sockets a worker must find non-blocking.
     nonblocking: Vec<RawFd>,
     readiness_target: RawFd,
+    scoreboard_target: Option<RawFd>,
 }
 
 impl FdLayout {
     /// Numbers the declared sockets of `ctx` (and writes the numbers into it), checking each
-    /// listener on the way, then the readiness socket.
-    fn of<W: WorkerContext>(ctx: &mut W, readiness: BorrowedFd<'_>) -> Result<Self> {
+    /// listener on the way, then the readiness socket, then the scoreboard if there is one.
+    fn of<W: WorkerContext>(
+        ctx: &mut W,
+        readiness: BorrowedFd<'_>,
+        scoreboard: Option<BorrowedFd<'_>>,
+    ) -> Result<Self> {
         let mut layout = FdLayout {
             sources: Vec::new(),
             keep_alive: Vec::new(),
             declared: Vec::new(),
             nonblocking: Vec::new(),
             readiness_target: 0,
+            scoreboard_target: None,
         };
         let mut misuse = None;
         ctx.visit_fds(&mut |l| {
@@ -190,6 +245,10 @@ impl FdLayout {
         }
         layout.readiness_target = FIRST_INHERITED_FD + layout.sources.len() as RawFd;
         layout.sources.push(readiness.as_raw_fd());
+        if let Some(fd) = scoreboard {
+            layout.scoreboard_target = Some(FIRST_INHERITED_FD + layout.sources.len() as RawFd);
+            layout.sources.push(fd.as_raw_fd());
+        }
         Ok(layout)
     }
 }

@@ -24,10 +24,20 @@ struct Fake {
     tags: Vec<u32>,
     signals: Vec<(Pid, Signal)>,
     fail_spawns: bool,
+    /// Spawns and signals in the order they happened.
+    acts: Vec<Act>,
+    /// The request budget each spawn got.
+    budgets: Vec<Option<u64>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Spawn(Pid),
+    Signal(Pid, Signal),
 }
 
 impl Processes<W> for Fake {
-    fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid, Error> {
+    fn spawn(&mut self, ctx: &W, generation: u64, max_requests: Option<u64>) -> Result<Pid, Error> {
         if self.fail_spawns {
             return Err(Error::Spawn {
                 what: ctx.id.to_string(),
@@ -38,10 +48,16 @@ impl Processes<W> for Fake {
         self.next_pid += 1;
         self.spawned.push((ctx.id, pid, generation));
         self.tags.push(ctx.tag);
+        self.acts.push(Act::Spawn(pid));
+        self.budgets.push(max_requests);
         Ok(pid)
     }
     fn signal(&mut self, pid: Pid, sig: Signal) {
         self.signals.push((pid, sig));
+        self.acts.push(Act::Signal(pid, sig));
+    }
+    fn inspect(&mut self, _pid: Pid) -> String {
+        "wchan=fake".into()
     }
 }
 
