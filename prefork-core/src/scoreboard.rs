@@ -244,23 +244,48 @@ pub(crate) fn pss_bytes(pid: Pid) -> Option<u64> {
     Some(kb.saturating_mul(1024))
 }
 
-/// What the kernel says `pid` is doing: `/proc/<pid>/wchan` (the kernel function it sleeps in)
-/// and the first field of `/proc/<pid>/syscall` (the system call number it is blocked in, or
-/// `running`), best effort.
+/// What the kernel says `pid` is doing, thread by thread (at most 8): for each,
+/// `<tid>:<wchan>/<syscall>`, from `/proc/<pid>/task/<tid>/wchan` (the kernel function it
+/// sleeps in) and the first field of `.../syscall` (the number of the system call it is blocked
+/// in, or `running`), best effort. A blocked serving thread shows beside the idle ones, e.g.
+/// `15866:futex_do_wait/202 15867:hrtimer_nanosleep/230`.
 pub(crate) fn kernel_state(pid: Pid) -> String {
-    let read = |f: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+    let read = |path: String| {
+        std::fs::read_to_string(path)
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
     };
-    let wchan = read("wchan").filter(|w| w != "0");
-    let syscall = read("syscall").and_then(|s| s.split_whitespace().next().map(str::to_string));
-    format!(
-        "wchan={} syscall={}",
-        wchan.as_deref().unwrap_or("?"),
-        syscall.as_deref().unwrap_or("?")
-    )
+    let mut tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort_unstable();
+    let total = tids.len();
+    let mut out: Vec<String> = tids
+        .into_iter()
+        .take(8)
+        .map(|tid| {
+            let base = format!("/proc/{pid}/task/{tid}");
+            let wchan = read(format!("{base}/wchan")).filter(|w| w != "0");
+            let syscall = read(format!("{base}/syscall"))
+                .and_then(|s| s.split_whitespace().next().map(str::to_string));
+            format!(
+                "{tid}:{}/{}",
+                wchan.as_deref().unwrap_or("-"),
+                syscall.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    if total > out.len() {
+        out.push(format!("(+{} threads)", total - out.len()));
+    }
+    if out.is_empty() {
+        return "unknown (no /proc entry)".into();
+    }
+    out.join(" ")
 }
 
 // ---------------------------------------------------------------------------------------------

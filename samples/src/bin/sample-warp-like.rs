@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
-//!                  [--stop-signal SIG]
+//!                  [--stop-signal SIG] [--hang-timeout SECS] [--max-requests N]
+//!                  [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N]
+//!                  [--debug-endpoints] [--no-scoreboard]
 //! ```
 //!
 //! The master binds `127.0.0.1:PORT` once (lazily, in the `fork` callback, as the Haskell sample
@@ -14,6 +16,10 @@
 //!   readiness, once its accept loop runs) before its predecessor is told to stop, and the old
 //!   one drains, so a reload drops no request.
 //! * `kill -TERM <master>`: every worker drains and exits, then the master exits 0.
+//! * `--hang-timeout 2 --threads 1 --debug-endpoints`, then `curl localhost:PORT/block?ms=600000`:
+//!   the worker stops beating; about two seconds later the master starts its replacement, sends
+//!   it `SIGABRT`, and logs one `worker hung` line. `--max-requests`, `--max-age` and
+//!   `--max-memory-mb` (try `/grow?mb=100`) recycle a worker readiness-gated, one at a time.
 //!
 //! A stopping worker drops its listener, then drains its keep-alive connections without the
 //! keep-alive race, within `--drain-grace` and `--drain-timeout`: `prefork_http::serve` does
@@ -28,7 +34,8 @@ use prefork_core::{
     relaunch_settings,
 };
 use prefork_http::Options;
-use samples::warp::App;
+use samples::health::HealthArgs;
+use samples::warp::{App, DebugApp};
 use serde::{Deserialize, Serialize};
 
 /// The longest drain the flags accept: a day.
@@ -58,6 +65,8 @@ struct Cli {
     /// The signal that asks a worker to stop and drain (TERM, USR1, QUIT, …).
     #[arg(long, value_name = "SIG", default_value = "TERM")]
     stop_signal: Signal,
+    #[command(flatten)]
+    health: HealthArgs,
 }
 
 /// One worker: `ps` shows `sample-warp-like id=2 +RTS -N5 -RTS`.
@@ -113,7 +122,10 @@ fn main() {
             ..w.clone()
         })
     };
-    let settings = relaunch_settings(update, fork)
+    let debug = cli.health.debug_endpoints;
+    let settings = cli
+        .health
+        .apply(relaunch_settings(update, fork))
         .readiness(Readiness::Explicit)
         .stop_signal(cli.stop_signal)
         .ready_timeout(Duration::from_secs(20))
@@ -124,6 +136,10 @@ fn main() {
         // The worker's logs carry its id; prefork_http::serve logs `serving` once it accepts
         // (and has told the master it is ready), then `stop requested: draining`, `drained`.
         let _span = tracing::info_span!("worker", id = w.id).entered();
-        prefork_http::serve(w.listener, App, options.clone())
+        if debug {
+            prefork_http::serve(w.listener, DebugApp, options.clone())
+        } else {
+            prefork_http::serve(w.listener, App, options.clone())
+        }
     })
 }
