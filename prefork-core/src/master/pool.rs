@@ -817,7 +817,7 @@ impl<W: WorkerContext> Pool<W> {
                     if let Some(new) = &slot.current {
                         tracing::info!(worker_id = ?id, old_pid = %old.pid, new_pid = %new.pid,
                             generation = new.generation,
-                            reason = why.map_or("reload", ReplaceReason::as_str),
+                            reason = %why.map_or("reload", ReplaceReason::as_str),
                             "worker replaced");
                     }
                     if let Some(r) = why {
@@ -1297,8 +1297,10 @@ fn record<W>(p: &mut Proc<W>, o: &Observation, stalled: bool) {
     if !stalled
         && let (Some(ready), Some(beat)) = (p.ready_at, o.beat)
         && beat >= ready
+        && !p.armed
     {
         p.armed = true;
+        tracing::debug!(pid = %p.pid, "heartbeat seen after readiness: hang detection armed");
     }
 }
 
