@@ -80,14 +80,23 @@ fn workers_start_with_default_dispositions_when_the_parent_ignored_signals() {
         &[],
         &[Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPIPE],
     );
-    let m = Master::start(cmd);
-    let master = m.pid().as_raw();
-    let (_, ign, _) = signal_masks(master).unwrap();
+    // The set-up works: a shell started the same way reports SIGUSR1 ignored. (The master's
+    // own /proc status cannot show it: it resets inherited ignores first thing.)
+    let mut probe = std::process::Command::new("/bin/sh");
+    probe.args(["-c", "grep SigIgn /proc/self/status"]);
+    with_signal_state(
+        &mut probe,
+        &[],
+        &[Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPIPE],
+    );
+    let out = String::from_utf8(probe.output().unwrap().stdout).unwrap();
+    let ign = u64::from_str_radix(out.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
     assert_ne!(
         ign & sig_bit(Signal::SIGUSR1),
         0,
-        "the test's parent set-up works: the master started with SIGUSR1 ignored"
+        "the test's parent set-up works: {out}"
     );
+    let m = Master::start(cmd);
     let w = m.wait_workers(2, "id");
     for (id, &pid) in &w {
         let (blk, ign, _) = signal_masks(pid).unwrap();
