@@ -5,7 +5,7 @@
 //! ```
 //!
 //! It builds the real binaries (`cargo build --release -p samples -p bench --bins`, with the
-//! `cargo` that runs it), finds them next to its own executable, and measures six things, each
+//! `cargo` that runs it), finds them next to its own executable, and measures seven things, each
 //! repeated and reported as median, min and max:
 //!
 //! 1. **Startup**: exec of a master → N workers ready and the port answering (N = 1, 16, 64,
@@ -18,6 +18,8 @@
 //!    the same HTTP stack in one process.
 //! 5. **Cost of the master**: CPU and wake-ups over idle windows, RSS, fds; worker RSS.
 //! 6. **Scale**: 1000 workers: time to ready, a storm of 100 kills, convergence, zombies.
+//! 7. **Health checks**: throughput with the scoreboard, heartbeats and the request guard on
+//!    versus off, and `strace -c` of a worker (a heartbeat is no system call).
 //!
 //! It prints a table and, for a full run (or with `--write`), replaces the generated section of
 //! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it.
@@ -49,14 +51,14 @@ use report::{Header, Verdict};
 use sections::Section;
 
 /// The benchmark of prefork: startup, respawn, reload under load, throughput, master cost,
-/// scale.
+/// scale, health checks.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Cli {
     /// Shrink every count and duration (a smoke run); writes nothing unless --write.
     #[arg(long)]
     quick: bool,
-    /// Only these sections (comma-separated numbers 1-6).
+    /// Only these sections (comma-separated numbers 1-7).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Write the table into BENCHMARKS.md even for a quick run.
@@ -71,13 +73,14 @@ struct Cli {
 }
 
 /// The sections in order: number, name, measurement.
-const SECTIONS: [(u8, &str, sections::Run); 6] = [
+const SECTIONS: [(u8, &str, sections::Run); 7] = [
     (1, "startup", sections::startup::run),
     (2, "respawn", sections::respawn::run),
     (3, "reload under load", sections::reload::run),
     (4, "throughput", sections::throughput::run),
     (5, "cost of the master", sections::master_cost::run),
     (6, "scale", sections::scale::run),
+    (7, "health checks", sections::health::run),
 ];
 
 fn main() {

@@ -1,4 +1,4 @@
-//! The six measurements, one module each, and what they share: the [`Section`] they report
+//! The seven measurements, one module each, and what they share: the [`Section`] they report
 //! into, and the ways to start and watch the servers under test.
 //!
 //! Every section is a [`Run`]: it starts its own servers (each owned by a [`Server`] guard, so
@@ -6,6 +6,7 @@
 //! stops the servers it started. A section that fails part-way keeps the rows it already
 //! added; the caller adds an error row after them.
 
+pub mod health;
 pub mod master_cost;
 pub mod nginx;
 pub mod reload;
@@ -154,8 +155,19 @@ fn start_sleeper(bins: &Bins, n: u32, extra: &[&str], timeout: Duration) -> Resu
 /// Starts `sample-warp-like` with `workers` (and `threads` runtime threads each) and waits until
 /// every worker is ready and it answers.
 fn start_warp(bins: &Bins, workers: u32, threads: Option<u32>) -> Result<(Server, SocketAddr)> {
+    start_warp_with(bins, workers, threads, &[])
+}
+
+/// [`start_warp`] with `extra` flags.
+fn start_warp_with(
+    bins: &Bins,
+    workers: u32,
+    threads: Option<u32>,
+    extra: &[&str],
+) -> Result<(Server, SocketAddr)> {
     let mut cmd = Command::new(&bins.warp);
-    cmd.args(["-p", "0", "-w", &workers.to_string()]);
+    cmd.args(["-p", "0", "-w", &workers.to_string()])
+        .args(extra);
     if let Some(t) = threads {
         cmd.args(["--threads", &t.to_string()]);
     }
