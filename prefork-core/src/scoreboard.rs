@@ -363,7 +363,7 @@ impl WorkerSlot {
     pub fn end_request(&self) -> bool {
         self.words[IN_FLIGHT].fetch_sub(1, Ordering::Relaxed);
         let n = self.words[SERVED].fetch_add(1, Ordering::Relaxed) + 1;
-        self.max_requests != 0 && n >= self.max_requests && (n - self.max_requests) % 1024 == 0
+        self.max_requests != 0 && n >= self.max_requests && (n - self.max_requests).is_multiple_of(1024)
     }
 }
 

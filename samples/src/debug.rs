@@ -33,8 +33,8 @@ pub fn block(query: Option<&str>) -> String {
 pub fn grow(query: Option<&str>) -> String {
     let mb = param(query, "mb").unwrap_or(1).min(MAX_GROW_MB);
     let len = usize::try_from(mb << 20).unwrap_or(usize::MAX);
-    let mut v: Vec<u8> = Vec::with_capacity(len);
-    v.resize(len, 0);
+    // Zeroed memory may be mapped lazily: writing a byte in every page makes it resident.
+    let mut v = vec![0u8; len];
     for i in (0..len).step_by(4096) {
         v[i] = 1;
     }

@@ -919,18 +919,18 @@ fn a_worker_that_keeps_beating_through_a_long_request_is_not_a_hang() {
 fn after_the_masters_own_stall_every_beat_is_rebased_and_nobody_is_killed() {
     let (mut p, mut f, t0) = running(2, hang(secs(2)));
     let pids: Vec<Pid> = p.current().values().copied().collect();
-    let all = |t: Instant, beat: Instant| -> Vec<Observation> {
+    let all = |beat: Instant| -> Vec<Observation> {
         pids.iter().map(|&pid| seen(pid, Some(beat), 0)).collect()
     };
     let mut t = t0;
     for _ in 0..4 {
         t += ms(500);
-        p.observe(t, &all(t, t - ms(100)), &mut f);
+        p.observe(t, &all(t - ms(100)), &mut f);
     }
     // Master and workers stopped together for 4 s: the first read after it sees beats 4 s old.
     let stopped_at = t - ms(100);
     t += secs(4);
-    p.observe(t, &all(t, stopped_at), &mut f);
+    p.observe(t, &all(stopped_at), &mut f);
     assert!(
         f.signals.is_empty(),
         "nobody is judged after the master's stall"
@@ -938,7 +938,7 @@ fn after_the_masters_own_stall_every_beat_is_rebased_and_nobody_is_killed() {
     // The workers beat again: nobody is ever killed.
     for _ in 0..8 {
         t += ms(500);
-        p.observe(t, &all(t, t - ms(100)), &mut f);
+        p.observe(t, &all(t - ms(100)), &mut f);
     }
     assert!(f.signals.is_empty());
     assert_eq!(f.spawned.len(), 2);
