@@ -88,7 +88,7 @@ pub(crate) struct ScoreboardGrant {
     pub fd: RawFd,
     /// The slot number.
     pub slot: u32,
-    /// How often to beat, in milliseconds.
+    /// How often to beat, in milliseconds (0: no need to, hang detection is off).
     pub beat_ms: u64,
     /// The request count at which the worker tells the master it reached its budget.
     pub max_requests: Option<u64>,

@@ -104,13 +104,13 @@ struct Table {
 pub(crate) struct Board {
     fd: OwnedFd,
     map: SharedWords,
-    beat_every: Duration,
+    beat_every: Option<Duration>,
     table: RefCell<Table>,
 }
 
 impl Board {
-    /// Creates the region. Workers are told to beat every `beat_every`.
-    pub fn new(beat_every: Duration) -> Result<Board> {
+    /// Creates the region. Workers are told to beat every `beat_every` (not at all: `None`).
+    pub fn new(beat_every: Option<Duration>) -> Result<Board> {
         let len = (SLOTS + 1) * WORDS_PER_BLOCK * std::mem::size_of::<u64>();
         let fd = sys::sealed_memfd(c"prefork-scoreboard", len)
             .map_err(|e| Error::sys("cannot create the scoreboard", e))?;
@@ -136,8 +136,8 @@ impl Board {
         self.fd.as_fd()
     }
 
-    /// How often workers beat.
-    pub fn beat_every(&self) -> Duration {
+    /// How often workers beat, if they should.
+    pub fn beat_every(&self) -> Option<Duration> {
         self.beat_every
     }
 
@@ -295,7 +295,7 @@ pub(crate) fn kernel_state(pid: Pid) -> String {
 #[derive(Debug)]
 pub(crate) struct WorkerSlot {
     words: &'static [AtomicU64],
-    beat_every: Duration,
+    beat_every: Option<Duration>,
     /// The request count at which this worker asks to be recycled (0: never).
     max_requests: u64,
 }
@@ -330,7 +330,7 @@ pub(crate) fn attach(fd: RawFd, slot: u32, beat_ms: u64, max_requests: Option<u6
     };
     let _ = SLOT.set(WorkerSlot {
         words,
-        beat_every: Duration::from_millis(beat_ms.max(1)),
+        beat_every: (beat_ms > 0).then(|| Duration::from_millis(beat_ms)),
         max_requests: max_requests.unwrap_or(0),
     });
     Ok(())
@@ -343,7 +343,7 @@ impl WorkerSlot {
         self.words[BEAT].store(sys::monotonic_ns(), Ordering::Relaxed);
     }
 
-    pub fn beat_every(&self) -> Duration {
+    pub fn beat_every(&self) -> Option<Duration> {
         self.beat_every
     }
 
@@ -363,7 +363,9 @@ impl WorkerSlot {
     pub fn end_request(&self) -> bool {
         self.words[IN_FLIGHT].fetch_sub(1, Ordering::Relaxed);
         let n = self.words[SERVED].fetch_add(1, Ordering::Relaxed) + 1;
-        self.max_requests != 0 && n >= self.max_requests && (n - self.max_requests).is_multiple_of(1024)
+        self.max_requests != 0
+            && n >= self.max_requests
+            && (n - self.max_requests).is_multiple_of(1024)
     }
 }
 
@@ -373,7 +375,7 @@ mod tests {
 
     #[test]
     fn a_claimed_slot_is_read_back_by_pid_and_freed_on_release() {
-        let b = Board::new(Duration::from_millis(100)).unwrap();
+        let b = Board::new(Some(Duration::from_millis(100))).unwrap();
         let s = b.claim().unwrap();
         assert_eq!(s, 0, "the lowest slot first");
         let pid = Pid::from_raw(4242);
@@ -396,7 +398,7 @@ mod tests {
 
     #[test]
     fn the_region_cannot_be_resized() {
-        let b = Board::new(Duration::from_millis(100)).unwrap();
+        let b = Board::new(Some(Duration::from_millis(100))).unwrap();
         assert!(nix::unistd::ftruncate(b.fd(), 4096).is_err());
         assert!(sys::size_is_sealed(b.fd()));
     }

@@ -344,7 +344,7 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// A worker that never beats is never judged; a long request is not a hang as long as the
     /// worker's loop keeps beating. The master reads the scoreboard every `d / 4` (an idle
     /// master wakes up for that only when this is set), workers beat every `d / 10` (5 ms to
-    /// 1 s). If the master itself was stopped or starved (the gap since its last read is longer
+    /// 1 s; without hang detection they are not asked to beat at all). If the master itself was stopped or starved (the gap since its last read is longer
     /// than `d / 4 + d / 2`), it re-bases every beat to now and kills nobody that round.
     pub fn hang_timeout(mut self, d: Duration) -> Self {
         self.pool.health.hang_timeout = Some(d.max(Duration::from_millis(40)));

@@ -179,12 +179,11 @@ impl HealthConfig {
             .map(|t| (t / 4).max(Duration::from_millis(10)))
     }
 
-    /// How often workers beat: a tenth of the hang timeout, within 5 ms … 1 s; 1 s without
-    /// hang detection (the beat then only feeds the status).
-    pub fn beat_interval(&self) -> Duration {
+    /// How often workers beat: a tenth of the hang timeout, within 5 ms … 1 s. Without hang
+    /// detection workers are not asked to beat, so an idle worker stays asleep.
+    pub fn beat_interval(&self) -> Option<Duration> {
         self.hang_timeout
-            .map_or(Duration::from_secs(1), |t| t / 10)
-            .clamp(Duration::from_millis(5), Duration::from_secs(1))
+            .map(|t| (t / 10).clamp(Duration::from_millis(5), Duration::from_secs(1)))
     }
 
     /// A gap between two observations longer than this means the master itself stalled.

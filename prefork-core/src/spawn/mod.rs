@@ -148,7 +148,9 @@ impl<'a> Spawner<'a> {
             (Some((board, slot)), Some(fd)) => Some(ScoreboardGrant {
                 fd,
                 slot,
-                beat_ms: u64::try_from(board.beat_every().as_millis()).unwrap_or(u64::MAX),
+                beat_ms: board.beat_every().map_or(0, |d| {
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+                }),
                 max_requests: self.max_requests,
             }),
             _ => None,

@@ -24,10 +24,10 @@ pub fn heartbeat() {
 }
 
 /// How often this worker should call [`heartbeat`]: a tenth of the master's hang timeout
-/// (between 5 ms and 1 s), or 1 s when hang detection is off. `None` outside a worker or
-/// without a scoreboard slot (then there is no point in beating).
+/// (between 5 ms and 1 s). `None` when there is no point in beating: outside a worker, without
+/// a scoreboard slot, or with hang detection off (so an idle worker need not wake up for it).
 pub fn heartbeat_interval() -> Option<Duration> {
-    scoreboard::slot().map(WorkerSlot::beat_every)
+    scoreboard::slot().and_then(WorkerSlot::beat_every)
 }
 
 /// Counts one request on this worker's scoreboard slot: in flight while the guard lives,
