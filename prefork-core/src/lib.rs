@@ -83,6 +83,9 @@
 //!   readiness-gated.
 //! * [`log`]: a log writer that never blocks and never panics, and the default subscriber
 //!   that [`default_main`] installs when the program set none.
+//! * [`systemd`]: readiness, reload and stop notifications, the watchdog, socket activation
+//!   ([`InheritedListener::from_systemd`]) and the fd store
+//!   ([`InheritedListener::store_in_systemd`]); all no-ops unless systemd asked for them.
 //!
 //! # The process model
 //!
@@ -154,6 +157,7 @@ pub mod scoreboard;
 mod settings;
 mod spawn;
 mod sys;
+pub mod systemd;
 pub mod worker;
 
 pub use context::{Rlimit, RlimitResource, RuntimeOptions, WorkerContext, WorkerSet};
@@ -165,6 +169,7 @@ pub use readiness::Readiness;
 pub use report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason, WorkerEnded};
 pub use settings::{Settings, default_settings, relaunch_settings};
 pub use spawn::{FIRST_INHERITED_FD, Spawner};
+pub use systemd::Systemd;
 pub use worker::{WorkerExit, args, is_worker};
 
 /// `#[derive(WorkerContext)]`: see [`WorkerContext`] for the attributes.

@@ -1,4 +1,4 @@
-//! Section 7, the cost of health checks: throughput of `sample-warp-like -w 2 --threads 1`
+//! Section 8, the cost of health checks: throughput of `sample-warp-like -w 2 --threads 1`
 //! with the scoreboard, the heartbeat task and the request guard on (`--hang-timeout 10`, so
 //! the master also reads the scoreboard every 2.5 s) versus off (`--no-scoreboard`), in the
 //! same run, interleaved; and `strace -c` of a worker, to show that a heartbeat is no system
@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::{Section, start_warp_with};
+use super::{Section, start_warp_flags};
 use crate::bins::Bins;
 use crate::guard::Server;
 use crate::load;
@@ -34,8 +34,8 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
 }
 
 fn throughput(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
-    let on = start_warp_with(bins, 2, Some(1), &["--hang-timeout", "10"])?;
-    let off = start_warp_with(bins, 2, Some(1), &["--no-scoreboard"])?;
+    let on = start_warp_flags(bins, 2, Some(1), &["--hang-timeout", "10"])?;
+    let off = start_warp_flags(bins, 2, Some(1), &["--no-scoreboard"])?;
     let spec = |addr, secs: f64| load::Spec {
         addr,
         keepalive: CONNECTIONS,
@@ -196,7 +196,7 @@ fn strace(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     let idle = Duration::from_secs(if plan.quick { 2 } else { 3 });
     let beat = Duration::from_millis(100);
     // Idle, beating every 100 ms.
-    let (mut server, _) = start_warp_with(bins, 1, Some(1), &["--hang-timeout", "1"])?;
+    let (mut server, _) = start_warp_flags(bins, 1, Some(1), &["--hang-timeout", "1"])?;
     let pid = one_worker(&mut server)?;
     let (counts, _) = strace_for(pid, idle, || Ok(0))?;
     let beats = idle.as_secs_f64() / beat.as_secs_f64();
@@ -223,7 +223,7 @@ fn strace(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
         (&["--hang-timeout", "1"][..], "on (beat every 100 ms)"),
         (&["--no-scoreboard"][..], "off"),
     ] {
-        let (mut server, addr) = start_warp_with(bins, 1, Some(1), flags)?;
+        let (mut server, addr) = start_warp_flags(bins, 1, Some(1), flags)?;
         let pid = one_worker(&mut server)?;
         let (counts, requests) = strace_for(pid, idle, || loaded(addr, idle))?;
         let total: u64 = counts.values().sum();

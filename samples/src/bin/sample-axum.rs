@@ -10,6 +10,9 @@
 //! streamed in three chunks. The health flags are `sample-warp-like`'s (see
 //! `samples::health`); `--debug-endpoints` adds `/block`, `/grow` and `/drip`. This is the smallest complete program: copy it and replace
 //! `app`.
+//!
+//! Socket-activated (a `.socket` unit with `FileDescriptorName=http`, or
+//! `systemd-socket-activate`), it serves on the passed socket instead of binding `-p`.
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -19,7 +22,7 @@ use axum::extract::RawQuery;
 use axum::{Router, body::Body, routing::get};
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, Readiness, Spawner, WorkerContext, WorkerSet, default_main,
+    InheritedListener, ListenerKind, Readiness, Spawner, WorkerContext, WorkerSet, default_main,
     relaunch_settings,
 };
 use samples::debug;
@@ -111,7 +114,11 @@ fn main() {
         let listener = match &shared {
             Some(l) => l.clone(),
             None => {
-                let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
+                // The socket systemd passed, if it passed one; else a new one.
+                let l = match InheritedListener::from_systemd("http", ListenerKind::Tcp)? {
+                    Some(l) => l,
+                    None => InheritedListener::bind_tcp(("127.0.0.1", port))?,
+                };
                 // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
                 let _ = writeln!(
                     std::io::stderr(),

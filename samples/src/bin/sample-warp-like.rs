@@ -2,14 +2,31 @@
 //!
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
-//!                  [--stop-signal SIG] [--hang-timeout SECS] [--max-requests N]
+//!                  [--stop-signal SIG] [--host ADDR] [--shutdown-delay SECS] [--fdstore]
+//!                  [--user NAME] [--group NAME] [--hang-timeout SECS] [--max-requests N]
 //!                  [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N]
 //!                  [--debug-endpoints] [--no-scoreboard]
 //! ```
 //!
-//! The master binds `127.0.0.1:PORT` once (lazily, in the `fork` callback, as the Haskell sample
-//! did) and keeps `WORKERS` workers, `id=0` … `id=WORKERS-1`, each a multi-threaded tokio runtime
-//! serving HTTP/1.1 on the inherited socket: `GET /` answers `hello`, anything else 404.
+//! The master binds `127.0.0.1:PORT` (`--host` for another address) once (lazily, in the `fork`
+//! callback, as the Haskell sample did) and keeps `WORKERS` workers, `id=0` … `id=WORKERS-1`,
+//! each a multi-threaded tokio runtime serving HTTP/1.1 on the inherited socket: `GET /` answers
+//! `hello`, anything else 404.
+//!
+//! Under systemd (see `deploy/`):
+//!
+//! * socket-activated (a `.socket` unit, or `systemd-socket-activate`), it serves on the passed
+//!   socket named `http` (or the only one passed, if it has no name of its own) instead of
+//!   binding `-p`;
+//! * with `--fdstore` it hands the socket it bound to systemd's fd store under the name `http`,
+//!   and a restarted master adopts it from there: `systemctl restart` refuses no connection;
+//! * it tells systemd when its workers are ready, reloading and stopping (the library does,
+//!   whenever `NOTIFY_SOCKET` is set).
+//!
+//! `--shutdown-delay SECS` keeps serving that long after `SIGTERM` before draining (a lame duck,
+//! for load balancers and Kubernetes). `--user` and `--group` run the workers under another
+//! identity: started as root, the master binds a privileged port and the workers do not keep
+//! root.
 //!
 //! * `kill <worker>`: that id comes back with a new pid, the others are untouched.
 //! * `kill -HUP <master>`: every worker is replaced; each new one says it is ready (explicit
@@ -30,8 +47,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, Pid, Readiness, Signal, Spawner, WorkerContext, WorkerSet, default_main,
-    relaunch_settings,
+    InheritedListener, ListenerKind, Pid, Readiness, RuntimeOptions, Signal, Spawner,
+    WorkerContext, WorkerSet, default_main, relaunch_settings,
 };
 use prefork_http::Options;
 use samples::health::HealthArgs;
@@ -45,9 +62,12 @@ const MAX_DRAIN_SECS: u64 = 86_400;
 #[derive(Debug, Parser)]
 #[command(name = "sample-warp-like", version)]
 struct Cli {
-    /// TCP port to listen on, on 127.0.0.1 (0: any free port, shown on stderr).
+    /// TCP port to listen on (0: any free port, shown on stderr).
     #[arg(short, long, default_value_t = 11111)]
     port: u16,
+    /// Address to listen on (0.0.0.0 in a container).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
     /// Number of worker processes.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
@@ -65,12 +85,29 @@ struct Cli {
     /// The signal that asks a worker to stop and drain (TERM, USR1, QUIT, …).
     #[arg(long, value_name = "SIG", default_value = "TERM")]
     stop_signal: Signal,
+    /// Seconds the workers keep serving new connections after SIGTERM before they drain.
+    #[arg(long, value_name = "SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_SECS))]
+    shutdown_delay: u64,
+    /// Hand the bound socket to systemd's fd store (FDSTORE=1, FDNAME=http).
+    #[arg(long)]
+    fdstore: bool,
+    /// Run the workers as this user (name or uid); the master needs to be root.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Run the workers with this group (name or gid).
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     #[command(flatten)]
     health: HealthArgs,
 }
 
+/// The socket's name in systemd's world (`FileDescriptorName=`, `FDNAME=`).
+const SOCKET_NAME: &str = "http";
+
 /// One worker: `ps` shows `sample-warp-like id=2 +RTS -N5 -RTS`.
 #[derive(Clone, Debug, Serialize, Deserialize, WorkerContext)]
+#[prefork(runtime_options = identity)]
 struct Worker {
     #[prefork(id, arg)]
     id: u32,
@@ -78,6 +115,21 @@ struct Worker {
     listener: Option<InheritedListener>,
     #[prefork(threads)]
     cap: usize,
+    /// `--user`, `--group`.
+    user: Option<String>,
+    group: Option<String>,
+}
+
+/// The worker's identity, as runtime options.
+fn identity(w: &Worker) -> RuntimeOptions {
+    let mut o = RuntimeOptions::default();
+    if let Some(u) = &w.user {
+        o = o.user(u);
+    }
+    if let Some(g) = &w.group {
+        o = o.group(g);
+    }
+    o
 }
 
 fn main() {
@@ -85,7 +137,7 @@ fn main() {
     // -RTS`) is for `ps`, not for clap.
     let cli = Cli::parse_from(prefork_core::args());
     samples::init_tracing();
-    let port = cli.port;
+    let (host, port) = (cli.host, cli.port);
     let workers = cli.workers;
     let cap = cli.threads.unwrap_or(workers) as usize;
     let drain_timeout = Duration::from_secs(cli.drain_timeout);
@@ -93,11 +145,14 @@ fn main() {
         .drain_grace(Duration::from_secs(cli.drain_grace))
         .drain_timeout(drain_timeout);
 
+    let (user, group, fdstore) = (cli.user.clone(), cli.group.clone(), cli.fdstore);
     let update = move |set: &mut WorkerSet<Worker>| {
         set.set((0..workers).map(|id| Worker {
             id,
             listener: None,
             cap,
+            user: user.clone(),
+            group: group.clone(),
         }));
         Some(())
     };
@@ -106,16 +161,7 @@ fn main() {
     let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<Pid> {
         let listener = match &shared {
             Some(l) => l.clone(),
-            None => {
-                let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
-                // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "sample-warp-like: listening on http://{}",
-                    l.local_addr()?
-                );
-                shared.insert(l).clone()
-            }
+            None => shared.insert(open_listener((host, port), fdstore)?).clone(),
         };
         spawner.fork_worker_process(&Worker {
             listener: Some(listener),
@@ -127,6 +173,7 @@ fn main() {
         .health
         .apply(relaunch_settings(update, fork))
         .readiness(Readiness::Explicit)
+        .shutdown_delay(Duration::from_secs(cli.shutdown_delay))
         .stop_signal(cli.stop_signal)
         .ready_timeout(Duration::from_secs(20))
         // Longer than a worker's own drain deadline, so it exits by itself.
@@ -142,4 +189,31 @@ fn main() {
             prefork_http::serve(w.listener, App, options.clone())
         }
     })
+}
+
+/// The socket systemd passed (socket activation, or the fd store of a previous master), or a
+/// new one on `addr`, handed to the fd store with `--fdstore`.
+fn open_listener(
+    addr: (std::net::IpAddr, u16),
+    fdstore: bool,
+) -> prefork_core::Result<InheritedListener> {
+    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
+    if let Some(l) = InheritedListener::from_systemd(SOCKET_NAME, ListenerKind::Tcp)? {
+        let _ = writeln!(
+            std::io::stderr(),
+            "sample-warp-like: adopted the socket systemd passed; listening on http://{}",
+            l.local_addr()?
+        );
+        return Ok(l);
+    }
+    let l = InheritedListener::bind_tcp(addr)?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "sample-warp-like: listening on http://{}",
+        l.local_addr()?
+    );
+    if fdstore {
+        l.store_in_systemd(SOCKET_NAME)?;
+    }
+    Ok(l)
 }
