@@ -134,49 +134,51 @@ fn ready_message(pid: Pid) -> String {
     format!("ready {pid}")
 }
 
-/// Parses a readiness message.
-fn parse_ready(msg: &[u8]) -> Option<Pid> {
+/// The pid of a message `<verb> <pid>`.
+fn parse_message(msg: &[u8], verb: &str) -> Option<Pid> {
     let s = std::str::from_utf8(msg).ok()?;
-    s.strip_prefix("ready ")?
+    s.strip_prefix(verb)?
+        .strip_prefix(' ')?
         .trim()
         .parse()
         .ok()
         .map(Pid::from_raw)
 }
 
+/// Parses a readiness message.
+fn parse_ready(msg: &[u8]) -> Option<Pid> {
+    parse_message(msg, "ready")
+}
+
 /// Parses a recycle request.
 fn parse_recycle(msg: &[u8]) -> Option<Pid> {
-    let s = std::str::from_utf8(msg).ok()?;
-    s.strip_prefix("recycle ")?
-        .trim()
-        .parse()
-        .ok()
-        .map(Pid::from_raw)
+    parse_message(msg, "recycle")
+}
+
+/// Sends one datagram on the worker's end, retrying an interrupted send.
+fn send_message(fd: BorrowedFd<'_>, msg: &str, flags: MsgFlags) -> std::io::Result<()> {
+    loop {
+        match nix::sys::socket::send(fd.as_raw_fd(), msg.as_bytes(), flags) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The worker's side of a recycle request: sends `recycle <pid>` without blocking (a full
 /// socket drops it; the master's checks find the same later).
 pub(crate) fn report_recycle(fd: BorrowedFd<'_>) -> std::io::Result<()> {
-    let msg = format!("recycle {}", Pid::this());
-    loop {
-        match nix::sys::socket::send(fd.as_raw_fd(), msg.as_bytes(), MsgFlags::MSG_DONTWAIT) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    send_message(
+        fd,
+        &format!("recycle {}", Pid::this()),
+        MsgFlags::MSG_DONTWAIT,
+    )
 }
 
 /// The worker's side: sends `ready <pid>` on the inherited end.
 pub(crate) fn report(fd: BorrowedFd<'_>) -> std::io::Result<()> {
-    let msg = ready_message(Pid::this());
-    loop {
-        match nix::sys::socket::send(fd.as_raw_fd(), msg.as_bytes(), MsgFlags::empty()) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    send_message(fd, &ready_message(Pid::this()), MsgFlags::empty())
 }
 
 #[cfg(test)]

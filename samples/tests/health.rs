@@ -24,6 +24,17 @@ use testkit::{
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One worker on one runtime thread, a 2 s hang timeout, the debug endpoints.
+const ONE_WORKER_HANG_2S: &[&str] = &[
+    "-w",
+    "1",
+    "--threads",
+    "1",
+    "--hang-timeout",
+    "2",
+    "--debug-endpoints",
+];
+
 fn start(bin: &str, args: &[&str]) -> Master {
     let mut cmd = Command::new(bin);
     cmd.args(["-p", "0"])
@@ -78,15 +89,7 @@ fn hang_lines(m: &Master) -> Vec<String> {
 
 #[test]
 fn a_hung_worker_is_replaced_within_two_to_four_seconds_then_aborted() {
-    let m = warp(&[
-        "-w",
-        "1",
-        "--threads",
-        "1",
-        "--hang-timeout",
-        "2",
-        "--debug-endpoints",
-    ]);
+    let m = warp(ONE_WORKER_HANG_2S);
     let addr = listening_addr(&m.stderr);
     let hung = m.wait_workers(1, "id")["0"];
     wait_armed(&m, 1);
@@ -122,15 +125,7 @@ fn a_hung_worker_is_replaced_within_two_to_four_seconds_then_aborted() {
 
 #[test]
 fn a_response_streamed_for_three_timeouts_is_not_a_hang() {
-    let m = warp(&[
-        "-w",
-        "1",
-        "--threads",
-        "1",
-        "--hang-timeout",
-        "2",
-        "--debug-endpoints",
-    ]);
+    let m = warp(ONE_WORKER_HANG_2S);
     let addr = listening_addr(&m.stderr);
     let pid = m.wait_workers(1, "id")["0"];
     wait_armed(&m, 1);

@@ -954,11 +954,7 @@ impl<W: WorkerContext> Pool<W> {
         if respawned {
             // Respawn first: a log write must not delay it.
             self.pump(now, ops, false);
-            let new_pid = self
-                .slots
-                .get(&id)
-                .and_then(|s| s.current.as_ref())
-                .map(|n| n.pid.as_raw());
+            let new_pid = self.current_pid(&id);
             tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
                 uptime_ms = now.saturating_duration_since(p.spawned_at).as_millis() as u64,
                 new_pid, "worker exited; respawned");
@@ -990,6 +986,14 @@ impl<W: WorkerContext> Pool<W> {
             attempt = b.failures, retry_in_ms = delay.as_millis() as u64, "{what}");
         slot.failed_starts += 1;
         slot.last_failure = Some(format!("{what} ({how})"));
+    }
+
+    /// The raw pid of `id`'s current worker, for a log line.
+    fn current_pid(&self, id: &W::Id) -> Option<i32> {
+        self.slots
+            .get(id)
+            .and_then(|s| s.current.as_ref())
+            .map(|p| p.pid.as_raw())
     }
 
     /// The id of `pid`, and whether it is the current worker (else the next).
@@ -1181,11 +1185,7 @@ impl<W: WorkerContext> Pool<W> {
         slot.start_backoff.reset();
         self.replaced[ReplaceReason::Hang.index()] += 1;
         self.pump(now, ops, false);
-        let new_pid = self
-            .slots
-            .get(&id)
-            .and_then(|s| s.current.as_ref())
-            .map(|p| p.pid.as_raw());
+        let new_pid = self.current_pid(&id);
         ops.signal(hung.pid, Signal::SIGABRT);
         let timeout = self.cfg.health.hang_timeout.unwrap_or_default();
         tracing::error!(worker_id = ?id, pid = %hung.pid, beat_age_ms = age.as_millis() as u64,
