@@ -1,8 +1,8 @@
-//! Section 8, the cost of health checks: throughput of `sample-warp-like -w 2 --threads 1`
-//! with the scoreboard, the heartbeat task and the request guard on (`--hang-timeout 10`, so
-//! the master also reads the scoreboard every 2.5 s) versus off (`--no-scoreboard`), in the
-//! same run, interleaved; and `strace -c` of a worker, to show that a heartbeat is no system
-//! call.
+//! Section 8, the cost of health checks: throughput and worker CPU per request of
+//! `sample-warp-like -w 2 --threads 1` with the scoreboard, the heartbeat task and the request
+//! guard on (`--hang-timeout 10`, so the master also reads the scoreboard every 2.5 s) versus
+//! off (`--no-scoreboard`), in the same run, interleaved as section 7 does; and `strace -c` of
+//! a worker, to show that a heartbeat is no system call.
 //!
 //! The strace runs: an idle worker beating every 100 ms (`--hang-timeout 1`) for 3 s, and the
 //! same worker under a small closed-loop load, with the scoreboard on and off. `clock_gettime`
@@ -18,14 +18,14 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use super::layer_cost::{Side, paired};
+use super::throughput::spec;
 use super::{Section, start_warp_flags};
 use crate::bins::Bins;
 use crate::guard::Server;
 use crate::load;
 use crate::plan::Plan;
 use crate::report::Unit;
-
-const CONNECTIONS: usize = 32;
 
 /// Measures section 7.
 pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
@@ -34,77 +34,77 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
 }
 
 fn throughput(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
-    let on = start_warp_flags(bins, 2, Some(1), &["--hang-timeout", "10"])?;
-    let off = start_warp_flags(bins, 2, Some(1), &["--no-scoreboard"])?;
-    let spec = |addr, secs: f64| load::Spec {
-        addr,
-        keepalive: CONNECTIONS,
-        fresh: 0,
-        threads: 1,
-        duration: Duration::from_secs_f64(secs),
-        max_requests: 50_000_000,
-    };
-    for (_, addr) in [&on, &off] {
-        load::run(&spec(*addr, plan.tput_secs.min(1.0)))?;
+    let what = "sample-warp-like -w 2 --threads 1";
+    let mut sides = [
+        Side::new(
+            "scoreboard, beats and request guard on".into(),
+            start_warp_flags(bins, 2, Some(1), &["--hang-timeout", "10"])?,
+        ),
+        Side::new(
+            "--no-scoreboard".into(),
+            start_warp_flags(bins, 2, Some(1), &["--no-scoreboard"])?,
+        ),
+    ];
+    for s in &sides {
+        load::run(&spec(s.addr, plan.tput_secs.min(1.0)))?;
     }
-    let (mut on_rates, mut off_rates, mut failed) = (Vec::new(), Vec::new(), 0);
-    // Twice the throughput section's repetitions: a 1 % difference needs them.
-    for rep in 0..plan.tput_reps * 2 {
-        // Alternate which goes first, so a drift within a pair hits both alike.
-        let order = if rep % 2 == 0 {
-            [(&on, true), (&off, false)]
-        } else {
-            [(&off, false), (&on, true)]
-        };
-        for ((_, addr), is_on) in order {
-            let r = load::run(&spec(*addr, plan.tput_secs))?;
-            failed += r.failed_total();
-            if is_on {
-                on_rates.push(r.rate());
-            } else {
-                off_rates.push(r.rate());
-            }
+    // Twice the layer section's rounds: a 1 % difference needs them.
+    let rounds = plan.layer_rounds * 2;
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            sides[i].measure(plan.tput_secs)?;
         }
     }
-    let name = "sample-warp-like -w 2 --threads 1";
+    let [on, off] = &sides;
+    for s in &sides {
+        sec.row(
+            format!("health checks: throughput of {what}, {}", s.name),
+            &s.rates,
+            Unit::Rate,
+        );
+    }
     sec.row(
-        format!("throughput, {name}, scoreboard + beats + request guard on"),
-        &on_rates,
-        Unit::Rate,
-    );
-    sec.row(
-        format!("throughput, {name}, --no-scoreboard"),
-        &off_rates,
-        Unit::Rate,
-    );
-    let ratios: Vec<f64> = on_rates
-        .iter()
-        .zip(&off_rates)
-        .map(|(a, b)| a / b)
-        .collect();
-    sec.row(
-        "ratio: scoreboard on / off (paired by run)",
-        &ratios,
+        "health checks: throughput, on / off (paired by round)",
+        &paired(&on.rates, &off.rates),
         Unit::Ratio,
     )
     .target("within 1 %", |m| (0.99..=1.01).contains(&m));
-    if failed > 0 {
-        sec.note(format!(
-            "Health: {failed} failed requests in the throughput runs."
-        ));
+    for s in &sides {
+        sec.row(
+            format!("health checks: worker CPU per request, {}", s.name),
+            &s.cpu,
+            Unit::Micros,
+        );
+    }
+    if on.churned == 0 && off.churned == 0 {
+        sec.row(
+            "health checks: worker CPU per request, on / off (paired by round)",
+            &paired(&on.cpu, &off.cpu),
+            Unit::Ratio,
+        )
+        .target("≤ 101 %", |m| m <= 1.01);
     }
     sec.note(format!(
-        "Health: closed loop, {CONNECTIONS} keep-alive connections on one client thread, {} s \
-         per run, {} interleaved pairs (the order alternates), after a warm-up of each server. \
-         \"On\" is the default scoreboard with a 10 s hang timeout (workers beat every second, the \
-         master reads the scoreboard every 2.5 s); \"off\" is `--no-scoreboard` (no slot: the \
-         guard and the beat are no-ops).",
-        plan.tput_secs,
-        plan.tput_reps * 2
+        "Health checks: {what}, both up at once, {rounds} round(s) of {} s each after a warm-up, \
+         the order alternating; the load is section 4's. \"On\" is the default scoreboard with a \
+         10 s hang timeout (workers beat every second, the master reads the scoreboard every \
+         2.5 s, every request goes through the guard); \"off\" is `--no-scoreboard` (no slot: the \
+         guard and the beat are no-ops). On a busy machine the CPU per request is the steadier \
+         figure.",
+        plan.tput_secs
     ));
-    for (s, _) in [on, off] {
-        s.stop(Duration::from_secs(30))?;
+    for s in &sides {
+        if s.failed > 0 || s.churned > 0 {
+            sec.note(format!(
+                "Health checks: {} had {} failed requests; {} run(s) had a worker replaced.",
+                s.name, s.failed, s.churned
+            ));
+        }
     }
+    let [on, off] = sides;
+    on.server.stop(Duration::from_secs(30))?;
+    off.server.stop(Duration::from_secs(30))?;
     Ok(())
 }
 
