@@ -107,6 +107,18 @@
 //! * **Workers stay in the master's process group**, as with nginx: a Ctrl-C in a terminal
 //!   reaches them all at once, and the master forwards it too.
 //!
+//! # Single-process mode
+//!
+//! `PREFORK_SINGLE=1 prog …` runs the worker function in the calling process, on the first
+//! context of the declared set, with no master and no child: the `fork` callback runs as
+//! usual, but its [`Spawner`] keeps the context (and a copy of each socket) instead of starting
+//! a process. The worker function gets the same context, the same stop signal
+//! ([`worker::stop_signal`]) and the same readiness calls as in a worker, so it can be tested
+//! and debugged in one process, under a debugger (Parallel::Prefork's point: the worker code
+//! does not depend on the process manager). The process exits with the worker function's status;
+//! the master's hooks do not run. [`worker::single_process`] tells the worker function where it
+//! runs. See [`protocol::SINGLE_ENV`].
+//!
 //! # Signals
 //!
 //! | signal | the master |
@@ -155,6 +167,7 @@ pub mod readiness;
 mod report;
 pub mod scoreboard;
 mod settings;
+mod single;
 mod spawn;
 mod sys;
 pub mod systemd;
@@ -186,6 +199,9 @@ pub use prefork_macros::WorkerContext;
 /// In the master, it runs [`run_master`] with `settings` and exits 0 when the master stopped
 /// cleanly, or prints `prefork: <error>` and exits 1.
 ///
+/// With [`PREFORK_SINGLE=1`](protocol::SINGLE_ENV) in the environment (and not in a worker), it
+/// runs the first worker in this process instead, with no master (see the crate docs).
+///
 /// In both, unless the program already installed a `tracing` subscriber, it installs the
 /// library's default ([`log::init_default`]: `RUST_LOG` filtering, lines that never block and
 /// say which process wrote them).
@@ -204,6 +220,9 @@ where
         worker::Role::Worker(boot) => worker::run::<W, F, R>(boot, worker_fn),
         worker::Role::BadWorker(e) => worker::fail_boot(e),
         worker::Role::Master => {}
+    }
+    if single::requested() {
+        single::run(settings, worker_fn)
     }
     log::set_label(format!("master {}", std::process::id()));
     let code = match run_master(settings) {

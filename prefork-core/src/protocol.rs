@@ -24,6 +24,11 @@ use crate::readiness::Readiness;
 /// The environment variable that tells a process it is a worker. Removed at worker start.
 pub const WORKER_ENV: &str = "PREFORK_WORKER";
 
+/// The environment variable that asks for single-process mode: set to `1` (any value but
+/// empty or `0`), [`default_main`](crate::default_main) runs the worker function in the calling
+/// process, on the first context of the declared set, with no master (see the crate docs).
+pub const SINGLE_ENV: &str = "PREFORK_SINGLE";
+
 /// Header version.
 pub(crate) const VERSION: u32 = 2;
 

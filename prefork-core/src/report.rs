@@ -19,7 +19,7 @@ pub enum ExitReason {
     FailedStart,
     /// A reload replaced it and it stopped.
     Retired,
-    /// Its id left the desired set and it stopped.
+    /// Its id left the desired set (or the adaptive pool retired it) and it stopped.
     Removed,
     /// It was retired or removed and did not stop by its stop deadline: `SIGKILL`.
     KilledAtDeadline,

@@ -67,6 +67,8 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) pool: PoolConfig,
     pub(crate) readiness: Readiness,
     pub(crate) shutdown_timeout: Duration,
+    /// Signals the master passes on to every worker: (received, sent).
+    pub(crate) forwards: Vec<(Signal, Signal)>,
     pub(crate) shutdown_delay: Duration,
     pub(crate) systemd: Systemd,
     pub(crate) child_subreaper: bool,
@@ -84,6 +86,7 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("child_subreaper", &self.child_subreaper)
             .field("scoreboard", &self.scoreboard)
             .field("pool", &self.pool)
+            .field("forwards", &self.forwards)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +112,7 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         pool: PoolConfig::default(),
         readiness: Readiness::Implicit,
         shutdown_timeout: Duration::from_secs(30),
+        forwards: Vec::new(),
         shutdown_delay: Duration::ZERO,
         systemd: Systemd::auto(),
         child_subreaper: false,
@@ -383,8 +387,9 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// A worker that never beats is never judged; a long request is not a hang as long as the
     /// worker's loop keeps beating. The master reads the scoreboard every `d / 4` (an idle
     /// master wakes up for that only when this is set), workers beat every `d / 10` (5 ms to
-    /// 1 s; without hang detection they are not asked to beat at all). If the master itself was stopped or starved (the gap since its last read is longer
-    /// than `d / 4 + d / 2`), it re-bases every beat to now and kills nobody that round.
+    /// 1 s; without hang detection they are not asked to beat at all). If the master itself
+    /// was stopped or starved (the gap since its last read is longer than `d / 4 + d / 2`), it
+    /// re-bases every beat to now and kills nobody that round.
     pub fn hang_timeout(mut self, d: Duration) -> Self {
         self.pool.health.hang_timeout = Some(d.max(Duration::from_millis(40)));
         self
@@ -460,6 +465,21 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
             ));
         }
         Ok(())
+    }
+
+    /// When the master receives `received`, it sends `sent` to every live worker
+    /// (Parallel::Prefork's `trap_signals`): `.forward_signal(Signal::SIGUSR1, Signal::SIGUSR1)`
+    /// lets `kill -USR1 <master>` ask every worker to reopen its logs. Call it once per signal.
+    ///
+    /// The workers must handle `sent` (with `signal-hook`, for example): most signals' default
+    /// action ends a process. Signals the master gives a meaning of its own are refused with
+    /// an error at start ([`run_master`](crate::run_master) returns
+    /// [`Error::InvalidSetting`]): `HUP` (reload), `TERM` and `INT` (stop), `CHLD` (reaping),
+    /// `QUIT` (`on_quit`), `TTIN` and `TTOU` (reserved for runtime scaling), and those that cannot be caught or are faults (`KILL`, `STOP`,
+    /// `SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`, `SYS`), as is a signal forwarded twice.
+    pub fn forward_signal(mut self, received: Signal, sent: Signal) -> Self {
+        self.forwards.push((received, sent));
+        self
     }
 
     pub(crate) fn pool_config(&self) -> PoolConfig {

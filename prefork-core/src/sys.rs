@@ -114,6 +114,11 @@ pub(crate) fn ignore_sigpipe() {
     let _ = set_plain_disposition(libc::SIGPIPE, true);
 }
 
+/// `SIG_IGN` for `sig` (single-process mode ignores `SIGHUP`, as a worker does).
+pub(crate) fn ignore_signal(sig: libc::c_int) {
+    let _ = set_plain_disposition(sig, true);
+}
+
 /// Empties this thread's signal mask (a parent may have started the master with signals
 /// blocked, which would keep `SIGCHLD`, `SIGHUP` and `SIGTERM` from ever arriving).
 pub(crate) fn unblock_all_signals() -> io::Result<()> {

@@ -6,11 +6,13 @@
 //!   their debug endpoints (`--debug-endpoints`).
 //! * [`warp`]: `sample-warp-like`'s application, served by `prefork-http` (which accepts,
 //!   says when the worker is ready and drains without dropping a request).
+//! * [`jobs`]: `sample-job-worker`'s queues (a spool directory, Redis) and configuration.
 
 #![warn(missing_docs)]
 
 pub mod debug;
 pub mod health;
+pub mod jobs;
 pub mod warp;
 
 /// Logs go to standard error (`RUST_LOG`, default `info`), coloured only on a terminal,

@@ -147,7 +147,9 @@ struct Master<C, W: WorkerContext> {
 pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) -> Result<()> {
     let _ = crate::launch::launch();
     settings.check_scoreboard()?;
-    let signals = MasterSignals::install()?;
+    signals::check_forwards(&settings.forwards)?;
+    let forwarded: Vec<Signal> = settings.forwards.iter().map(|&(from, _)| from).collect();
+    let signals = MasterSignals::install(&forwarded)?;
     crate::systemd::prepare_master(settings.child_subreaper);
     let readiness = ReadinessSocket::new()?;
     let board = match settings.scoreboard {
@@ -382,11 +384,28 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             self.reload();
         }
         for &sig in arrived.iter().filter(|s| !signals::is_meaningful(**s)) {
-            tracing::warn!(signal = %sig, "signal has no meaning for the master; ignored");
+            match self
+                .settings
+                .forwards
+                .iter()
+                .find(|&&(from, _)| from == sig)
+            {
+                Some(&(_, to)) => {
+                    let workers = self.live();
+                    for &pid in &workers {
+                        send_signal(pid, to);
+                    }
+                    tracing::info!(signal = %sig, sent = %to, workers = workers.len(),
+                        "signal forwarded to the workers");
+                }
+                None => {
+                    tracing::warn!(signal = %sig, "signal has no meaning for the master; ignored")
+                }
+            }
         }
         let now = Instant::now();
         self.drive(|pool, ops| pool.tick(now, ops));
-        if let Some(memory) = self.pool.scan_due(now) {
+        if let Some(memory) = self.pool.health_scan_due(now) {
             self.observe(None, memory);
         }
         self.systemd.tick(now);
@@ -652,7 +671,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
 /// Calls the user's update callback; a panic in it is caught and treated as `None`, so a bad
 /// configuration never takes the master (and with it, every worker) down.
-fn call_update<C, W: WorkerContext>(f: &mut UpdateFn<C, W>, set: &mut WorkerSet<W>) -> Option<C> {
+pub(crate) fn call_update<C, W: WorkerContext>(
+    f: &mut UpdateFn<C, W>,
+    set: &mut WorkerSet<W>,
+) -> Option<C> {
     match std::panic::catch_unwind(AssertUnwindSafe(|| f(set))) {
         Ok(c) => c,
         Err(_) => {

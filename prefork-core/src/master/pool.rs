@@ -30,6 +30,15 @@
 //! * **Removed ids** are retired; **new ids** are spawned.
 //! * **Shutdown** freezes the pool: no spawn, no promotion, no signal. What runs is the driver's
 //!   to signal (once) and reap, so no worker gets its stop signal twice.
+//! * **Adaptive pool** (when [`PoolConfig::spare`] is set): the desired set is the list of
+//!   candidates, in id order, and only the first `active` of them run; the others are dormant
+//!   (no worker, nothing to replace). Every `interval` the driver hands [`Pool::adapt`] the
+//!   in-flight count of each id (from the scoreboard): while fewer than `min_spare` running
+//!   workers are idle, the next ids start (as many as are missing, at most `max_workers` in
+//!   all); while more than `max_spare` are idle, the highest active id is retired (one per
+//!   scan); once no worker was busy for `idle_timeout`, the pool shrinks one id per scan down
+//!   to its floor, `max(min_spare, 1)`, never below. A starting worker counts as idle (it soon
+//!   will be), so a scan never starts twice for one need.
 //! * **A retired worker that dies from its own stop signal** did not handle it (it did not
 //!   drain): that is logged as a warning, because it usually means lost work.
 //!
@@ -209,6 +218,69 @@ pub(crate) struct PoolConfig {
     /// A reload gives up on an id (reports it as failed) after this many failed starts.
     pub give_up_after: u32,
     pub health: HealthConfig,
+    /// The adaptive pool's bounds, when it is on.
+    pub spare: Option<SpareConfig>,
+}
+
+/// The adaptive pool's bounds and pace (see the module docs).
+// Set by the settings once the scoreboard feeds the master in-flight counts.
+#[allow(dead_code)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SpareConfig {
+    /// Start workers while fewer than this many are idle.
+    pub min_spare: u32,
+    /// Retire workers while more than this many are idle.
+    pub max_spare: u32,
+    /// Never more workers than this (nor than the declared candidates).
+    pub max_workers: u32,
+    /// How often the in-flight counts are read and a step is taken.
+    pub interval: Duration,
+    /// After this long with no busy worker, the pool shrinks to its floor.
+    pub idle_timeout: Duration,
+}
+
+impl SpareConfig {
+    /// How many of `candidates` may run at most, and at least.
+    fn bounds(&self, candidates: usize) -> (usize, usize) {
+        let max = (self.max_workers as usize).min(candidates);
+        let floor = (self.min_spare.max(1) as usize).min(max);
+        (floor, max)
+    }
+
+    /// The change of the active count a scan decides: `active` ids run, `idle` of them have
+    /// nothing in flight, and the pool has been idle for `idle_for`.
+    pub fn step(&self, candidates: usize, active: usize, idle: usize, idle_for: Duration) -> isize {
+        let (floor, max) = self.bounds(candidates);
+        let (min_spare, max_spare) = (self.min_spare as usize, self.max_spare as usize);
+        if active < floor {
+            return (floor - active) as isize;
+        }
+        if active > max {
+            return -((active - max) as isize);
+        }
+        if idle < min_spare && active < max {
+            return (min_spare - idle).min(max - active) as isize;
+        }
+        let quiet = idle == active && idle_for >= self.idle_timeout;
+        if active > floor && (idle > max_spare || (quiet && idle > min_spare)) {
+            return -1;
+        }
+        0
+    }
+}
+
+/// The adaptive pool, for status views and metrics.
+#[allow(dead_code)] // read by the status views once the adaptive pool is wired
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SpareView {
+    /// Ids that run (or are starting).
+    pub active: usize,
+    /// Of those, with nothing in flight at the last scan.
+    pub idle: usize,
+    /// The declared candidates.
+    pub candidates: usize,
+    /// The bounds.
+    pub config: SpareConfig,
 }
 
 impl Default for PoolConfig {
@@ -225,6 +297,7 @@ impl Default for PoolConfig {
             replace_unchanged: true,
             give_up_after: 3,
             health: HealthConfig::default(),
+            spare: None,
         }
     }
 }
@@ -403,11 +476,19 @@ pub(crate) struct Pool<W: WorkerContext> {
     /// The last scoreboard observation (for the master's own stall).
     last_observed: Option<Instant>,
     /// When the scoreboard is read next for hang detection, if it is on.
-    next_scan: Option<Instant>,
+    next_health_scan: Option<Instant>,
     /// When memory is read next, if `max_memory` is set.
     next_memory: Option<Instant>,
     /// Workers replaced by a health rule, by [`ReplaceReason::index`].
     replaced: [u64; 4],
+    /// Adaptive pool: how many ids (the first, in id order) run.
+    active: usize,
+    /// Adaptive pool: idle workers at the last scan.
+    last_idle: usize,
+    /// Adaptive pool: when the next scan is due.
+    next_scan: Option<Instant>,
+    /// Adaptive pool: when a worker was last seen busy (or the pool started).
+    last_busy: Option<Instant>,
 }
 
 fn encode_for_diff<W: WorkerContext>(w: &W) -> Vec<u8> {
@@ -427,9 +508,13 @@ impl<W: WorkerContext> Pool<W> {
             events: Vec::new(),
             rng: initial_seed(),
             last_observed: None,
-            next_scan: None,
+            next_health_scan: None,
             next_memory: None,
             replaced: [0; 4],
+            active: 0,
+            last_idle: 0,
+            next_scan: None,
+            last_busy: None,
         }
     }
 
@@ -448,7 +533,7 @@ impl<W: WorkerContext> Pool<W> {
     /// Schedules the periodic reads the health settings ask for, from `now`.
     fn arm_scans(&mut self, now: Instant) {
         let h = &self.cfg.health;
-        self.next_scan = h.scan_interval().map(|i| later(now, i));
+        self.next_health_scan = h.scan_interval().map(|i| later(now, i));
         self.next_memory = h.max_memory.map(|_| later(now, h.memory_check_interval));
         self.last_observed = Some(now);
     }
@@ -631,6 +716,7 @@ impl<W: WorkerContext> Pool<W> {
                 }
             }
         }
+        self.clamp_active(now, ops);
     }
 
     /// Starts what is due: first spawns of empty slots, then replacements within the budget.
@@ -661,7 +747,10 @@ impl<W: WorkerContext> Pool<W> {
         let ready_timeout = self.cfg.ready_timeout;
         let health = self.cfg.health.clone();
         let ids: Vec<W::Id> = self.slots.keys().cloned().collect();
-        for id in ids {
+        for (index, id) in ids.into_iter().enumerate() {
+            if self.dormant(index) {
+                continue;
+            }
             if at_start && !errors.is_empty() {
                 break; // at start, the first failure is fatal: spawn nothing more
             }
@@ -1009,6 +1098,120 @@ impl<W: WorkerContext> Pool<W> {
         })
     }
 
+    /// Adaptive pool: whether the id at `index` (in id order) is dormant.
+    fn dormant(&self, index: usize) -> bool {
+        self.cfg.spare.is_some() && index >= self.active
+    }
+
+    /// Adaptive pool: keeps `active` within its bounds for the current candidates, and retires
+    /// the workers of ids that became dormant.
+    fn clamp_active(&mut self, now: Instant, ops: &mut impl Processes<W>) {
+        let Some(sp) = self.cfg.spare else { return };
+        let (floor, max) = sp.bounds(self.slots.len());
+        let want = self.active.clamp(floor, max);
+        while self.active > want {
+            self.shrink(now, ops);
+        }
+        self.active = want;
+        if self.next_scan.is_none() {
+            self.next_scan = Some(later(now, sp.interval));
+            self.last_busy = Some(now);
+        }
+    }
+
+    /// Adaptive pool: retires the workers of the highest active id, which becomes dormant.
+    fn shrink(&mut self, now: Instant, ops: &mut impl Processes<W>) {
+        let Some(index) = self.active.checked_sub(1) else {
+            return;
+        };
+        self.active = index;
+        let Some((id, slot)) = self.slots.iter_mut().nth(index) else {
+            return;
+        };
+        let id = id.clone();
+        let procs: Vec<Proc<W>> = [slot.current.take(), slot.next.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        slot.wants_replacement = false;
+        slot.start_backoff.reset();
+        slot.replace_backoff.reset();
+        for p in procs {
+            tracing::info!(worker_id = ?id, pid = %p.pid, active = self.active,
+                "adaptive pool: retiring the highest id");
+            self.retire(id.clone(), p, ExitReason::Removed, now, ops);
+        }
+    }
+
+    /// Adaptive pool: whether a scan is due (the driver then reads the in-flight counts and
+    /// calls [`adapt`](Self::adapt), which schedules the next one; a driver that did not would
+    /// see a past deadline in [`next_deadline`](Self::next_deadline) until it does).
+    #[allow(dead_code)] // the master scans once the scoreboard feeds it in-flight counts
+    pub fn scan_due(&self, now: Instant) -> bool {
+        !self.shutting_down && self.next_scan.is_some_and(|t| t <= now)
+    }
+
+    /// Adaptive pool: one scan, given the in-flight count of each id (an id missing from
+    /// `in_flight` has nothing in flight). Starts or retires workers per the rules in the
+    /// module docs, and schedules the next scan.
+    #[allow(dead_code)] // the master scans once the scoreboard feeds it in-flight counts
+    pub fn adapt(
+        &mut self,
+        in_flight: &BTreeMap<W::Id, u64>,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) {
+        let Some(sp) = self.cfg.spare else { return };
+        if self.shutting_down {
+            return;
+        }
+        self.next_scan = Some(later(now, sp.interval));
+        // Idle: an active id whose worker has nothing in flight, is still starting, or is
+        // about to be respawned.
+        let idle = self
+            .slots
+            .iter()
+            .take(self.active)
+            .filter(|(id, slot)| {
+                let ready = slot.current.as_ref().is_some_and(|p| p.ready_at.is_some());
+                !ready || in_flight.get(*id).copied().unwrap_or(0) == 0
+            })
+            .count();
+        if idle < self.active || self.last_busy.is_none() {
+            self.last_busy = Some(now);
+        }
+        self.last_idle = idle;
+        let idle_for = now.saturating_duration_since(self.last_busy.unwrap_or(now));
+        let step = sp.step(self.slots.len(), self.active, idle, idle_for);
+        if step > 0 {
+            let before = self.active;
+            self.active += step as usize;
+            tracing::info!(
+                active = self.active,
+                idle,
+                min_spare = sp.min_spare,
+                "adaptive pool: starting {} more worker(s)",
+                self.active - before
+            );
+            self.pump(now, ops, false);
+        } else if step < 0 {
+            for _ in 0..step.unsigned_abs() {
+                self.shrink(now, ops);
+            }
+        }
+    }
+
+    /// The adaptive pool, for status views and metrics (`None` when it is off).
+    #[allow(dead_code)] // read by the status views once the adaptive pool is wired
+    pub fn spare_view(&self) -> Option<SpareView> {
+        self.cfg.spare.map(|config| SpareView {
+            active: self.active,
+            idle: self.last_idle,
+            candidates: self.slots.len(),
+            config,
+        })
+    }
+
     /// Timers: readiness deadlines, stop deadlines, promotions, retries.
     pub fn tick(&mut self, now: Instant, ops: &mut impl Processes<W>) {
         if self.shutting_down {
@@ -1051,15 +1254,15 @@ impl<W: WorkerContext> Pool<W> {
 
     /// The periodic scoreboard reads due at `now`, if any: `Some(true)` when memory is to be
     /// read too. Takes them (the next ones are scheduled from `now`).
-    pub fn scan_due(&mut self, now: Instant) -> Option<bool> {
+    pub fn health_scan_due(&mut self, now: Instant) -> Option<bool> {
         if self.shutting_down {
             return None;
         }
-        let beats = self.next_scan.is_some_and(|t| t <= now);
+        let beats = self.next_health_scan.is_some_and(|t| t <= now);
         let memory = self.next_memory.is_some_and(|t| t <= now);
         let h = &self.cfg.health;
         if beats {
-            self.next_scan = h.scan_interval().map(|i| later(now, i));
+            self.next_health_scan = h.scan_interval().map(|i| later(now, i));
         }
         if memory {
             self.next_memory = Some(later(now, h.memory_check_interval));
@@ -1219,6 +1422,10 @@ impl<W: WorkerContext> Pool<W> {
                 consider(r.kill_at);
             }
         }
+        // The adaptive pool's scans: the only periodic timer, and only when it is on.
+        if let Some(t) = self.next_scan {
+            consider(t);
+        }
         for slot in self.slots.values() {
             for p in [&slot.current, &slot.next].into_iter().flatten() {
                 if p.ready_at.is_none() && !p.killed {
@@ -1248,7 +1455,10 @@ impl<W: WorkerContext> Pool<W> {
                 consider(t);
             }
         }
-        for t in [self.next_scan, self.next_memory].into_iter().flatten() {
+        for t in [self.next_health_scan, self.next_memory]
+            .into_iter()
+            .flatten()
+        {
             consider(t);
         }
         best

@@ -35,6 +35,7 @@ mod argv;
 mod child;
 mod credentials;
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -65,14 +66,41 @@ pub use child::FIRST_INHERITED_FD;
 /// follows the thread that started it), and carries what every worker needs from its master:
 /// the readiness socket, the readiness mode, the stop signal, the reload generation, and a
 /// scoreboard slot for each worker it starts.
+///
+/// In single-process mode ([`PREFORK_SINGLE`](crate::protocol::SINGLE_ENV)) the spawner starts
+/// no process: the first [`fork_worker_process`](Self::fork_worker_process) keeps the context
+/// (with a copy of each declared socket) for the calling process to run, and returns this
+/// process's pid; any further call is an error.
 #[derive(Debug)]
 pub struct Spawner<'a> {
-    readiness_fd: BorrowedFd<'a>,
+    target: Target<'a>,
     readiness: Readiness,
     stop_signal: Signal,
     generation: u64,
     board: Option<&'a Board>,
     max_requests: Option<u64>,
+}
+
+/// Where a spawner's workers go.
+#[derive(Debug)]
+enum Target<'a> {
+    /// A new process, with the master's readiness socket.
+    Process { readiness_fd: BorrowedFd<'a> },
+    /// This process (single-process mode): the context is kept here.
+    InProcess(&'a RefCell<Option<Captured>>),
+}
+
+/// A worker's context kept for single-process mode: what a worker would read at boot.
+#[derive(Debug)]
+pub(crate) struct Captured {
+    /// The encoded context (its sockets numbered as this process holds their copies).
+    pub context: Vec<u8>,
+    /// The copies of the declared sockets, and their kinds.
+    pub fds: Vec<(RawFd, ListenerKind)>,
+    /// The copies a worker must find non-blocking.
+    pub nonblocking: Vec<RawFd>,
+    /// The context's thread count.
+    pub threads: Option<usize>,
 }
 
 impl<'a> Spawner<'a> {
@@ -84,7 +112,7 @@ impl<'a> Spawner<'a> {
         board: Option<&'a Board>,
     ) -> Self {
         Spawner {
-            readiness_fd,
+            target: Target::Process { readiness_fd },
             readiness,
             stop_signal,
             generation,
@@ -98,6 +126,22 @@ impl<'a> Spawner<'a> {
     pub(crate) fn with_max_requests(mut self, n: Option<u64>) -> Self {
         self.max_requests = n;
         self
+    }
+
+    /// A spawner for single-process mode: it keeps the first context in `slot`.
+    pub(crate) fn in_process(
+        slot: &'a RefCell<Option<Captured>>,
+        readiness: Readiness,
+        stop_signal: Signal,
+    ) -> Self {
+        Spawner {
+            target: Target::InProcess(slot),
+            readiness,
+            stop_signal,
+            generation: 0,
+            board: None,
+            max_requests: None,
+        }
     }
 
     /// The reload generation the next worker starts in (0 at start, +1 per reload).
@@ -121,10 +165,14 @@ impl<'a> Spawner<'a> {
         S: AsRef<OsStr>,
     {
         let what = format!("{:?}", ctx.id());
+        let readiness_fd = match &self.target {
+            Target::Process { readiness_fd } => *readiness_fd,
+            Target::InProcess(slot) => return capture(ctx, slot, what),
+        };
         let mut ctx = ctx.clone();
         // A slot is claimed for this spawn and given back if it fails.
         let claim = self.board.and_then(|b| Some((b, b.claim()?)));
-        let r = self.spawn_with_slot(&what, &mut ctx, args, claim);
+        let r = self.spawn_with_slot(&what, &mut ctx, args, readiness_fd, claim);
         if let Some((board, slot)) = claim {
             match &r {
                 Ok(pid) => board.assign(slot, *pid),
@@ -139,6 +187,7 @@ impl<'a> Spawner<'a> {
         what: &str,
         ctx: &mut W,
         args: I,
+        readiness_fd: BorrowedFd<'_>,
         claim: Option<(&Board, u32)>,
     ) -> Result<Pid>
     where
@@ -146,7 +195,7 @@ impl<'a> Spawner<'a> {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let fds = FdLayout::of(ctx, self.readiness_fd, claim.map(|(b, _)| b.fd()))?;
+        let fds = FdLayout::of(ctx, readiness_fd, claim.map(|(b, _)| b.fd()))?;
         let scoreboard = match (claim, fds.scoreboard_target) {
             (Some((board, slot)), Some(fd)) => Some(ScoreboardGrant {
                 fd,
@@ -200,6 +249,58 @@ impl<'a> Spawner<'a> {
         drop(fds.keep_alive);
         Ok(pid)
     }
+}
+
+/// Single-process mode: keeps `ctx` in `slot` for this process to run, each declared socket
+/// replaced by a copy (`dup`, close-on-exec) that this process's worker side adopts as a worker
+/// adopts its inherited fds.
+fn capture<W: WorkerContext>(
+    ctx: &W,
+    slot: &RefCell<Option<Captured>>,
+    what: String,
+) -> Result<Pid> {
+    if slot.borrow().is_some() {
+        return Err(Error::Spawn {
+            what,
+            source: io::Error::other(
+                "single-process mode (PREFORK_SINGLE) runs the first worker only",
+            ),
+        });
+    }
+    let mut ctx = ctx.clone();
+    let mut fds = Vec::new();
+    let mut nonblocking = Vec::new();
+    let mut failed = None;
+    ctx.visit_fds(&mut |l| {
+        let Some(fd) = l.master_shared() else {
+            failed = Some(Error::ListenerMisuse(
+                "a worker context can only carry listeners made in the master".into(),
+            ));
+            return;
+        };
+        match fd.try_clone() {
+            Ok(copy) => {
+                // The number is owned from now on by the worker side's fd claims.
+                let n = std::os::fd::IntoRawFd::into_raw_fd(copy);
+                fds.push((n, l.kind()));
+                if l.must_be_nonblocking() {
+                    nonblocking.push(n);
+                }
+                l.set_child_fd(n);
+            }
+            Err(e) => failed = Some(Error::sys("cannot copy a listening socket", e)),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    *slot.borrow_mut() = Some(Captured {
+        context: ctx.encode()?,
+        fds,
+        nonblocking,
+        threads: ctx.runtime_options().threads,
+    });
+    Ok(Pid::this())
 }
 
 /// Where each fd goes in the child.

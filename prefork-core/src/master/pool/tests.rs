@@ -970,18 +970,22 @@ fn a_worker_still_silent_a_timeout_after_the_rebase_is_hung() {
 #[test]
 fn the_scoreboard_is_read_periodically_only_when_a_setting_asks() {
     let (mut p, _, t0) = running(2, explicit());
-    assert_eq!(p.scan_due(t0 + secs(3600)), None);
+    assert_eq!(p.health_scan_due(t0 + secs(3600)), None);
     assert_eq!(p.next_deadline(), None, "an idle pool has no timer");
     let (mut p, _, t0) = running(2, hang(secs(2)));
     assert_eq!(p.next_deadline(), Some(t0 + ms(500)));
-    assert_eq!(p.scan_due(t0 + ms(499)), None);
-    assert_eq!(p.scan_due(t0 + ms(500)), Some(false));
+    assert_eq!(p.health_scan_due(t0 + ms(499)), None);
+    assert_eq!(p.health_scan_due(t0 + ms(500)), Some(false));
     assert_eq!(p.next_deadline(), Some(t0 + ms(1000)));
     let mut cfg = explicit();
     cfg.health.max_memory = Some(64 << 20);
     cfg.health.memory_check_interval = secs(1);
     let (mut p, _, t0) = running(2, cfg);
-    assert_eq!(p.scan_due(t0 + secs(1)), Some(true), "memory is read");
+    assert_eq!(
+        p.health_scan_due(t0 + secs(1)),
+        Some(true),
+        "memory is read"
+    );
 }
 
 fn recycling(max_requests: u64) -> PoolConfig {
@@ -1164,3 +1168,4 @@ fn worker_views_carry_what_the_scoreboard_showed() {
     assert_eq!(v.max_requests, Some(1000));
     assert_eq!(v.heartbeat_age(t0 + secs(1)), Some(ms(100)));
 }
+mod adaptive;
