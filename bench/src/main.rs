@@ -21,7 +21,9 @@
 //! 7. **Cost of the serving layer**: `sample-warp-like -w 2` of this tree against the same
 //!    sample built from the commit before `prefork-http`, interleaved: req/s and worker CPU
 //!    per request.
-//! 8. **Control**: the control socket's `status` round trip with 16 and 1000 workers, and the
+//! 8. **Health checks**: throughput with the scoreboard, heartbeats and the request guard on
+//!    versus off, and `strace -c` of a worker (a heartbeat is no system call).
+//! 9. **Control**: the control socket's `status` round trip with 16 and 1000 workers, and the
 //!    idle master's wake-ups with the control socket on.
 //!
 //! It prints a table and, for a full run (or with `--write`), replaces the generated section of
@@ -54,7 +56,7 @@ use report::{Header, Verdict};
 use sections::Section;
 
 /// The benchmark of prefork: startup, respawn, reload under load, throughput, master cost,
-/// scale, control.
+/// scale, health checks, control.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Cli {
@@ -84,7 +86,8 @@ const SECTIONS: &[(u8, &str, sections::Run)] = &[
     (5, "cost of the master", sections::master_cost::run),
     (6, "scale", sections::scale::run),
     (7, "cost of the serving layer", sections::layer_cost::run),
-    (8, "control socket", sections::control::run),
+    (8, "health checks", sections::health::run),
+    (9, "control socket", sections::control::run),
 ];
 
 fn main() {

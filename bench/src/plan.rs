@@ -41,7 +41,7 @@ pub struct Plan {
     pub storms: usize,
     /// §7 Cost of the serving layer: rounds of (new, old) runs, `tput_secs` each.
     pub layer_rounds: usize,
-    /// §8 Control: `status` round trips per master.
+    /// §9 Control: `status` round trips per master.
     pub control_reps: usize,
 }
 

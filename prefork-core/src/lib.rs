@@ -76,6 +76,11 @@
 //!   worker it decodes the context and calls your worker function.
 //! * [`worker`] is the worker's side: [`worker::ready`], [`worker::stop_signal`],
 //!   [`worker::threads`]; [`args`] gives the master's argv to a CLI parser in either process.
+//! * [`scoreboard`]: a shared-memory slot per worker for its heartbeats and request counts
+//!   ([`worker::heartbeat`], [`worker::request_guard`]), which the master reads to replace a
+//!   hung worker ([`Settings::hang_timeout`]) and to recycle one by request count, age or
+//!   memory ([`Settings::max_requests`], [`Settings::max_age`], [`Settings::max_memory`]),
+//!   readiness-gated.
 //! * [`log`]: a log writer that never blocks and never panics, and the default subscriber
 //!   that [`default_main`] installs when the program set none.
 //! * [`systemd`]: readiness, reload and stop notifications, the watchdog, socket activation
@@ -91,9 +96,10 @@
 //! * **The context travels on standard input**, as one JSON header line and the encoded
 //!   context; the marker variable `PREFORK_WORKER=master:<pid>` says "you are a worker" and is
 //!   removed before user code runs (see [`protocol`]).
-//! * **Exactly the declared fds are inherited**, at 3, 4, … (see [`fd`]); everything else stays
-//!   close-on-exec. Between fork and exec the child runs only async-signal-safe system calls: no
-//!   allocation, no locks, no logging (see the `spawn` module's source).
+//! * **Exactly the declared fds are inherited**, at 3, 4, … (see [`fd`]), then the readiness
+//!   socket and the scoreboard; everything else stays close-on-exec. Between fork and exec the
+//!   child runs only async-signal-safe system calls: no allocation, no locks, no logging (see
+//!   the `spawn` module's source).
 //! * **Workers die with the master**: `PR_SET_PDEATHSIG(SIGKILL)`, with the race (the master
 //!   died before the `prctl`) closed by a `getppid` check. Signal dispositions and the mask are
 //!   reset in the child, and `SIGHUP` is ignored (a terminal hang-up must not kill workers).
@@ -173,6 +179,7 @@ mod process;
 pub mod protocol;
 pub mod readiness;
 mod report;
+pub mod scoreboard;
 mod settings;
 mod single;
 mod spawn;
@@ -187,7 +194,7 @@ pub use fd::{InheritedListener, ListenerKind, VisitFds};
 pub use master::run_master;
 pub use process::{ChildExit, Pid, Signal, UnknownSignal};
 pub use readiness::Readiness;
-pub use report::{ExitReason, ReloadOutcome, ReloadReport, WorkerEnded};
+pub use report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason, WorkerEnded};
 pub use settings::{Settings, default_settings, relaunch_settings};
 pub use spawn::{FIRST_INHERITED_FD, Spawner};
 pub use systemd::Systemd;

@@ -264,6 +264,22 @@ pub struct Counters {
     pub reloads_rejected: u64,
     /// Worker exits by reason.
     pub exits: ExitCounts,
+    /// Workers replaced by a health rule, by rule (see [`Settings::hang_timeout`] and the
+    /// recycling settings).
+    ///
+    /// [`Settings::hang_timeout`]: crate::Settings::hang_timeout
+    #[serde(default)]
+    pub replaced: ReplacedCounts,
+}
+
+/// Workers replaced by each health rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // one counter per ReplaceReason, named as it prints
+pub struct ReplacedCounts {
+    pub hang: u64,
+    pub max_requests: u64,
+    pub max_age: u64,
+    pub max_memory: u64,
 }
 
 /// Worker exits by [`ExitReason`].
@@ -276,6 +292,10 @@ pub struct ExitCounts {
     pub removed: u64,
     pub killed_at_deadline: u64,
     pub shutdown: u64,
+    pub hang: u64,
+    pub max_requests: u64,
+    pub max_age: u64,
+    pub max_memory: u64,
 }
 
 impl ExitCounts {
@@ -288,10 +308,14 @@ impl ExitCounts {
             ExitReason::Removed => &mut self.removed,
             ExitReason::KilledAtDeadline => &mut self.killed_at_deadline,
             ExitReason::Shutdown => &mut self.shutdown,
+            ExitReason::Hang => &mut self.hang,
+            ExitReason::MaxRequests => &mut self.max_requests,
+            ExitReason::MaxAge => &mut self.max_age,
+            ExitReason::MaxMemory => &mut self.max_memory,
         } += 1;
     }
 
-    fn pairs(&self) -> [(&'static str, u64); 6] {
+    fn pairs(&self) -> [(&'static str, u64); 10] {
         [
             ("crashed", self.crashed),
             ("failed_start", self.failed_start),
@@ -299,6 +323,10 @@ impl ExitCounts {
             ("removed", self.removed),
             ("killed_at_deadline", self.killed_at_deadline),
             ("shutdown", self.shutdown),
+            ("hang", self.hang),
+            ("max_requests", self.max_requests),
+            ("max_age", self.max_age),
+            ("max_memory", self.max_memory),
         ]
     }
 }
@@ -324,6 +352,28 @@ pub struct WorkerStatus {
     pub failed_starts: u64,
     /// How the last worker of this id ended.
     pub last_exit: Option<LastExit>,
+    /// Requests it served, from the scoreboard (0 without one, or for a worker that does not
+    /// count them: see [`worker::request_guard`](crate::worker::request_guard)).
+    #[serde(default)]
+    pub requests: u64,
+    /// Requests in flight at the master's last look at the scoreboard.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// How long ago its last beat ([`worker::heartbeat`](crate::worker::heartbeat)) that the
+    /// master saw was, in ms; none for a worker that never beat, and never in the status file
+    /// (which changes only with the state, not with the clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_ms: Option<u64>,
+    /// Its request budget (jitter included), with [`Settings::max_requests`].
+    ///
+    /// [`Settings::max_requests`]: crate::Settings::max_requests
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u64>,
+    /// Its PSS in kB at the memory rule's last read (with [`Settings::max_memory`] only).
+    ///
+    /// [`Settings::max_memory`]: crate::Settings::max_memory
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_kb: Option<u64>,
     /// Memory and CPU, read from `/proc` when the status asked for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
@@ -479,6 +529,32 @@ impl Status {
         }
         head(
             &mut o,
+            "worker_replacements_total",
+            "counter",
+            "Workers replaced by a health rule, by rule.",
+        );
+        let r = &c.replaced;
+        for (label, n) in [
+            ("hang", r.hang),
+            ("max_requests", r.max_requests),
+            ("max_age", r.max_age),
+            ("max_memory", r.max_memory),
+        ] {
+            let _ = writeln!(
+                o,
+                "prefork_worker_replacements_total{{reason=\"{label}\"}} {n}"
+            );
+        }
+        head(
+            &mut o,
+            "requests_in_flight",
+            "gauge",
+            "Requests in flight in all workers (scoreboard).",
+        );
+        let busy: u64 = self.workers.iter().map(|w| w.in_flight).sum();
+        let _ = writeln!(o, "prefork_requests_in_flight {busy}");
+        head(
+            &mut o,
             "worker_restarts",
             "gauge",
             "Respawns of each desired id after it had served.",
@@ -575,6 +651,10 @@ mod tests {
             ExitReason::Removed,
             ExitReason::KilledAtDeadline,
             ExitReason::Shutdown,
+            ExitReason::Hang,
+            ExitReason::MaxRequests,
+            ExitReason::MaxAge,
+            ExitReason::MaxMemory,
         ] {
             c.add(r);
             let name = serde_json::to_string(&r).unwrap();

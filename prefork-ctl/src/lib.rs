@@ -270,6 +270,9 @@ fn table(s: &Status) -> String {
         c.reloads_rejected
     );
     let with_res = s.workers.iter().any(|w| w.resources.is_some());
+    // Scoreboard columns only when a worker counts requests or beats.
+    let with_reqs = s.workers.iter().any(|w| w.requests > 0 || w.in_flight > 0);
+    let with_beat = s.workers.iter().any(|w| w.heartbeat_age_ms.is_some());
     let mut rows = vec![{
         let mut h = vec![
             "ID",
@@ -284,13 +287,30 @@ fn table(s: &Status) -> String {
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
+        if with_reqs {
+            h.extend(["REQS".into(), "BUSY".into()]);
+        }
+        if with_beat {
+            h.push("BEAT".into());
+        }
         if with_res {
             h.extend(["RSS".into(), "PSS".into(), "CPU".into()]);
         }
         h
     }];
     for w in &s.workers {
-        rows.push(worker_row(w, now, with_res));
+        let mut row = worker_row(w, now, with_res);
+        let at = row.len() - if with_res { 3 } else { 0 };
+        let mut extra = Vec::new();
+        if with_reqs {
+            extra.extend([w.requests.to_string(), w.in_flight.to_string()]);
+        }
+        if with_beat {
+            let beat = w.heartbeat_age_ms;
+            extra.push(beat.map_or_else(|| "-".into(), |ms| format!("{ms}ms ago")));
+        }
+        row.splice(at..at, extra);
+        rows.push(row);
     }
     o += &columns(&rows);
     if !s.listeners.is_empty() {

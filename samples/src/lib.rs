@@ -2,12 +2,16 @@
 //! `sample-warp-like`'s serving code in one process, without prefork.
 //!
 //! * [`init_tracing`]: the samples' log setup.
+//! * [`health`]: the hang-detection and recycling flags of the HTTP samples, and [`debug`]:
+//!   their debug endpoints (`--debug-endpoints`).
 //! * [`warp`]: `sample-warp-like`'s application, served by `prefork-http` (which accepts,
 //!   says when the worker is ready and drains without dropping a request).
 //! * [`jobs`]: `sample-job-worker`'s queues (a spool directory, Redis) and configuration.
 
 #![warn(missing_docs)]
 
+pub mod debug;
+pub mod health;
 pub mod jobs;
 pub mod warp;
 

@@ -101,6 +101,23 @@ fn status_json_names_every_child_and_a_sigkill_shows_in_restarts_and_last_exit()
     assert!(s["listeners"][0]["backlog"].as_u64().unwrap() > 0);
     assert_eq!(worker(&s, "2")["restarts"], 0);
 
+    // The scoreboard's request counts, read when the status is taken.
+    let addr = testkit::listening_addr(&m.stderr);
+    for _ in 0..3 {
+        let (code, _) = testkit::http_get(addr, "/", std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(code, 200);
+    }
+    // (A worker counts a request once it is done with it, a moment after the client has it.)
+    wait_for(DEADLINE, "3 requests counted", || {
+        let served: u64 = status(&sock)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["requests"].as_u64().unwrap())
+            .sum();
+        (served == 3).then_some(())
+    });
+
     let victim = worker(&s, "2")["pid"].as_i64().unwrap() as i32;
     nix::sys::signal::kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     let after = wait_for(DEADLINE, "id 2 respawned and ready", || {

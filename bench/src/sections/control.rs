@@ -1,4 +1,4 @@
-//! Section 8, the control socket: the `status` round trip (connect, request, the master builds
+//! Section 9, the control socket: the `status` round trip (connect, request, the master builds
 //! and writes the status, the client reads and parses it) with 16 and with 1000 workers, and
 //! the idle master's wake-ups with the control socket on (it must stay at 0: the socket is one
 //! more fd of the same `poll`, with no timer while no client is connected).
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use prefork_core::control::{self, Command, Response};
 
-use super::{Section, snap, start_sleeper, start_warp_with};
+use super::{Section, snap, start_http_with, start_sleeper};
 use crate::bins::Bins;
 use crate::clock;
 use crate::plan::Plan;
@@ -41,7 +41,14 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     // The idle master, with the control socket on and after it served a request.
     let sock = dir.0.join("warp.sock");
     let sock_arg = sock.to_str().context("odd temp path")?;
-    let (mut warp, _) = start_warp_with(bins, 2, None, &["--control", sock_arg], &[])?;
+    let (mut warp, _) = start_http_with(
+        &bins.warp,
+        "sample-warp-like",
+        2,
+        None,
+        &[],
+        &["--control", sock_arg],
+    )?;
     status(&sock)?;
     std::thread::sleep(Duration::from_secs(1));
     let pid = warp.pid();

@@ -53,13 +53,8 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     let notify_path = notify_dir.join("notify");
     let _ = std::fs::remove_file(&notify_path);
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).context("notify socket")?;
-    let (mut warp, _) = start_warp_with(
-        bins,
-        2,
-        None,
-        &[],
-        &[("NOTIFY_SOCKET", notify_path.as_os_str())],
-    )?;
+    let (mut warp, _) =
+        start_warp_with(bins, 2, None, &[("NOTIFY_SOCKET", notify_path.as_os_str())])?;
     let mut sleeper = start_sleeper(bins, 16, &[], Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_secs(1));
     let masters = [

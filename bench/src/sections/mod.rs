@@ -7,6 +7,7 @@
 //! added; the caller adds an error row after them.
 
 pub mod control;
+pub mod health;
 pub mod layer_cost;
 pub mod master_cost;
 pub mod nginx;
@@ -162,38 +163,59 @@ fn start_sleeper(bins: &Bins, n: u32, extra: &[&str], timeout: Duration) -> Resu
 /// Starts `sample-warp-like` with `workers` (and `threads` runtime threads each) and waits until
 /// every worker is ready and it answers.
 fn start_warp(bins: &Bins, workers: u32, threads: Option<u32>) -> Result<(Server, SocketAddr)> {
-    start_warp_with(bins, workers, threads, &[], &[])
+    start_warp_with(bins, workers, threads, &[])
 }
 
-/// As [`start_warp`], with more arguments and environment variables.
+/// As [`start_warp`], with more environment variables.
 fn start_warp_with(
     bins: &Bins,
     workers: u32,
     threads: Option<u32>,
-    args: &[&str],
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<(Server, SocketAddr)> {
-    start_http(&bins.warp, "sample-warp-like", workers, threads, args, env)
+    start_http(&bins.warp, "sample-warp-like", workers, threads, env)
+}
+
+/// As [`start_warp`], with more flags.
+fn start_warp_flags(
+    bins: &Bins,
+    workers: u32,
+    threads: Option<u32>,
+    flags: &[&str],
+) -> Result<(Server, SocketAddr)> {
+    start_http_with(&bins.warp, "sample-warp-like", workers, threads, &[], flags)
 }
 
 /// Starts `sample-axum` with `workers` and waits until every worker is ready and it answers.
 fn start_axum(bins: &Bins, workers: u32) -> Result<(Server, SocketAddr)> {
-    start_http(&bins.axum, "sample-axum", workers, None, &[], &[])
+    start_http(&bins.axum, "sample-axum", workers, None, &[])
 }
 
 /// Starts the HTTP sample at `path` (`-p 0 -w WORKERS [--threads N]`, the flags every HTTP
-/// sample takes, old builds included, then `args`) with `env` added to its environment, and
-/// waits until every worker is ready and it answers.
+/// sample takes, old builds included) with `env` added to its environment, and waits until
+/// every worker is ready and it answers.
 fn start_http(
     path: &Path,
     name: &str,
     workers: u32,
     threads: Option<u32>,
-    args: &[&str],
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<(Server, SocketAddr)> {
+    start_http_with(path, name, workers, threads, env, &[])
+}
+
+/// As [`start_http`], with more flags.
+fn start_http_with(
+    path: &Path,
+    name: &str,
+    workers: u32,
+    threads: Option<u32>,
+    env: &[(&str, &std::ffi::OsStr)],
+    flags: &[&str],
+) -> Result<(Server, SocketAddr)> {
     let mut cmd = Command::new(path);
-    cmd.args(["-p", "0", "-w", &workers.to_string()]).args(args);
+    cmd.args(["-p", "0", "-w", &workers.to_string()])
+        .args(flags);
     cmd.envs(env.iter().copied());
     if let Some(t) = threads {
         cmd.args(["--threads", &t.to_string()]);

@@ -44,7 +44,7 @@ use crate::context::WorkerContext;
 use crate::control::{Command, MAX_REQUEST, ReplaceResult, Response, ScaleChange, ScaleResult};
 use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
-use crate::report::{ExitReason, ReloadOutcome, ReloadReport};
+use crate::report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason};
 use crate::settings::Settings;
 use crate::status::{
     Counters, FailedId, LastExit, ListenerStatus, MasterState, MasterStatus, ReloadResult,
@@ -337,6 +337,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     }
 
     fn execute(&mut self, cmd: Command, client: u64) -> Outcome {
+        if let Command::Status { .. } | Command::Metrics = cmd {
+            // A fresh look at the scoreboard (request counts, beats), as a health scan takes.
+            self.observe(None, false);
+        }
         match cmd {
             Command::Status { resources } => Outcome::Reply(Response::Status {
                 status: Box::new(self.status(resources, true)),
@@ -450,6 +454,14 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         let mut workers = Vec::with_capacity(views.len() + self.unmanaged.len());
         let mut ready = 0;
         let proc_of = |pid: Pid| resources.then(|| read_resources(pid)).flatten();
+        let taken = Instant::now();
+        // Not in the status file: an age changes on every turn, and the file is rewritten only
+        // when something changed.
+        let age_of = |w: &super::pool::WorkerView<W::Id>| {
+            w.heartbeat_age(taken)
+                .filter(|_| now)
+                .map(|d| d.as_millis() as u64)
+        };
         let exit_of = |e: &Option<(ChildExit, ExitReason, Instant)>| {
             e.map(|(how, reason, at)| {
                 let (code, signal) = match how {
@@ -488,6 +500,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     restarts: slot.restarts,
                     failed_starts: slot.failed_starts,
                     last_exit: exit_of(&slot.last_exit),
+                    requests: w.requests,
+                    in_flight: w.in_flight,
+                    heartbeat_age_ms: age_of(w),
+                    max_requests: w.max_requests,
+                    memory_kb: w.memory.map(|b| b / 1024),
                     resources: proc_of(w.pid),
                 });
             }
@@ -503,6 +520,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     restarts: slot.restarts,
                     failed_starts: slot.failed_starts,
                     last_exit: exit_of(&slot.last_exit),
+                    requests: 0,
+                    in_flight: 0,
+                    heartbeat_age_ms: None,
+                    max_requests: None,
+                    memory_kb: None,
                     resources: None,
                 });
             }
@@ -519,6 +541,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 restarts: slot.map_or(0, |s| s.restarts),
                 failed_starts: slot.map_or(0, |s| s.failed_starts),
                 last_exit: slot.and_then(|s| exit_of(&s.last_exit)),
+                requests: w.requests,
+                in_flight: w.in_flight,
+                heartbeat_age_ms: age_of(w),
+                max_requests: w.max_requests,
+                memory_kb: w.memory.map(|b| b / 1024),
                 resources: proc_of(w.pid),
             });
         }
@@ -534,6 +561,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 restarts: 0,
                 failed_starts: 0,
                 last_exit: None,
+                requests: 0,
+                in_flight: 0,
+                heartbeat_age_ms: None,
+                max_requests: None,
+                memory_kb: None,
                 resources: proc_of(pid),
             });
         }
@@ -545,6 +577,15 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         let mut counters = book.counters.clone();
         counters.spawns = self.pool.spawns();
         counters.failed_starts = self.pool.failed_starts();
+        for (reason, n) in self.pool.replacements() {
+            let r = &mut counters.replaced;
+            *match reason {
+                ReplaceReason::Hang => &mut r.hang,
+                ReplaceReason::MaxRequests => &mut r.max_requests,
+                ReplaceReason::MaxAge => &mut r.max_age,
+                ReplaceReason::MaxMemory => &mut r.max_memory,
+            } = n;
+        }
         Status {
             master: MasterStatus {
                 pid: std::process::id() as i32,

@@ -11,7 +11,8 @@
 //!
 //! In the master (allocation allowed), here:
 //! 1. The context is cloned and walked with `visit_fds`; the n declared sockets get the
-//!    child-side numbers 3 … 3+n-1, and the readiness socket gets 3+n. Each listener is checked
+//!    child-side numbers 3 … 3+n-1, the readiness socket gets 3+n, and the scoreboard (when the
+//!    master keeps one and a slot is free) 3+n+1. Each listener is checked
 //!    first: still listening and non-blocking, restored loudly if a worker broke it (see
 //!    [`fd`](crate::fd)).
 //! 2. The context is encoded behind a one-line header and written *whole* into a fresh pipe
@@ -47,8 +48,9 @@ use crate::context::{RuntimeOptions, WorkerContext};
 use crate::error::{Error, Result};
 use crate::fd::ListenerKind;
 use crate::process::{Pid, Signal};
-use crate::protocol::{Header, WORKER_ENV};
+use crate::protocol::{Header, ScoreboardGrant, WORKER_ENV};
 use crate::readiness::Readiness;
+use crate::scoreboard::Board;
 
 use argv::CStringArray;
 use child::{ChildPlan, Program};
@@ -62,7 +64,8 @@ pub use child::FIRST_INHERITED_FD;
 ///
 /// It exists only inside those calls, on the master's thread (a worker's parent-death signal
 /// follows the thread that started it), and carries what every worker needs from its master:
-/// the readiness socket, the readiness mode, the stop signal and the reload generation.
+/// the readiness socket, the readiness mode, the stop signal, the reload generation, and a
+/// scoreboard slot for each worker it starts.
 ///
 /// In single-process mode ([`PREFORK_SINGLE`](crate::protocol::SINGLE_ENV)) the spawner starts
 /// no process: the first [`fork_worker_process`](Self::fork_worker_process) keeps the context
@@ -74,6 +77,8 @@ pub struct Spawner<'a> {
     readiness: Readiness,
     stop_signal: Signal,
     generation: u64,
+    board: Option<&'a Board>,
+    max_requests: Option<u64>,
 }
 
 /// Where a spawner's workers go.
@@ -104,13 +109,23 @@ impl<'a> Spawner<'a> {
         readiness: Readiness,
         stop_signal: Signal,
         generation: u64,
+        board: Option<&'a Board>,
     ) -> Self {
         Spawner {
             target: Target::Process { readiness_fd },
             readiness,
             stop_signal,
             generation,
+            board,
+            max_requests: None,
         }
+    }
+
+    /// The request budget of the workers this spawner starts (drawn by the pool, jitter
+    /// included).
+    pub(crate) fn with_max_requests(mut self, n: Option<u64>) -> Self {
+        self.max_requests = n;
+        self
     }
 
     /// A spawner for single-process mode: it keeps the first context in `slot`.
@@ -124,6 +139,8 @@ impl<'a> Spawner<'a> {
             readiness,
             stop_signal,
             generation: 0,
+            board: None,
+            max_requests: None,
         }
     }
 
@@ -153,7 +170,43 @@ impl<'a> Spawner<'a> {
             Target::InProcess(slot) => return capture(ctx, slot, what),
         };
         let mut ctx = ctx.clone();
-        let fds = FdLayout::of(&mut ctx, readiness_fd)?;
+        // A slot is claimed for this spawn and given back if it fails.
+        let claim = self.board.and_then(|b| Some((b, b.claim()?)));
+        let r = self.spawn_with_slot(&what, &mut ctx, args, readiness_fd, claim);
+        if let Some((board, slot)) = claim {
+            match &r {
+                Ok(pid) => board.assign(slot, *pid),
+                Err(_) => board.unclaim(slot),
+            }
+        }
+        r
+    }
+
+    fn spawn_with_slot<W, I, S>(
+        &self,
+        what: &str,
+        ctx: &mut W,
+        args: I,
+        readiness_fd: BorrowedFd<'_>,
+        claim: Option<(&Board, u32)>,
+    ) -> Result<Pid>
+    where
+        W: WorkerContext,
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let fds = FdLayout::of(ctx, readiness_fd, claim.map(|(b, _)| b.fd()))?;
+        let scoreboard = match (claim, fds.scoreboard_target) {
+            (Some((board, slot)), Some(fd)) => Some(ScoreboardGrant {
+                fd,
+                slot,
+                beat_ms: board.beat_every().map_or(0, |d| {
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+                }),
+                max_requests: self.max_requests,
+            }),
+            _ => None,
+        };
         let opts = ctx.runtime_options();
         // Names are resolved before anything is started: an unknown user is one clear error.
         let credentials = Credentials::resolve(&opts)?;
@@ -172,6 +225,7 @@ impl<'a> Spawner<'a> {
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
+            scoreboard,
         };
         let mut doc = serde_json::to_vec(&header).map_err(|e| Error::Encode(e.to_string()))?;
         doc.push(b'\n');
@@ -179,7 +233,7 @@ impl<'a> Spawner<'a> {
         let context_pipe = context_pipe(&doc)?;
         let program = program(args, &opts)?;
         let spawn_err = |source: io::Error| Error::Spawn {
-            what: what.clone(),
+            what: what.to_string(),
             source,
         };
         let plan = ChildPlan::new(
@@ -260,18 +314,24 @@ struct FdLayout {
     /// Declared sockets a worker must find non-blocking.
     nonblocking: Vec<RawFd>,
     readiness_target: RawFd,
+    scoreboard_target: Option<RawFd>,
 }
 
 impl FdLayout {
     /// Numbers the declared sockets of `ctx` (and writes the numbers into it), checking each
-    /// listener on the way, then the readiness socket.
-    fn of<W: WorkerContext>(ctx: &mut W, readiness: BorrowedFd<'_>) -> Result<Self> {
+    /// listener on the way, then the readiness socket, then the scoreboard if there is one.
+    fn of<W: WorkerContext>(
+        ctx: &mut W,
+        readiness: BorrowedFd<'_>,
+        scoreboard: Option<BorrowedFd<'_>>,
+    ) -> Result<Self> {
         let mut layout = FdLayout {
             sources: Vec::new(),
             keep_alive: Vec::new(),
             declared: Vec::new(),
             nonblocking: Vec::new(),
             readiness_target: 0,
+            scoreboard_target: None,
         };
         let mut misuse = None;
         ctx.visit_fds(&mut |l| {
@@ -299,6 +359,10 @@ impl FdLayout {
         }
         layout.readiness_target = FIRST_INHERITED_FD + layout.sources.len() as RawFd;
         layout.sources.push(readiness.as_raw_fd());
+        if let Some(fd) = scoreboard {
+            layout.scoreboard_target = Some(FIRST_INHERITED_FD + layout.sources.len() as RawFd);
+            layout.sources.push(fd.as_raw_fd());
+        }
         Ok(layout)
     }
 }

@@ -14,11 +14,21 @@
 //! which installs a handler for exactly that signal (and `SIGINT`), and then waits on it or
 //! polls it.
 //!
+//! # Health
+//!
+//! A worker that can hang calls [`heartbeat`] from its serving loop every
+//! [`heartbeat_interval`], and counts requests with [`request_guard`]; the master reads both
+//! from the scoreboard, replaces a worker that stopped beating
+//! ([`Settings::hang_timeout`](crate::Settings::hang_timeout)) and recycles one that served
+//! its budget ([`Settings::max_requests`](crate::Settings::max_requests)). `prefork_http`
+//! does both.
+//!
 //! A worker ignores `SIGHUP` (set before its exec): a terminal hang-up or a `kill -HUP` to the
 //! process group reaches every worker, and must not kill them. A program that wants `SIGHUP`
 //! in its workers installs its own handler.
 
 mod boot;
+mod health;
 mod stop;
 
 use std::io;
@@ -27,6 +37,7 @@ use std::sync::atomic::Ordering;
 use crate::readiness::Readiness;
 
 pub(crate) use boot::{Boot, Role, role};
+pub use health::{RequestGuard, heartbeat, heartbeat_interval, request_guard};
 #[cfg(feature = "tokio")]
 pub use stop::stopped;
 pub use stop::{StopSignal, configured_stop_signal, stop_signal};
@@ -77,6 +88,9 @@ pub fn ready() {
     let Some(b) = boot::booted() else { return };
     if b.readied.swap(true, Ordering::AcqRel) {
         return;
+    }
+    if let Some(s) = crate::scoreboard::slot() {
+        s.set_state(crate::scoreboard::SlotState::Ready);
     }
     if let Some(fd) = &b.readiness {
         use std::os::fd::AsFd;

@@ -75,6 +75,9 @@ fn install(signal: Signal) -> std::result::Result<StopSignal, i32> {
                     continue;
                 };
                 inner.stopping.store(true, Ordering::Release);
+                if let Some(s) = crate::scoreboard::slot() {
+                    s.set_state(crate::scoreboard::SlotState::Draining);
+                }
                 let mut g = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
                 *g = true;
                 inner.cond.notify_all();

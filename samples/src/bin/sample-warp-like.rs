@@ -3,7 +3,10 @@
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
 //!                  [--stop-signal SIG] [--host ADDR] [--shutdown-delay SECS] [--fdstore]
-//!                  [--user NAME] [--group NAME] [--control PATH] [--status-file PATH]
+//!                  [--user NAME] [--group NAME] [--hang-timeout SECS] [--max-requests N]
+//!                  [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N]
+//!                  [--debug-endpoints] [--no-scoreboard]
+//!                  [--control PATH] [--status-file PATH]
 //! ```
 //!
 //! The master binds `127.0.0.1:PORT` (`--host` for another address) once (lazily, in the `fork`
@@ -35,6 +38,10 @@
 //!   fewer (the highest id drains and exits); a reload keeps the new number.
 //! * `--control PATH`: `prefork-ctl -s PATH status | reload | scale N | replace ID | stop |
 //!   metrics`.
+//! * `--hang-timeout 2 --threads 1 --debug-endpoints`, then `curl localhost:PORT/block?ms=600000`:
+//!   the worker stops beating; about two seconds later the master starts its replacement, sends
+//!   it `SIGABRT`, and logs one `worker hung` line. `--max-requests`, `--max-age` and
+//!   `--max-memory-mb` (try `/grow?mb=100`) recycle a worker readiness-gated, one at a time.
 //!
 //! A stopping worker drops its listener, then drains its keep-alive connections without the
 //! keep-alive race, within `--drain-grace` and `--drain-timeout`: `prefork_http::serve` does
@@ -49,7 +56,8 @@ use prefork_core::{
     WorkerContext, WorkerSet, default_main, relaunch_settings,
 };
 use prefork_http::Options;
-use samples::warp::App;
+use samples::health::HealthArgs;
+use samples::warp::{App, DebugApp};
 use serde::{Deserialize, Serialize};
 
 /// The longest drain the flags accept: a day.
@@ -101,6 +109,8 @@ struct Cli {
     /// Run the workers with this group (name or gid).
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
+    #[command(flatten)]
+    health: HealthArgs,
 }
 
 /// The socket's name in systemd's world (`FileDescriptorName=`, `FDNAME=`).
@@ -172,7 +182,10 @@ fn main() {
             ..w.clone()
         })
     };
-    let mut settings = relaunch_settings(update, fork)
+    let debug = cli.health.debug_endpoints;
+    let mut settings = cli
+        .health
+        .apply(relaunch_settings(update, fork))
         .readiness(Readiness::Explicit)
         .scale(workers)
         .scale_bounds(1, 1024)
@@ -192,7 +205,11 @@ fn main() {
         // The worker's logs carry its id; prefork_http::serve logs `serving` once it accepts
         // (and has told the master it is ready), then `stop requested: draining`, `drained`.
         let _span = tracing::info_span!("worker", id = w.id).entered();
-        prefork_http::serve(w.listener, App, options.clone())
+        if debug {
+            prefork_http::serve(w.listener, DebugApp, options.clone())
+        } else {
+            prefork_http::serve(w.listener, App, options.clone())
+        }
     })
 }
 
