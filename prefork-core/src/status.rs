@@ -174,15 +174,35 @@ pub struct MasterStatus {
     /// The runtime scale, when scaling is on ([`Settings::scale`](crate::Settings::scale)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<ScaleStatus>,
-    /// How many ids are desired.
+    /// How many ids are desired (with the adaptive pool: how many of its candidates it runs).
     pub desired: usize,
     /// How many desired ids have a ready worker.
     pub ready: usize,
+    /// The adaptive pool, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveStatus>,
     /// The last reload that finished (by `SIGHUP` or the control socket's `reload`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reload: Option<ReloadStatus>,
     /// Counters since the master started.
     pub counters: Counters,
+}
+
+/// The adaptive pool's state and bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdaptiveStatus {
+    /// Candidate ids that run (the first ones, in id order).
+    pub active: usize,
+    /// Of those, with nothing in flight at the last scan.
+    pub idle: usize,
+    /// The declared candidates.
+    pub candidates: usize,
+    /// Start workers while fewer than this many are idle.
+    pub min_spare: u32,
+    /// Retire workers while more than this many are idle.
+    pub max_spare: u32,
+    /// Never more workers than this.
+    pub max_workers: u32,
 }
 
 /// What the master is doing.
@@ -391,6 +411,9 @@ pub enum WorkerState {
     Draining,
     /// A desired id with no process: it is waiting for its next start (backoff).
     Down,
+    /// A candidate id that the adaptive pool keeps stopped for now
+    /// ([`Settings::adaptive`](crate::Settings::adaptive)).
+    Dormant,
 }
 
 /// How a worker ended.
@@ -450,6 +473,7 @@ impl Status {
             (WorkerState::Ready, "ready"),
             (WorkerState::Draining, "draining"),
             (WorkerState::Down, "down"),
+            (WorkerState::Dormant, "dormant"),
         ] {
             let n = self.workers.iter().filter(|w| w.state == state).count();
             let _ = writeln!(o, "prefork_workers{{state=\"{label}\"}} {n}");
@@ -473,6 +497,18 @@ impl Status {
                 "gauge",
                 "The runtime scale.",
                 m.scale.map(|s| u64::from(s.current)),
+            ),
+            (
+                "adaptive_active",
+                "gauge",
+                "Candidate ids the adaptive pool runs.",
+                m.adaptive.map(|a| a.active as u64),
+            ),
+            (
+                "adaptive_idle",
+                "gauge",
+                "Of those, idle at the last scan.",
+                m.adaptive.map(|a| a.idle as u64),
             ),
             (
                 "generation",
@@ -561,7 +597,9 @@ impl Status {
         );
         let mut seen = std::collections::BTreeSet::new();
         for w in &self.workers {
-            if w.state != WorkerState::Draining && seen.insert(&w.id) {
+            if !matches!(w.state, WorkerState::Draining | WorkerState::Dormant)
+                && seen.insert(&w.id)
+            {
                 let _ = writeln!(
                     o,
                     "prefork_worker_restarts{{id=\"{}\"}} {}",

@@ -248,6 +248,12 @@ fn table(s: &Status) -> String {
     if let Some(sc) = m.scale {
         o += &format!("  scale {} ({}..={})", sc.current, sc.min, sc.max);
     }
+    if let Some(a) = m.adaptive {
+        o += &format!(
+            "  adaptive {}/{} ({} idle, spare {}..{}, max {})",
+            a.active, a.candidates, a.idle, a.min_spare, a.max_spare, a.max_workers
+        );
+    }
     o.push('\n');
     if let Some(r) = &m.last_reload {
         o += &format!(

@@ -47,8 +47,8 @@ use crate::process::{ChildExit, Pid, Signal};
 use crate::report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason};
 use crate::settings::Settings;
 use crate::status::{
-    Counters, FailedId, LastExit, ListenerStatus, MasterState, MasterStatus, ReloadResult,
-    ReloadStatus, Resources, Status, Timestamp, WorkerState, WorkerStatus,
+    AdaptiveStatus, Counters, FailedId, LastExit, ListenerStatus, MasterState, MasterStatus,
+    ReloadResult, ReloadStatus, Resources, Status, Timestamp, WorkerState, WorkerStatus,
 };
 
 use super::pool::{PoolEvent, ReplaceProgress, WorkerState as PoolState};
@@ -478,8 +478,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         };
         // Views list each id's current and next workers in id order (as the slots are), then
         // the draining ones.
+        let spare = self.pool.spare_view();
         let mut v = views.iter().peekable();
-        for slot in &slots {
+        for (index, slot) in slots.iter().enumerate() {
             let id = id_text(&slot.id);
             let mut any = false;
             let mut is_ready = false;
@@ -510,11 +511,16 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
             ready += usize::from(is_ready);
             if !any {
+                let dormant = spare.is_some_and(|sp| index >= sp.active);
                 workers.push(WorkerStatus {
                     id,
                     pid: None,
                     generation: None,
-                    state: WorkerState::Down,
+                    state: if dormant {
+                        WorkerState::Dormant
+                    } else {
+                        WorkerState::Down
+                    },
                     started_at: None,
                     ready_at: None,
                     restarts: slot.restarts,
@@ -594,7 +600,15 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 state,
                 generation: self.pool.generation(),
                 scale: self.pool.scale(),
-                desired: slots.len(),
+                desired: spare.map_or(slots.len(), |sp| sp.active),
+                adaptive: spare.map(|sp| AdaptiveStatus {
+                    active: sp.active,
+                    idle: sp.idle,
+                    candidates: sp.candidates,
+                    min_spare: sp.config.min_spare,
+                    max_spare: sp.config.max_spare,
+                    max_workers: sp.config.max_workers,
+                }),
                 ready,
                 last_reload: book.last_reload.clone(),
                 counters,

@@ -291,7 +291,6 @@ impl SpareConfig {
 }
 
 /// The adaptive pool, for status views and metrics.
-#[allow(dead_code)] // read by the status views once the adaptive pool is wired
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SpareView {
     /// Ids that run (or are starting).
@@ -1379,7 +1378,6 @@ impl<W: WorkerContext> Pool<W> {
     }
 
     /// The adaptive pool, for status views and metrics (`None` when it is off).
-    #[allow(dead_code)] // read by the status views once the adaptive pool is wired
     pub fn spare_view(&self) -> Option<SpareView> {
         self.cfg.spare.map(|config| SpareView {
             active: self.active,
