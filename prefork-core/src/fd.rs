@@ -29,6 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use socket2::{Domain, Socket, Type};
 
 use crate::error::{Error, Result};
+use crate::reuseport::MemberRef;
 
 /// The family of an inherited listening socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +67,8 @@ pub struct InheritedListener {
     /// the master keeps true before every spawn.
     nonblocking: bool,
     child_fd: Option<RawFd>,
+    /// In the master: the reuseport group and socket this is, if it is one.
+    member: Option<MemberRef>,
 }
 
 impl fmt::Debug for InheritedListener {
@@ -74,6 +77,9 @@ impl fmt::Debug for InheritedListener {
         d.field("kind", &self.kind);
         if let Some(m) = &self.master {
             d.field("master_fd", &m.as_raw_fd());
+        }
+        if self.member.is_some() {
+            d.field("per_worker", &true);
         }
         d.field("child_fd", &self.child_fd).finish()
     }
@@ -103,6 +109,7 @@ impl<'de> Deserialize<'de> for InheritedListener {
             master: None,
             nonblocking: false,
             child_fd: w.fd,
+            member: None,
         })
     }
 }
@@ -175,14 +182,49 @@ impl InheritedListener {
 
     fn from_owned(kind: ListenerKind, fd: OwnedFd) -> Self {
         let nonblocking = is_nonblocking(fd.as_fd());
-        let fd = Arc::new(fd);
-        master_listeners().push(Arc::downgrade(&fd));
         InheritedListener {
             kind,
             nonblocking,
+            master: Some(Self::register_master_fd(fd)),
+            child_fd: None,
+            member: None,
+        }
+    }
+
+    /// Shares a socket of the master and records it, so that a stopping master lets go of it.
+    pub(crate) fn register_master_fd(fd: OwnedFd) -> Arc<OwnedFd> {
+        let fd = Arc::new(fd);
+        let mut list = master_listeners();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&fd));
+        fd
+    }
+
+    /// The master's side of a reuseport group's socket (non-blocking, TCP).
+    pub(crate) fn group_member(fd: Arc<OwnedFd>, member: MemberRef) -> Self {
+        InheritedListener {
+            kind: ListenerKind::Tcp,
+            nonblocking: is_nonblocking(fd.as_fd()),
             master: Some(fd),
             child_fd: None,
+            member: Some(member),
         }
+    }
+
+    /// In the master: the reuseport socket this is, if it is one.
+    pub(crate) fn member(&self) -> Option<&MemberRef> {
+        self.member.as_ref()
+    }
+
+    /// Whether this listener is a worker id's own socket (one of a
+    /// [`ReuseportGroup`](crate::ReuseportGroup)'s), rather than one shared by every worker. In
+    /// the master it says what the listener was made as; in a worker, what the boot header
+    /// said of its fd.
+    pub fn is_per_worker(&self) -> bool {
+        if self.master.is_some() {
+            return self.member.is_some();
+        }
+        self.child_fd.is_some_and(is_per_worker_fd)
     }
 
     /// The kind of socket.
@@ -225,11 +267,16 @@ impl InheritedListener {
         let sock = socket2::SockRef::from(&fd);
         if let Ok(false) = sock.is_listener() {
             match sock.listen(DEFAULT_BACKLOG) {
-                Ok(()) => tracing::error!(
-                    fd = fd.as_raw_fd(),
-                    "a shared listening socket had stopped listening (a worker shut it down?); \
-                     listening again"
-                ),
+                Ok(()) => {
+                    tracing::error!(
+                        fd = fd.as_raw_fd(),
+                        "a shared listening socket had stopped listening (a worker shut it \
+                         down?); listening again"
+                    );
+                    if let Some(m) = &self.member {
+                        m.relistened();
+                    }
+                }
                 Err(e) => tracing::error!(fd = fd.as_raw_fd(), error = %e,
                     "a shared listening socket stopped listening and cannot listen again"),
             }
@@ -378,17 +425,26 @@ pub(crate) fn release_master_listeners() -> usize {
     n
 }
 
-/// fds declared by this worker's context, and those already adopted.
+/// fds declared by this worker's context, those already adopted, and those that are this
+/// worker id's own sockets.
 #[derive(Default)]
 pub(crate) struct Claims {
     declared: BTreeSet<RawFd>,
     taken: BTreeSet<RawFd>,
+    per_worker: BTreeSet<RawFd>,
 }
 
 static CLAIMS: Mutex<Claims> = Mutex::new(Claims {
     declared: BTreeSet::new(),
     taken: BTreeSet::new(),
+    per_worker: BTreeSet::new(),
 });
+
+/// In a worker: whether inherited fd `fd` is this worker id's own socket (the boot header
+/// says so).
+pub(crate) fn is_per_worker_fd(fd: RawFd) -> bool {
+    claimed_fds().per_worker.contains(&fd)
+}
 
 fn claimed_fds() -> std::sync::MutexGuard<'static, Claims> {
     CLAIMS.lock().unwrap_or_else(|p| p.into_inner())
@@ -398,6 +454,7 @@ fn claimed_fds() -> std::sync::MutexGuard<'static, Claims> {
 pub(crate) fn validate_declared(
     fds: &[(RawFd, ListenerKind)],
     nonblocking: &[RawFd],
+    per_worker: &[RawFd],
 ) -> Result<()> {
     let mut claims = claimed_fds();
     for &(fd, kind) in fds {
@@ -420,6 +477,9 @@ pub(crate) fn validate_declared(
             });
         }
         claims.declared.insert(fd);
+        if per_worker.contains(&fd) {
+            claims.per_worker.insert(fd);
+        }
     }
     Ok(())
 }

@@ -191,7 +191,7 @@ where
     let stop = stop::stopped()?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
-    if let Some(n) = prefork_core::worker::threads() {
+    if let Some(n) = options.threads.or_else(prefork_core::worker::threads) {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.build()?;
@@ -246,8 +246,13 @@ where
     B: HttpBody,
     F: Future<Output = ()>,
 {
+    let listeners = listeners.into_listeners()?;
+    // Which of them are this worker id's own sockets (a reuseport group's), kept while draining.
+    let own: Vec<bool> = listeners
+        .iter()
+        .map(|l| prefork_core::worker::is_per_worker_socket(l.raw_fd()))
+        .collect();
     let bound = listeners
-        .into_listeners()?
         .into_iter()
         .map(Bound::register)
         .collect::<io::Result<Vec<_>>>()?;
@@ -297,15 +302,54 @@ where
         }
     }
 
-    // Stop accepting at once: connections still in the kernel's queue go to the siblings.
-    drop(bound);
+    // Stop accepting on shared sockets at once: what their queues hold goes to the siblings.
+    // This worker's own sockets are kept a little longer (below).
+    let (kept, shared): (Vec<_>, Vec<_>) = bound.into_iter().zip(own).partition(|(_, o)| *o);
+    drop(shared);
     let started = Instant::now();
     drain.begin(started);
     tracing::info!(
         target: LOG_TARGET,
         connections = conns.len(),
+        own_sockets = kept.len(),
         "stop requested: draining"
     );
+    // A worker id's own socket: when the id was removed, nobody else will ever accept what is
+    // queued there (the master already steers new connections elsewhere). Keep accepting for
+    // the linger, then until the queue is empty.
+    let kept: Vec<Bound> = kept.into_iter().map(|(b, _)| b).collect();
+    if !kept.is_empty() {
+        let linger_end = started + options.accept_linger;
+        let mut accepted = 0usize;
+        let mut next = 0;
+        loop {
+            let past_linger = Instant::now() >= linger_end;
+            tokio::select! {
+                biased;
+                r = std::future::poll_fn(|cx| poll_accept_any(&kept, &mut next, cx)) => match r {
+                    Ok(a) => {
+                        accepted += 1;
+                        let svc = service.clone();
+                        let (builder, drain) = (Arc::clone(&builder), Arc::clone(&drain));
+                        conns.spawn(serve_accepted(a, svc, builder, drain, options.tcp_nodelay));
+                    }
+                    Err(e) => {
+                        accept_errors.record(&e);
+                        if past_linger {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                // Past the linger, an accept that is not ready at once means an empty queue.
+                () = tokio::time::sleep_until(linger_end), if !past_linger => {}
+                () = std::future::ready(()), if past_linger => break,
+                Some(r) = conns.join_next(), if !conns.is_empty() => log_join(r),
+            }
+        }
+        drop(kept);
+        tracing::debug!(target: LOG_TARGET, accepted, "own sockets closed");
+    }
     let all_done = async {
         while let Some(r) = conns.join_next().await {
             log_join(r);

@@ -48,6 +48,7 @@ use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::{Readiness, ReadinessSocket};
 use crate::report::{ReloadOutcome, ReloadReport};
+use crate::reuseport::Holders;
 use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::Spawner;
 
@@ -73,6 +74,7 @@ struct LiveProcesses<'a, W> {
     readiness: &'a ReadinessSocket,
     mode: Readiness,
     stop_signal: Signal,
+    holders: &'a Holders,
     /// Readiness messages read while spawning, for the caller to hand to the pool.
     ready: Vec<Pid>,
 }
@@ -84,6 +86,7 @@ impl<W> Processes<W> for LiveProcesses<'_, W> {
             self.mode,
             self.stop_signal,
             generation,
+            self.holders,
         );
         let r = (self.fork)(ctx, &spawner);
         // A long batch of spawns (a start or a reload of many workers) must not let the
@@ -94,6 +97,10 @@ impl<W> Processes<W> for LiveProcesses<'_, W> {
 
     fn signal(&mut self, pid: Pid, sig: Signal) {
         send_signal(pid, sig);
+    }
+
+    fn removing(&mut self, pid: Pid) {
+        self.holders.removing(pid);
     }
 }
 
@@ -113,6 +120,8 @@ struct Master<C, W: WorkerContext> {
     phase: Phase,
     signals: MasterSignals,
     readiness: ReadinessSocket,
+    /// Which worker holds which reuseport socket.
+    holders: Holders,
 }
 
 /// Runs the master until it is told to stop. `default_main` calls this in the master process;
@@ -133,6 +142,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         phase: Phase::Running,
         signals,
         readiness,
+        holders: Holders::default(),
     };
     m.reap_all();
     let r = m.start().and_then(|()| {
@@ -148,12 +158,14 @@ fn hook_spawner<'a, C, W: WorkerContext>(
     readiness: &'a ReadinessSocket,
     settings: &Settings<C, W>,
     pool: &Pool<W>,
+    holders: &'a Holders,
 ) -> Spawner<'a> {
     Spawner::new(
         readiness.worker_end(),
         settings.readiness,
         settings.pool.stop_signal,
         pool.generation(),
+        holders,
     )
 }
 
@@ -161,7 +173,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     /// The hook `update_server`, with a spawner; adopts what it started.
     fn call_update_server(&mut self) {
         if let Some(c) = &self.config {
-            let spawner = hook_spawner(&self.readiness, &self.settings, &self.pool);
+            let spawner = hook_spawner(&self.readiness, &self.settings, &self.pool, &self.holders);
             let extra = (self.settings.update_server)(c, &spawner);
             self.adopt(extra);
         }
@@ -384,6 +396,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     tracing::debug!(%pid, status = %how, "reaped a child the master did not start");
                 }
             }
+            if let Phase::Running = self.phase {
+                // A removed id's reuseport socket closes with its last holder. (At shutdown the
+                // master has let go of every socket already.)
+                self.holders.reaped(pid);
+            }
             if let Some(c) = &self.config {
                 (self.settings.cleanup_child)(c, pid);
             }
@@ -391,7 +408,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         if reaped > 0
             && let (Some(c), Phase::Running) = (&self.config, &self.phase)
         {
-            let spawner = hook_spawner(&self.readiness, &self.settings, &self.pool);
+            let spawner = hook_spawner(&self.readiness, &self.settings, &self.pool, &self.holders);
             let extra = (self.settings.on_child_finished)(c, &spawner);
             self.adopt(extra);
         }
@@ -410,6 +427,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             readiness: &self.readiness,
             mode: self.settings.readiness,
             stop_signal: self.settings.pool.stop_signal,
+            holders: &self.holders,
             ready: Vec::new(),
         };
         let r = f(&mut self.pool, &mut ops);

@@ -27,7 +27,9 @@
 //!   retired only once the next one took over: when it is ready (explicit readiness) or ready
 //!   and past the startup window (implicit). A next worker that fails is retried with backoff
 //!   while the current one keeps serving. At most `max_parallel_replacements` start at once.
-//! * **Removed ids** are retired; **new ids** are spawned.
+//! * **Removed ids** are retired; **new ids** are spawned. A removed id's workers are reported
+//!   to the driver as `removing` before their stop signal, so that the id's own sockets (a
+//!   reuseport group's) stop receiving connections first.
 //! * **Shutdown** freezes the pool: no spawn, no promotion, no signal. What runs is the driver's
 //!   to signal (once) and reap, so no worker gets its stop signal twice.
 //! * **A retired worker that dies from its own stop signal** did not handle it (it did not
@@ -96,6 +98,9 @@ pub(crate) trait Processes<W> {
     fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid, Error>;
     /// Sends `sig` to `pid`. The pid has not been reaped yet, so it cannot be recycled.
     fn signal(&mut self, pid: Pid, sig: Signal);
+    /// `pid`'s id left the desired set and `pid` is about to be told to stop: its own sockets
+    /// (a reuseport group's) stop receiving new connections first.
+    fn removing(&mut self, pid: Pid);
 }
 
 /// Tunables of the state machine (a view of [`Settings`](crate::Settings)).
@@ -439,6 +444,9 @@ impl<W: WorkerContext> Pool<W> {
             if let Some(slot) = self.slots.remove(&id) {
                 tracing::info!(worker_id = ?id, generation, "worker left the desired set");
                 for p in [slot.current, slot.next].into_iter().flatten() {
+                    // Steer away from the id's own sockets before the stop signal, so the
+                    // draining worker empties a queue that no longer grows.
+                    ops.removing(p.pid);
                     self.retire(id.clone(), p, ExitReason::Removed, now, ops);
                 }
             }

@@ -46,6 +46,7 @@ use crate::fd::ListenerKind;
 use crate::process::{Pid, Signal};
 use crate::protocol::{Header, WORKER_ENV};
 use crate::readiness::Readiness;
+use crate::reuseport::{Holders, MemberRef};
 
 use argv::CStringArray;
 use child::{ChildPlan, Program};
@@ -65,6 +66,8 @@ pub struct Spawner<'a> {
     readiness: Readiness,
     stop_signal: Signal,
     generation: u64,
+    /// Where the master records which worker holds which reuseport socket.
+    holders: &'a Holders,
 }
 
 impl<'a> Spawner<'a> {
@@ -73,12 +76,14 @@ impl<'a> Spawner<'a> {
         readiness: Readiness,
         stop_signal: Signal,
         generation: u64,
+        holders: &'a Holders,
     ) -> Self {
         Spawner {
             readiness_fd,
             readiness,
             stop_signal,
             generation,
+            holders,
         }
     }
 
@@ -114,6 +119,7 @@ impl<'a> Spawner<'a> {
             readiness_fd: Some(fds.readiness_target),
             fds: fds.declared,
             nonblocking: fds.nonblocking,
+            per_worker: fds.per_worker,
             threads: opts.threads,
             master_pid: Pid::this().as_raw(),
             master_args: crate::launch::launch()
@@ -136,6 +142,7 @@ impl<'a> Spawner<'a> {
         let pid = plan.spawn().map_err(spawn_err)?;
         drop(context_pipe);
         drop(fds.keep_alive);
+        self.holders.spawned(pid, fds.members);
         Ok(pid)
     }
 }
@@ -150,6 +157,10 @@ struct FdLayout {
     declared: Vec<(RawFd, ListenerKind)>,
     /// Declared sockets a worker must find non-blocking.
     nonblocking: Vec<RawFd>,
+    /// Declared sockets that are the worker id's own (reuseport group members).
+    per_worker: Vec<RawFd>,
+    /// Their groups' records, to note the new holder.
+    members: Vec<MemberRef>,
     readiness_target: RawFd,
 }
 
@@ -162,6 +173,8 @@ impl FdLayout {
             keep_alive: Vec::new(),
             declared: Vec::new(),
             nonblocking: Vec::new(),
+            per_worker: Vec::new(),
+            members: Vec::new(),
             readiness_target: 0,
         };
         let mut misuse = None;
@@ -175,6 +188,10 @@ impl FdLayout {
                     layout.declared.push((target, l.kind()));
                     if l.must_be_nonblocking() {
                         layout.nonblocking.push(target);
+                    }
+                    if let Some(m) = l.member() {
+                        layout.per_worker.push(target);
+                        layout.members.push(m.clone());
                     }
                     l.set_child_fd(target);
                 }
