@@ -2,8 +2,11 @@
 //! without dropping a request.
 //!
 //! ```text
-//! sample-axum -p PORT -w WORKERS
+//! sample-axum -p PORT -w WORKERS [--reuseport]
 //! ```
+//!
+//! With `--reuseport` each worker id gets its own `SO_REUSEPORT` socket (a `ReuseportGroup`),
+//! which balances connections over the workers; reloads stay lossless.
 //!
 //! `GET /` answers `hello`, `GET /id` the id of the worker that answered, `GET /stream` a body
 //! streamed in three chunks. This is the smallest complete program: copy it and replace
@@ -16,8 +19,8 @@ use std::time::Duration;
 use axum::{Router, body::Body, routing::get};
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, Readiness, Spawner, WorkerContext, WorkerSet, default_main,
-    relaunch_settings,
+    InheritedListener, Readiness, ReuseportGroup, Spawner, WorkerContext, WorkerSet,
+    default_main, relaunch_settings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +34,9 @@ struct Cli {
     /// Number of worker processes.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
+    /// One SO_REUSEPORT socket per worker id instead of one shared socket.
+    #[arg(long)]
+    reuseport: bool,
 }
 
 /// One worker: `ps` shows `sample-axum id=2`.
@@ -66,7 +72,11 @@ async fn stream() -> Body {
 
 fn main() {
     // The master's argv in both processes: a worker's own argv (`id=0`) is for `ps`.
-    let Cli { port, workers } = Cli::parse_from(prefork_core::args());
+    let Cli {
+        port,
+        workers,
+        reuseport,
+    } = Cli::parse_from(prefork_core::args());
     samples::init_tracing();
 
     // The desired workers, at start and on every SIGHUP.
@@ -74,20 +84,29 @@ fn main() {
         set.set((0..workers).map(|id| Worker { id, listener: None }));
         Some(())
     };
-    // The socket is bound once, in the master, and inherited by every worker.
+    // The socket is bound once, in the master, and inherited by every worker (or, with
+    // --reuseport, each id's own socket is made once and inherited by each worker of the id).
     let mut shared: Option<InheritedListener> = None;
+    let mut group: Option<ReuseportGroup> = None;
     let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<_> {
-        let listener = match &shared {
-            Some(l) => l.clone(),
-            None => {
-                let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
-                // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "sample-axum: listening on http://{}",
-                    l.local_addr()?
-                );
-                shared.insert(l).clone()
+        let listener = if reuseport {
+            let g = match &group {
+                Some(g) => g,
+                None => {
+                    let g = ReuseportGroup::bind_tcp(("127.0.0.1", port))?;
+                    announce(g.local_addr());
+                    group.insert(g)
+                }
+            };
+            g.listener(u64::from(w.id))?
+        } else {
+            match &shared {
+                Some(l) => l.clone(),
+                None => {
+                    let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
+                    announce(l.local_addr()?);
+                    shared.insert(l).clone()
+                }
             }
         };
         spawner.fork_worker_process(&Worker {
@@ -100,4 +119,9 @@ fn main() {
     default_main(settings, |w: Worker| {
         prefork_http::serve(w.listener, app(w.id), prefork_http::Options::default())
     })
+}
+
+fn announce(addr: std::net::SocketAddr) {
+    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
+    let _ = writeln!(std::io::stderr(), "sample-axum: listening on http://{addr}");
 }
