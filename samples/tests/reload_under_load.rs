@@ -1,5 +1,6 @@
 //! Five SIGHUP reloads under a load of keep-alive connections sending back to back plus fresh
-//! connections: not one failed request, not one non-200 response.
+//! connections: not one failed request, not one non-200 response; with the default stop
+//! signal and with `--stop-signal USR1` (the workers drain on exactly the configured signal).
 //!
 //! The client may reconnect after a response that said `Connection: close` (that is how a
 //! draining worker hands its keep-alive clients over); it never retries a failed request.
@@ -11,10 +12,28 @@ use testkit::{DEADLINE, Master, Signal, listening_addr, wait_for, zombies_of};
 
 #[test]
 fn five_reloads_under_keepalive_and_fresh_load_lose_nothing() {
-    let mut m = Master::start_program(
-        env!("CARGO_BIN_EXE_sample-warp-like"),
-        &["-p", "0", "-w", "4", "--threads", "1"],
+    five_reloads(&[]);
+}
+
+#[test]
+fn five_reloads_with_usr1_as_the_stop_signal_lose_nothing() {
+    let m = five_reloads(&["--stop-signal", "USR1"]);
+    let log = m.stderr.all();
+    assert!(
+        !log.iter().any(|l| l.contains("instead of draining")),
+        "a retired worker died from SIGUSR1 instead of draining: {log:#?}"
     );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("retired worker exited") && l.contains("exit status 0")),
+        "retired workers drained and exited 0"
+    );
+}
+
+fn five_reloads(extra: &[&str]) -> Master {
+    let mut args = vec!["-p", "0", "-w", "4", "--threads", "1"];
+    args.extend_from_slice(extra);
+    let mut m = Master::start_program(env!("CARGO_BIN_EXE_sample-warp-like"), &args);
     let addr = listening_addr(&m.stderr);
     let mut pids = m.wait_workers(4, "id");
     let load = Load::start(
@@ -55,4 +74,6 @@ fn five_reloads_under_keepalive_and_fresh_load_lose_nothing() {
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait_exit(DEADLINE), 0);
     assert!(zombies_of(m.pid().as_raw()).is_empty());
+    m.wait_output_closed(DEADLINE);
+    m
 }
