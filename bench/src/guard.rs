@@ -53,10 +53,14 @@ impl Line {
         Some(s.parse::<u64>().ok()? * 1_000_000_000 + n.parse::<u64>().ok()?)
     }
 
-    /// The leading RFC 3339 timestamp (`2026-04-20T12:34:56.123456Z`) of a default `tracing`
-    /// log line, as ns since the Unix epoch.
+    /// The RFC 3339 timestamp (`2026-04-20T12:34:56.123456Z`) of a default `tracing` log
+    /// line, as ns since the Unix epoch: the first of its leading words that is one (the
+    /// library's writer puts the process first: `master 1234 2026-…`).
     pub fn wall_ts(&self) -> Option<u64> {
-        clock::parse_rfc3339(self.text.split_whitespace().next()?)
+        self.text
+            .split_whitespace()
+            .take(8)
+            .find_map(clock::parse_rfc3339)
     }
 }
 

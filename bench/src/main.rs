@@ -5,7 +5,7 @@
 //! ```
 //!
 //! It builds the real binaries (`cargo build --release -p samples -p bench --bins`, with the
-//! `cargo` that runs it), finds them next to its own executable, and measures six things, each
+//! `cargo` that runs it), finds them next to its own executable, and measures seven things, each
 //! repeated and reported as median, min and max:
 //!
 //! 1. **Startup**: exec of a master → N workers ready and the port answering (N = 1, 16, 64,
@@ -56,7 +56,7 @@ struct Cli {
     /// Shrink every count and duration (a smoke run); writes nothing unless --write.
     #[arg(long)]
     quick: bool,
-    /// Only these sections (comma-separated numbers 1-6).
+    /// Only these sections (comma-separated numbers 1-7).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Write the table into BENCHMARKS.md even for a quick run.
@@ -71,13 +71,14 @@ struct Cli {
 }
 
 /// The sections in order: number, name, measurement.
-const SECTIONS: [(u8, &str, sections::Run); 6] = [
+const SECTIONS: [(u8, &str, sections::Run); 7] = [
     (1, "startup", sections::startup::run),
     (2, "respawn", sections::respawn::run),
     (3, "reload under load", sections::reload::run),
     (4, "throughput", sections::throughput::run),
     (5, "cost of the master", sections::master_cost::run),
     (6, "scale", sections::scale::run),
+    (7, "reuseport groups", sections::reuseport::run),
 ];
 
 fn main() {

@@ -103,7 +103,7 @@ pub enum Verdict {
 /// One row of the table.
 #[derive(Clone, Debug)]
 pub struct Row {
-    /// Section number (1–6).
+    /// Section number (1–7).
     pub section: u8,
     /// What was measured.
     pub measure: String,

@@ -249,7 +249,11 @@ impl ReuseportGroup {
             .position(|m| m.slot == Some(slot) && !m.leaving);
         let i = match found {
             Some(i) => i,
-            None => match st.members.iter().position(|m| m.slot.is_none() && !m.leaving) {
+            None => match st
+                .members
+                .iter()
+                .position(|m| m.slot.is_none() && !m.leaving)
+            {
                 Some(i) => {
                     st.members[i].slot = Some(slot);
                     i
@@ -485,8 +489,7 @@ pub(crate) fn program(ipv6: bool, sockets: usize, live: &[u32]) -> Vec<sock_filt
     ));
     p.push(insn(BPF_ALU | BPF_ADD | BPF_X, 0, 0, 0));
     p.push(insn(BPF_ALU | BPF_MOD | BPF_K, 0, 0, k));
-    let identity =
-        sockets == live.len() && live.iter().enumerate().all(|(i, &x)| x == i as u32);
+    let identity = sockets == live.len() && live.iter().enumerate().all(|(i, &x)| x == i as u32);
     if identity {
         p.push(insn(BPF_RET | BPF_A, 0, 0, 0));
         return p;
@@ -495,7 +498,12 @@ pub(crate) fn program(ipv6: bool, sockets: usize, live: &[u32]) -> Vec<sock_filt
         p.push(insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, i as u32));
         p.push(insn(BPF_RET | BPF_K, 0, 0, index));
     }
-    p.push(insn(BPF_RET | BPF_K, 0, 0, live.first().copied().unwrap_or(0)));
+    p.push(insn(
+        BPF_RET | BPF_K,
+        0,
+        0,
+        live.first().copied().unwrap_or(0),
+    ));
     p
 }
 

@@ -1,4 +1,4 @@
-//! The six measurements, one module each, and what they share: the [`Section`] they report
+//! The seven measurements, one module each, and what they share: the [`Section`] they report
 //! into, and the ways to start and watch the servers under test.
 //!
 //! Every section is a [`Run`]: it starts its own servers (each owned by a [`Server`] guard, so
@@ -10,6 +10,7 @@ pub mod master_cost;
 pub mod nginx;
 pub mod reload;
 pub mod respawn;
+pub mod reuseport;
 pub mod scale;
 pub mod startup;
 pub mod throughput;
@@ -37,7 +38,7 @@ pub type Run = fn(&mut Section, &Plan, &Bins) -> Result<()>;
 /// What one section reports: its rows of the table and its notes under it.
 #[derive(Debug)]
 pub struct Section {
-    /// The section's number (1–6), the first column of its rows.
+    /// The section's number (1–7), the first column of its rows.
     pub number: u8,
     /// Its rows, in order.
     pub rows: Vec<Row>,
@@ -154,11 +155,22 @@ fn start_sleeper(bins: &Bins, n: u32, extra: &[&str], timeout: Duration) -> Resu
 /// Starts `sample-warp-like` with `workers` (and `threads` runtime threads each) and waits until
 /// every worker is ready and it answers.
 fn start_warp(bins: &Bins, workers: u32, threads: Option<u32>) -> Result<(Server, SocketAddr)> {
+    start_warp_with(bins, workers, threads, &[])
+}
+
+/// As [`start_warp`], with more arguments (`--reuseport`, …).
+fn start_warp_with(
+    bins: &Bins,
+    workers: u32,
+    threads: Option<u32>,
+    extra: &[&str],
+) -> Result<(Server, SocketAddr)> {
     let mut cmd = Command::new(&bins.warp);
     cmd.args(["-p", "0", "-w", &workers.to_string()]);
     if let Some(t) = threads {
         cmd.args(["--threads", &t.to_string()]);
     }
+    cmd.args(extra);
     cmd.env("RUST_LOG", "info,prefork_core=debug");
     let server = Server::start(cmd, "sample-warp-like")?;
     let addr = server.addr(Duration::from_secs(30))?;

@@ -17,17 +17,13 @@ use crate::plan::Plan;
 use crate::report::Unit;
 
 /// True for the argv of an nginx worker (its title).
-fn is_worker(a: &[String]) -> bool {
+pub fn is_worker(a: &[String]) -> bool {
     a.first().is_some_and(|x| x.starts_with("nginx: worker"))
 }
 
 /// Adds the nginx control rows to section 2 (a note only, when nginx is not installed).
 pub fn run(sec: &mut Section, plan: &Plan) -> Result<()> {
-    let Some(nginx) = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    else {
+    let Some(nginx) = binary() else {
         sec.note("Respawn: nginx is not installed, so the nginx control rows are absent.");
         return Ok(());
     };
@@ -82,6 +78,14 @@ pub fn run(sec: &mut Section, plan: &Plan) -> Result<()> {
          sets the title in the new worker)."
     ));
     Ok(())
+}
+
+/// The nginx binary, if nginx is installed.
+pub fn binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
 }
 
 /// Starts nginx (`cmd`, configured for `n` workers), kills a worker `samples` times, and returns

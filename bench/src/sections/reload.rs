@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 
-use super::{Section, ns, start_warp};
+use super::{Section, ns, start_warp_with};
 use crate::bins::Bins;
 use crate::clock;
 use crate::guard::Line;
@@ -16,8 +16,19 @@ use crate::report::Unit;
 
 /// Measures section 3.
 pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
+    under_load(sec, plan, bins, &[], "reload under load")
+}
+
+/// `plan.reloads` SIGHUPs to `sample-warp-like -w 2 EXTRA…` under load; rows named `label`.
+pub fn under_load(
+    sec: &mut Section,
+    plan: &Plan,
+    bins: &Bins,
+    extra: &[&str],
+    label: &str,
+) -> Result<()> {
     const WORKERS: u32 = 2;
-    let (server, addr) = start_warp(bins, WORKERS, None)?;
+    let (server, addr) = start_warp_with(bins, WORKERS, None, extra)?;
     let spec = load::Spec {
         addr,
         keepalive: 16,
@@ -65,7 +76,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     result?;
     sec.row(
         format!(
-            "reload under load: failed requests over {} SIGHUPs ({} ok, {:.1} k req/s)",
+            "{label}: failed requests over {} SIGHUPs ({} ok, {:.1} k req/s)",
             plan.reloads,
             rep.ok,
             rep.rate() / 1e3
@@ -75,19 +86,21 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     )
     .target("0", |m| m == 0.0);
     sec.row(
-        "reload under load: SIGHUP → every worker new and ready (last `worker replaced`)",
+        format!("{label}: SIGHUP → every worker new and ready (last `worker replaced`)"),
         &to_ready,
         Unit::Time,
     );
     sec.row(
-        "reload under load: SIGHUP → every old worker exited (drained)",
+        format!("{label}: SIGHUP → every old worker exited (drained)"),
         &to_drained,
         Unit::Time,
     );
     sec.note(format!(
-        "Reload: sample-warp-like -w {WORKERS} (2 runtime threads each), load of {} keep-alive connections \
+        "{label}: sample-warp-like -w {WORKERS} {} (1 runtime thread each: the default share of 2 CPUs), \
+         load of {} keep-alive connections \
          + {} connection-per-request loops on 1 client thread; {} keep-alive connections were closed \
          cleanly by draining workers (`Connection: close`) and reopened{}.",
+        extra.join(" "),
         spec.keepalive,
         spec.fresh,
         rep.server_closes,

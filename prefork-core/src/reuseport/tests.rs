@@ -53,7 +53,11 @@ fn a_slot_keeps_its_socket_and_every_socket_shares_the_port() {
         assert_eq!(l.local_addr().unwrap(), g.local_addr());
         assert!(l.is_per_worker());
     }
-    assert!(!InheritedListener::bind_tcp("127.0.0.1:0").unwrap().is_per_worker());
+    assert!(
+        !InheritedListener::bind_tcp("127.0.0.1:0")
+            .unwrap()
+            .is_per_worker()
+    );
 }
 
 #[test]
@@ -80,14 +84,20 @@ fn a_leaving_socket_gets_no_new_connection_and_closes_with_its_last_holder() {
     assert_eq!(g.sockets(), 4);
     let counts = split(g.local_addr(), &acc, 120);
     assert_eq!(counts[2], 0, "{counts:?}");
-    assert!(counts.iter().enumerate().all(|(i, &c)| i == 2 || c > 0), "{counts:?}");
+    assert!(
+        counts.iter().enumerate().all(|(i, &c)| i == 2 || c > 0),
+        "{counts:?}"
+    );
     // The holder is reaped: the master closes its copy. The kernel moves the last socket
     // (slot 3) into index 2; the mirror must agree, or slot 3 would get nothing (its index
     // out of range falls back to the hash) or slot 2's traffic.
     m2.holder_gone(holder);
     assert_eq!(g.sockets(), 3);
     drop(acc);
-    let acc: Vec<TcpListener> = [0usize, 1, 3].iter().map(|&i| accept_side(&ls[i])).collect();
+    let acc: Vec<TcpListener> = [0usize, 1, 3]
+        .iter()
+        .map(|&i| accept_side(&ls[i]))
+        .collect();
     let counts = split(g.local_addr(), &acc, 120);
     assert!(counts.iter().all(|&c| c > 20), "{counts:?}");
     // A new socket for the removed slot joins at the end.
@@ -116,7 +126,10 @@ fn the_mirror_follows_the_kernel_through_many_leaves() {
         assert_eq!(g.sockets(), live.len());
         let acc: Vec<TcpListener> = live.iter().map(|&i| accept_side(&ls[i])).collect();
         let counts = split(g.local_addr(), &acc, 30 * live.len());
-        assert!(counts.iter().all(|&c| c > 5), "after {gone} left: {counts:?}");
+        assert!(
+            counts.iter().all(|&c| c > 5),
+            "after {gone} left: {counts:?}"
+        );
     }
 }
 

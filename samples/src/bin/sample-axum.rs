@@ -19,8 +19,8 @@ use std::time::Duration;
 use axum::{Router, body::Body, routing::get};
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, Readiness, ReuseportGroup, Spawner, WorkerContext, WorkerSet,
-    default_main, relaunch_settings,
+    InheritedListener, Readiness, ReuseportGroup, Spawner, WorkerContext, WorkerSet, default_main,
+    relaunch_settings,
 };
 use serde::{Deserialize, Serialize};
 

@@ -178,8 +178,8 @@ impl Listen {
             let group = match &self.group {
                 Some(g) => g,
                 None => {
-                    let g = ReuseportGroup::bind_tcp(("127.0.0.1", self.port))?
-                        .steering(self.steering);
+                    let g =
+                        ReuseportGroup::bind_tcp(("127.0.0.1", self.port))?.steering(self.steering);
                     announce(g.local_addr());
                     self.group.insert(g)
                 }

@@ -804,6 +804,15 @@ fn a_removed_id_is_reported_removing_before_its_stop_signal_and_a_replaced_one_n
     for pid in news {
         p.worker_ready(pid, t0 + ms(20), &mut f);
     }
-    assert!(f.calls.iter().all(|c| !c.starts_with("removing")), "{:?}", f.calls);
-    assert_eq!(f.calls.len(), 2, "two replaced workers told to stop: {:?}", f.calls);
+    assert!(
+        f.calls.iter().all(|c| !c.starts_with("removing")),
+        "{:?}",
+        f.calls
+    );
+    assert_eq!(
+        f.calls.len(),
+        2,
+        "two replaced workers told to stop: {:?}",
+        f.calls
+    );
 }
