@@ -3,7 +3,6 @@
 
 use super::*;
 use std::net::TcpStream;
-use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 /// A listener of the master's side, as a plain socket to accept on (a dup: the group keeps its
