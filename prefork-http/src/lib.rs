@@ -9,7 +9,10 @@
 //!   accept loop is about to run, it calls [`prefork_core::worker::ready`], so with
 //!   `Readiness::Explicit` the master retires the old worker only when this one accepts.
 //! * **It drains without the keep-alive race** when told to stop: it stops accepting at once
-//!   (connections still queued in the kernel go to its siblings, which share the socket),
+//!   on a shared socket (connections still queued in the kernel go to its siblings, which
+//!   share the socket), and on the worker id's own socket (a `ReuseportGroup`'s) after
+//!   [`Options::accept_linger`] and an empty queue (when the id was removed, nobody else will
+//!   accept what is queued there),
 //!   answers the next request on each keep-alive connection with `Connection: close`, closes
 //!   a connection that stayed silent for a grace period, lets requests in flight finish, and
 //!   returns by a drain deadline. Closing idle keep-alive connections at once instead, as a
@@ -176,8 +179,8 @@ where
 /// blocks until the drain is over.
 ///
 /// It takes over `SIGTERM`/`SIGINT` first (from then on they drain instead of killing), then
-/// builds a multi-threaded tokio runtime of [`prefork_core::worker::threads`] threads, or
-/// tokio's default when the context sets none, and runs [`serve_with_shutdown`] on it. Tasks
+/// builds a multi-threaded tokio runtime of [`Options::threads`] threads, else
+/// [`prefork_core::worker::threads`], or tokio's default when the context sets none, and runs [`serve_with_shutdown`] on it. Tasks
 /// the service spawned are given 200 ms to end once the drain is over.
 ///
 /// Errors: a listener that cannot be adopted or is blocking, no listener at all, the runtime
@@ -228,9 +231,11 @@ where
 ///    worker, or when the master does not wait for readiness);
 /// 3. connections are accepted and served, each in its own task, the service cloned per
 ///    connection and per request, as axum and hyper-util do;
-/// 4. when `shutdown` resolves, the listeners are closed and the drain runs as the
-///    [crate docs](crate) describe, within [`Options::drain_grace`] and
-///    [`Options::drain_timeout`]; the future then resolves with `Ok(())`.
+/// 4. when `shutdown` resolves, the shared listeners are closed, the worker's own ones
+///    ([`prefork_core::worker::is_per_worker_socket`]) once [`Options::accept_linger`] passed
+///    and their queue is empty, and the drain runs as the [crate docs](crate) describe, within
+///    [`Options::drain_grace`] and [`Options::drain_timeout`]; the future then resolves with
+///    `Ok(())`.
 ///
 /// A failed `accept` (a connection reset before it was accepted, out of fds) is logged and
 /// retried 10 ms later; a service that panics ends its connection only.
