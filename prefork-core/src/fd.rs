@@ -122,30 +122,7 @@ impl InheritedListener {
     /// [`DEFAULT_BACKLOG`], close-on-exec, and **non-blocking** (set once here, for every worker;
     /// see the module docs).
     pub fn bind_tcp(addr: impl ToSocketAddrs) -> Result<Self> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|source| Error::Listen {
-                addr: "the given address".into(),
-                source,
-            })?
-            .collect();
-        let mut last = None;
-        for &a in &addrs {
-            match bind_one(a) {
-                Ok(l) => return Ok(Self::tcp(l)),
-                Err(e) => last = Some((a, e)),
-            }
-        }
-        Err(match last {
-            Some((a, source)) => Error::Listen {
-                addr: a.to_string(),
-                source,
-            },
-            None => Error::Listen {
-                addr: "the given address".into(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind"),
-            },
-        })
+        Ok(Self::tcp(bind_first(addr, false)?))
     }
 
     /// Wraps a TCP listener of the master. Its blocking mode is left as it is.
@@ -356,9 +333,43 @@ impl InheritedListener {
     }
 }
 
-fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the first address of `addr` that can be bound (see [`bind_one`]); the error names the
+/// last one tried.
+pub(crate) fn bind_first(addr: impl ToSocketAddrs, reuse_port: bool) -> Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|source| Error::Listen {
+            addr: "the given address".into(),
+            source,
+        })?
+        .collect();
+    let mut last = None;
+    for &a in &addrs {
+        match bind_one(a, reuse_port) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    Err(match last {
+        Some((a, source)) => Error::Listen {
+            addr: a.to_string(),
+            source,
+        },
+        None => Error::Listen {
+            addr: "the given address".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind"),
+        },
+    })
+}
+
+/// A listening TCP socket on `a`: `SO_REUSEADDR` (and `SO_REUSEPORT` if asked), a backlog of
+/// [`DEFAULT_BACKLOG`], non-blocking.
+pub(crate) fn bind_one(a: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     sock.bind(&a.into())?;
     sock.listen(DEFAULT_BACKLOG)?;
     sock.set_nonblocking(true)?;

@@ -62,15 +62,14 @@
 //! the live ids; a keep-alive request never meets it.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::libc::sock_filter;
-use socket2::{Domain, Socket, Type};
 
 use crate::error::{Error, Result};
-use crate::fd::{DEFAULT_BACKLOG, InheritedListener};
+use crate::fd::{InheritedListener, bind_one};
 use crate::process::Pid;
 
 /// A group of `SO_REUSEPORT` TCP listening sockets on one address, one per worker slot, made
@@ -167,56 +166,32 @@ struct GroupState {
 
 impl ReuseportGroup {
     /// Binds the group's first socket to `addr` (`SO_REUSEPORT`, `SO_REUSEADDR`, a backlog of
-    /// [`DEFAULT_BACKLOG`], close-on-exec, non-blocking, listening). Port 0 picks a free port,
+    /// [`DEFAULT_BACKLOG`](crate::fd::DEFAULT_BACKLOG), close-on-exec, non-blocking, listening). Port 0 picks a free port,
     /// which every later socket of the group then binds. A port held by a socket without
     /// `SO_REUSEPORT` (or by another user) is an error, as for
     /// [`InheritedListener::bind_tcp`].
     pub fn bind_tcp(addr: impl ToSocketAddrs) -> Result<Self> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|source| Error::Listen {
-                addr: "the given address".into(),
-                source,
-            })?
-            .collect();
-        let mut last = None;
-        for &a in &addrs {
-            match bind_member(a) {
-                Ok(l) => {
-                    let bound = l.local_addr().map_err(|e| Error::sys("getsockname", e))?;
-                    let fd = InheritedListener::register_master_fd(OwnedFd::from(l));
-                    let st = GroupState {
-                        addr: bound,
-                        members: vec![Member {
-                            key: 0,
-                            slot: None,
-                            fd,
-                            leaving: false,
-                            holders: BTreeSet::new(),
-                        }],
-                        next_key: 1,
-                        steer: true,
-                        attached: None,
-                        attach_failed: false,
-                    };
-                    return Ok(ReuseportGroup {
-                        group: Arc::new(Group {
-                            state: Mutex::new(st),
-                        }),
-                    });
-                }
-                Err(e) => last = Some((a, e)),
-            }
-        }
-        Err(match last {
-            Some((a, source)) => Error::Listen {
-                addr: a.to_string(),
-                source,
-            },
-            None => Error::Listen {
-                addr: "the given address".into(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind"),
-            },
+        let l = crate::fd::bind_first(addr, true)?;
+        let bound = l.local_addr().map_err(|e| Error::sys("getsockname", e))?;
+        let fd = InheritedListener::register_master_fd(OwnedFd::from(l));
+        let st = GroupState {
+            addr: bound,
+            members: vec![Member {
+                key: 0,
+                slot: None,
+                fd,
+                leaving: false,
+                holders: BTreeSet::new(),
+            }],
+            next_key: 1,
+            steer: true,
+            attached: None,
+            attach_failed: false,
+        };
+        Ok(ReuseportGroup {
+            group: Arc::new(Group {
+                state: Mutex::new(st),
+            }),
         })
     }
 
@@ -260,7 +235,7 @@ impl ReuseportGroup {
                 }
                 None => {
                     let addr = st.addr;
-                    let l = bind_member(addr).map_err(|source| Error::Listen {
+                    let l = bind_one(addr, true).map_err(|source| Error::Listen {
                         addr: addr.to_string(),
                         source,
                     })?;
@@ -410,17 +385,6 @@ impl GroupState {
             }
         }
     }
-}
-
-/// A reuseport member socket bound to `a`.
-fn bind_member(a: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    sock.bind(&a.into())?;
-    sock.listen(DEFAULT_BACKLOG)?;
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
 }
 
 // ---------------------------------------------------------------------------------------------

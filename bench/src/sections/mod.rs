@@ -185,6 +185,14 @@ fn start_warp_with(
     Ok((server, addr))
 }
 
+/// Connections per worker, run by run: `19/13, 31/1`.
+fn show_spread(runs: &[Vec<usize>]) -> String {
+    runs.iter()
+        .map(|v| v.iter().map(usize::to_string).collect::<Vec<_>>().join("/"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Per-process floors measured by `bench-sleeper --floor`, in ns.
 #[derive(Debug, Default)]
 struct Floors {

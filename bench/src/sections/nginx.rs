@@ -39,17 +39,7 @@ pub fn run(sec: &mut Section, plan: &Plan) -> Result<()> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off;\nmaster_process on;\nworker_processes {n};\npid {pid};\n\
-                 error_log stderr notice;\nevents {{ worker_connections 256; }}\n\
-                 http {{ access_log off; server {{ listen 127.0.0.1:{port}; \
-                 location / {{ return 200 \"hello\"; }} }} }}\n",
-                pid = dir.join("nginx.pid").display()
-            ),
-        )?;
+        let conf = write_conf(&dir, n, port, "worker_connections 256;", "")?;
         let mut cmd = Command::new(&nginx);
         cmd.arg("-p")
             .arg(&dir)
@@ -78,6 +68,29 @@ pub fn run(sec: &mut Section, plan: &Plan) -> Result<()> {
          sets the title in the new worker)."
     ));
     Ok(())
+}
+
+/// Writes `dir/nginx.conf`: `n` workers answering `hello` on 127.0.0.1:`port`, in the
+/// foreground, logging errors to standard error; `events` and `http` add their directives.
+pub fn write_conf(
+    dir: &std::path::Path,
+    n: u32,
+    port: u16,
+    events: &str,
+    http: &str,
+) -> Result<PathBuf> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes {n};\npid {pid};\n\
+             error_log stderr notice;\nevents {{ {events} }}\n\
+             http {{ access_log off; {http} server {{ listen 127.0.0.1:{port}; \
+             location / {{ return 200 \"hello\"; }} }} }}\n",
+            pid = dir.join("nginx.pid").display()
+        ),
+    )?;
+    Ok(conf)
 }
 
 /// The nginx binary, if nginx is installed.

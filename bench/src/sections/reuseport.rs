@@ -92,16 +92,12 @@ fn start_nginx(bin: &std::path::Path, n: u32) -> Result<(Server, SocketAddr, std
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process on;\nworker_processes {n};\npid {pid};\n\
-             error_log stderr notice;\nevents {{ worker_connections 1024; }}\n\
-             http {{ access_log off; keepalive_requests 1000000000; keepalive_timeout 75s; \
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\"; }} }} }}\n",
-            pid = dir.join("nginx.pid").display()
-        ),
+    let conf = nginx::write_conf(
+        &dir,
+        n,
+        port,
+        "worker_connections 1024;",
+        "keepalive_requests 1000000000; keepalive_timeout 75s;",
     )?;
     let mut cmd = Command::new(bin);
     cmd.arg("-p")

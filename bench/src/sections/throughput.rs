@@ -154,15 +154,10 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
             p50s.push(format!("{} {:.0} µs", t.name, s.median / 1e3));
         }
         if !t.spread.is_empty() {
-            let shown: Vec<String> = t
-                .spread
-                .iter()
-                .map(|v| v.iter().map(usize::to_string).collect::<Vec<_>>().join("/"))
-                .collect();
             sec.note(format!(
                 "Throughput: connections per worker of {}, mid-run, per run: {}.",
                 t.name,
-                shown.join(", ")
+                super::show_spread(&t.spread)
             ));
         }
     }

@@ -2,7 +2,7 @@
 //! and after sockets leave. 127.0.0.1 only.
 
 use super::*;
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A listener of the master's side, as a plain socket to accept on (a dup: the group keeps its
