@@ -14,7 +14,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -53,9 +53,9 @@ impl Line {
         Some(s.parse::<u64>().ok()? * 1_000_000_000 + n.parse::<u64>().ok()?)
     }
 
-    /// The RFC 3339 timestamp (`2026-04-20T12:34:56.123456Z`) of a default `tracing` log
-    /// line, as ns since the Unix epoch: the first of its leading words that is one (the
-    /// library's writer puts the process first: `master 1234 2026-…`).
+    /// The RFC 3339 timestamp (`2026-04-20T12:34:56.123456Z`) of a default `tracing` log line,
+    /// as ns since the Unix epoch: the first word that is one, since the library's log writer
+    /// puts the process first (`master 1234 …`, `worker 3 gen 2 pid 1240 …`).
     pub fn wall_ts(&self) -> Option<u64> {
         self.text
             .split_whitespace()
@@ -421,6 +421,22 @@ impl Drop for Server {
     }
 }
 
+/// Waits until `child` exits, at most `timeout`; then kills and reaps it, and fails.
+pub fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Runs a command to completion with a bounded time and returns its standard output.
 pub fn run_output(mut cmd: Command, timeout: Duration, what: &str) -> Result<String> {
     cmd.stdin(Stdio::null())
@@ -435,21 +451,39 @@ pub fn run_output(mut cmd: Command, timeout: Duration, what: &str) -> Result<Str
         let _ = std::io::Read::read_to_string(&mut out, &mut s);
         s
     });
-    let end = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{what} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_bounded(&mut child, timeout, what)?;
     let s = reader.join().unwrap_or_default();
     if !status.success() {
         bail!("{what} failed: {status}");
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_ts_reads_past_the_process_prefix() {
+        let plain = Line {
+            text: "2026-12-01T03:31:26.060592Z DEBUG prefork_core: worker ready pid=1".into(),
+        };
+        let master = Line {
+            text: format!("master 28594 {}", plain.text),
+        };
+        let worker = Line {
+            text: "worker 3 gen 2 pid 1240 2026-12-01T03:31:26.060592Z  INFO x: drained".into(),
+        };
+        let t = plain.wall_ts();
+        assert!(t.is_some());
+        assert_eq!(master.wall_ts(), t);
+        assert_eq!(worker.wall_ts(), t);
+        assert_eq!(
+            Line {
+                text: "no time here".into()
+            }
+            .wall_ts(),
+            None
+        );
+    }
 }

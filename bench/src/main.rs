@@ -5,19 +5,22 @@
 //! ```
 //!
 //! It builds the real binaries (`cargo build --release -p samples -p bench --bins`, with the
-//! `cargo` that runs it), finds them next to its own executable, and measures seven things, each
+//! `cargo` that runs it), finds them next to its own executable, and measures these things, each
 //! repeated and reported as median, min and max:
 //!
 //! 1. **Startup**: exec of a master → N workers ready and the port answering (N = 1, 16, 64,
 //!    256), beside the floor of N × (fork + exec + wait) of the same binary doing nothing.
 //! 2. **Respawn**: `SIGKILL` one worker → its replacement exists, → it is ready; beside the
 //!    floors of this VM and, if nginx is installed, nginx measured the same way.
-//! 3. **Reload under load**: 5 `SIGHUP`s to `sample-warp-like` under keep-alive and fresh
-//!    connections: failed requests, and how long each reload takes.
+//! 3. **Reload under load**: 5 `SIGHUP`s to `sample-warp-like -w 2` and to `sample-axum -w 4`
+//!    under keep-alive and fresh connections: failed requests, and how long each reload takes.
 //! 4. **Throughput and p99** of `sample-warp-like` `-w 1` and `-w 2` beside `bench-baseline`,
 //!    the same HTTP stack in one process.
 //! 5. **Cost of the master**: CPU and wake-ups over idle windows, RSS, fds; worker RSS.
 //! 6. **Scale**: 1000 workers: time to ready, a storm of 100 kills, convergence, zombies.
+//! 7. **Cost of the serving layer**: `sample-warp-like -w 2` of this tree against the same
+//!    sample built from the commit before `prefork-http`, interleaved: req/s and worker CPU
+//!    per request.
 //!
 //! It prints a table and, for a full run (or with `--write`), replaces the generated section of
 //! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it.
@@ -56,7 +59,7 @@ struct Cli {
     /// Shrink every count and duration (a smoke run); writes nothing unless --write.
     #[arg(long)]
     quick: bool,
-    /// Only these sections (comma-separated numbers 1-7).
+    /// Only these sections (comma-separated section numbers).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Write the table into BENCHMARKS.md even for a quick run.
@@ -71,14 +74,15 @@ struct Cli {
 }
 
 /// The sections in order: number, name, measurement.
-const SECTIONS: [(u8, &str, sections::Run); 7] = [
+const SECTIONS: &[(u8, &str, sections::Run)] = &[
     (1, "startup", sections::startup::run),
     (2, "respawn", sections::respawn::run),
     (3, "reload under load", sections::reload::run),
     (4, "throughput", sections::throughput::run),
     (5, "cost of the master", sections::master_cost::run),
     (6, "scale", sections::scale::run),
-    (7, "reuseport groups", sections::reuseport::run),
+    (7, "cost of the serving layer", sections::layer_cost::run),
+    (8, "reuseport groups", sections::reuseport::run),
 ];
 
 fn main() {
@@ -108,7 +112,7 @@ fn run(cli: &Cli) -> Result<()> {
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for (n, name, measure) in SECTIONS {
+    for &(n, name, measure) in SECTIONS {
         if !want(n) {
             continue;
         }

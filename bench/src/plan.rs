@@ -39,6 +39,8 @@ pub struct Plan {
     pub storm: u32,
     /// §6 Scale: storms.
     pub storms: usize,
+    /// §7 Cost of the serving layer: rounds of (new, old) runs, `tput_secs` each.
+    pub layer_rounds: usize,
 }
 
 impl Plan {
@@ -63,6 +65,7 @@ impl Plan {
                 scale_reps: 1,
                 storm: 20,
                 storms: 1,
+                layer_rounds: 3,
             }
         } else {
             Plan {
@@ -83,6 +86,7 @@ impl Plan {
                 scale_reps: 3,
                 storm: 100,
                 storms: 3,
+                layer_rounds: 7,
             }
         }
     }

@@ -59,6 +59,8 @@ pub enum Unit {
     Rate,
     /// A fraction, shown in percent.
     Ratio,
+    /// Nanoseconds, shown in µs with one decimal (short CPU times compared with each other).
+    Micros,
 }
 
 fn fmt_value(v: f64, unit: Unit, scale_by: f64) -> String {
@@ -84,6 +86,7 @@ fn fmt_value(v: f64, unit: Unit, scale_by: f64) -> String {
         Unit::Kib => format!("{v:.0} kB"),
         Unit::Rate => format!("{:.1} k/s", v / 1e3),
         Unit::Ratio => format!("{:.1} %", v * 100.0),
+        Unit::Micros => format!("{:.1} µs", v / 1e3),
     }
 }
 
@@ -98,12 +101,14 @@ pub enum Verdict {
     Info,
     /// The measurement failed.
     Error,
+    /// Not measured here, for a reason the row gives (what it needs is missing); not a failure.
+    NotMeasured,
 }
 
 /// One row of the table.
 #[derive(Clone, Debug)]
 pub struct Row {
-    /// Section number (1–7).
+    /// Section number (the first column of `SECTIONS` in `main.rs`).
     pub section: u8,
     /// What was measured.
     pub measure: String,
@@ -149,6 +154,21 @@ impl Row {
         self
     }
 
+    /// A row that could not be measured on this machine or checkout (`why`: what is missing);
+    /// unlike [`error`](Self::error) it does not fail the run.
+    pub fn not_measured(section: u8, measure: impl Into<String>, why: &str) -> Row {
+        Row {
+            verdict: Verdict::NotMeasured,
+            cells: [
+                format!("not measured: {}", why.replace('|', "/").replace('\n', " ")),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+            ..Row::error(section, measure, why)
+        }
+    }
+
     /// A row whose measurement failed.
     pub fn error(section: u8, measure: impl Into<String>, why: &str) -> Row {
         Row {
@@ -178,6 +198,7 @@ pub fn table(rows: &[Row]) -> String {
             Verdict::Missed => "**MISSED**",
             Verdict::Info => "",
             Verdict::Error => "**ERROR**",
+            Verdict::NotMeasured => "not measured",
         };
         let _ = writeln!(
             out,
@@ -286,5 +307,9 @@ mod tests {
         let mut e = Row::measured(2, "y", &[], Unit::Time);
         e.target("≤ 1 ms", |_| true);
         assert_eq!((e.verdict, e.target.as_str()), (Verdict::Error, ""));
+        let mut n = Row::not_measured(7, "z", "no git");
+        n.target("≥ 97 %", |_| true);
+        assert_eq!(n.verdict, Verdict::NotMeasured);
+        assert_eq!(n.cells[0], "not measured: no git");
     }
 }

@@ -94,7 +94,8 @@ pub trait WorkerContext: Serialize + DeserializeOwned + Clone + Debug + 'static 
 /// Options applied to a worker process by the library, the counterpart of GHC's RTS options.
 ///
 /// Most are applied in the child between fork and exec (so they hold from the first instruction
-/// of the worker): `nice`, `cpu_affinity`, `rlimits`, `env`. [`threads`](Self::threads) is handed
+/// of the worker): `nice`, `cpu_affinity`, `rlimits`, `env`, and the identity (`user`, `group`,
+/// `supplementary_groups`). [`threads`](Self::threads) is handed
 /// to the worker, which sizes its runtime with it (see [`crate::worker::threads`]).
 ///
 /// [`to_args`](Self::to_args) renders them for `ps` as `+RTS -N5 -RTS`.
@@ -111,6 +112,24 @@ pub struct RuntimeOptions {
     pub rlimits: Vec<Rlimit>,
     /// Environment variables set for the worker (not shown in argv).
     pub env: Vec<(String, String)>,
+    /// The user the worker runs as (a name, or a numeric uid): a master started as root binds
+    /// its privileged port (or is given it by systemd) and its workers run unprivileged.
+    /// Unless [`group`](Self::group) or [`supplementary_groups`](Self::supplementary_groups)
+    /// say otherwise, the worker also gets the user's primary group and its groups from the
+    /// group database (as `login` and `su` do). Changing the user needs the master to be
+    /// privileged (`CAP_SETUID`, `CAP_SETGID`).
+    ///
+    /// Names are looked up in the master at every spawn (`getpwnam`, `getgrnam`,
+    /// `getgrouplist`); an unknown one fails the spawn with
+    /// [`Error::InvalidSetting`], which at start ends the master
+    /// with one line. In the child the groups are set first, then the gid, then the uid, before
+    /// `execve`.
+    pub user: Option<String>,
+    /// The worker's group (a name, or a numeric gid). Alone (without a user) it also clears
+    /// the supplementary groups, unless they are given.
+    pub group: Option<String>,
+    /// The worker's supplementary groups (names or numeric gids), instead of the user's.
+    pub supplementary_groups: Option<Vec<String>>,
 }
 
 /// One resource limit for a worker.
@@ -210,6 +229,27 @@ impl RuntimeOptions {
         self
     }
 
+    /// Runs the worker as `user` (see [`user`](Self#structfield.user)).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Runs the worker with the group `group`.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Runs the worker with these supplementary groups (an empty list clears them).
+    pub fn supplementary_groups<S: Into<String>>(
+        mut self,
+        groups: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.supplementary_groups = Some(groups.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Merges `other` into `self`: fields set in `other` win, lists are appended.
     pub fn merge(mut self, other: RuntimeOptions) -> Self {
         if other.threads.is_some() {
@@ -223,6 +263,15 @@ impl RuntimeOptions {
         }
         self.rlimits.extend(other.rlimits);
         self.env.extend(other.env);
+        if other.user.is_some() {
+            self.user = other.user;
+        }
+        if other.group.is_some() {
+            self.group = other.group;
+        }
+        if other.supplementary_groups.is_some() {
+            self.supplementary_groups = other.supplementary_groups;
+        }
         self
     }
 
@@ -231,8 +280,8 @@ impl RuntimeOptions {
         self == &RuntimeOptions::default()
     }
 
-    /// The argv form, as `ps` shows it: `["+RTS", "-N5", "--cpus=0,1", "-RTS"]`, or nothing when
-    /// no argv-visible option is set. Environment variables are never shown.
+    /// The argv form, as `ps` shows it: `["+RTS", "-N5", "--cpus=0,1", "--user=www", "-RTS"]`,
+    /// or nothing when no argv-visible option is set. Environment variables are never shown.
     pub fn to_args(&self) -> Vec<String> {
         let mut inner = Vec::new();
         if let Some(n) = self.threads {
@@ -252,6 +301,15 @@ impl RuntimeOptions {
                 r.soft,
                 r.hard
             ));
+        }
+        if let Some(u) = &self.user {
+            inner.push(format!("--user={u}"));
+        }
+        if let Some(g) = &self.group {
+            inner.push(format!("--group={g}"));
+        }
+        if let Some(gs) = &self.supplementary_groups {
+            inner.push(format!("--groups={}", gs.join(",")));
         }
         if inner.is_empty() {
             return inner;
@@ -361,7 +419,10 @@ mod tests {
             .cpu_affinity([0, 1])
             .nice(3)
             .rlimit(RlimitResource::NoFile, 1024, 2048)
-            .env("SECRET", "x");
+            .env("SECRET", "x")
+            .user("nobody")
+            .group("nogroup")
+            .supplementary_groups(["a", "b"]);
         assert_eq!(
             o.to_args(),
             vec![
@@ -369,6 +430,9 @@ mod tests {
                 "--cpus=0,1",
                 "--nice=3",
                 "--rlimit-nofile=1024:2048",
+                "--user=nobody",
+                "--group=nogroup",
+                "--groups=a,b",
                 "-RTS"
             ]
         );

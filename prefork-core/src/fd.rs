@@ -157,7 +157,7 @@ impl InheritedListener {
         Self::from_owned(ListenerKind::Unix, OwnedFd::from(listener))
     }
 
-    fn from_owned(kind: ListenerKind, fd: OwnedFd) -> Self {
+    pub(crate) fn from_owned(kind: ListenerKind, fd: OwnedFd) -> Self {
         let nonblocking = is_nonblocking(fd.as_fd());
         InheritedListener {
             kind,
@@ -504,7 +504,7 @@ fn is_nonblocking(fd: BorrowedFd<'_>) -> bool {
 
 /// Checks that `fd` is a listening stream socket of `kind` (fstat, SO_TYPE, SO_ACCEPTCONN,
 /// getsockname), the way systemd's socket activation helpers do.
-fn check_listener(fd: BorrowedFd<'_>, kind: ListenerKind) -> Result<()> {
+pub(crate) fn check_listener(fd: BorrowedFd<'_>, kind: ListenerKind) -> Result<()> {
     let raw = fd.as_raw_fd();
     let bad = |found: String| Error::InvalidInheritedFd {
         fd: raw,

@@ -80,6 +80,9 @@
 //!   [`worker::threads`]; [`args`] gives the master's argv to a CLI parser in either process.
 //! * [`log`]: a log writer that never blocks and never panics, and the default subscriber
 //!   that [`default_main`] installs when the program set none.
+//! * [`systemd`]: readiness, reload and stop notifications, the watchdog, socket activation
+//!   ([`InheritedListener::from_systemd`]) and the fd store
+//!   ([`InheritedListener::store_in_systemd`]); all no-ops unless systemd asked for them.
 //!
 //! # The process model
 //!
@@ -150,6 +153,7 @@ pub mod reuseport;
 mod settings;
 mod spawn;
 mod sys;
+pub mod systemd;
 pub mod worker;
 
 pub use context::{Rlimit, RlimitResource, RuntimeOptions, WorkerContext, WorkerSet};
@@ -162,6 +166,7 @@ pub use report::{ExitReason, ReloadOutcome, ReloadReport, WorkerEnded};
 pub use reuseport::ReuseportGroup;
 pub use settings::{Settings, default_settings, relaunch_settings};
 pub use spawn::{FIRST_INHERITED_FD, Spawner};
+pub use systemd::Systemd;
 pub use worker::{WorkerExit, args, is_worker};
 
 /// `#[derive(WorkerContext)]`: see [`WorkerContext`] for the attributes.

@@ -10,6 +10,7 @@ use crate::process::{Pid, Signal};
 use crate::readiness::Readiness;
 use crate::report::{ReloadReport, WorkerEnded};
 use crate::spawn::Spawner;
+use crate::systemd::Systemd;
 
 /// The `fork` callback of relaunch settings, its error made the library's.
 pub(crate) type ForkFn<W> = Box<dyn FnMut(&W, &Spawner<'_>) -> Result<Pid>>;
@@ -66,6 +67,9 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) pool: PoolConfig,
     pub(crate) readiness: Readiness,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) shutdown_delay: Duration,
+    pub(crate) systemd: Systemd,
+    pub(crate) child_subreaper: bool,
 }
 
 impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
@@ -74,6 +78,9 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("relaunch", &self.fork.is_some())
             .field("readiness", &self.readiness)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("shutdown_delay", &self.shutdown_delay)
+            .field("systemd", &self.systemd)
+            .field("child_subreaper", &self.child_subreaper)
             .field("pool", &self.pool)
             .finish_non_exhaustive()
     }
@@ -100,6 +107,9 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         pool: PoolConfig::default(),
         readiness: Readiness::Implicit,
         shutdown_timeout: Duration::from_secs(30),
+        shutdown_delay: Duration::ZERO,
+        systemd: Systemd::auto(),
+        child_subreaper: false,
     }
 }
 
@@ -291,6 +301,35 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// rest (default 30 s).
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
+        self
+    }
+
+    /// The lame-duck delay (default 0): after `SIGTERM` or `SIGINT` the workers keep serving,
+    /// new connections included, for this long before the stop proceeds as usual (workers
+    /// told to stop and drain, listening sockets released, `shutdown_timeout` counted from
+    /// then). Meant for load balancers and Kubernetes, which keep sending new connections to a
+    /// pod for a moment after it was told to stop. The master says `STOPPING=1` to systemd at
+    /// once; a second `SIGTERM`/`SIGINT` during the delay cuts it short, a third kills.
+    /// `SIGHUP` is ignored from the first stop signal on.
+    pub fn shutdown_delay(mut self, d: Duration) -> Self {
+        self.shutdown_delay = d;
+        self
+    }
+
+    /// How the master talks to systemd (default [`Systemd::auto`]: readiness, reload and stop
+    /// notifications when `NOTIFY_SOCKET` is set, watchdog pings when `WATCHDOG_USEC` asks for
+    /// them). See [`crate::systemd`].
+    pub fn systemd(mut self, s: Systemd) -> Self {
+        self.systemd = s;
+        self
+    }
+
+    /// Makes the master a child subreaper (`PR_SET_CHILD_SUBREAPER`) when it is not PID 1
+    /// (default: no): orphans of its workers (a daemonizing helper, a worker's child whose
+    /// parent crashed) are re-parented to the master, which reaps them, instead of to init.
+    /// A master that is PID 1 (in a container) reaps every orphan already.
+    pub fn child_subreaper(mut self, yes: bool) -> Self {
+        self.child_subreaper = yes;
         self
     }
 

@@ -200,3 +200,8 @@ pub(crate) fn attach_reuseport_cbpf(
     }
     Ok(())
 }
+
+/// `prctl(PR_SET_CHILD_SUBREAPER, 1)`: orphaned descendants are re-parented to this process.
+pub(crate) fn become_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}

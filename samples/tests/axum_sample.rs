@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use testkit::load::{Load, LoadSpec};
+use testkit::load::reloads_under_load;
 use testkit::{DEADLINE, Master, Signal, http_get, listening_addr, wait_for, zombies_of};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,31 +51,8 @@ fn sample_axum_answers_hello_its_worker_id_and_a_stream() {
 fn sample_axum_loses_no_request_across_five_reloads() {
     let m = start("4");
     let addr = listening_addr(&m.stderr);
-    let mut pids = m.wait_workers(4, "id");
-    let load = Load::start(
-        addr,
-        LoadSpec {
-            keepalive: 8,
-            fresh: 2,
-            max_requests_per_thread: 1_000_000,
-            max_time: Duration::from_secs(120),
-            io_timeout: Duration::from_secs(15),
-        },
-    );
-    wait_for(DEADLINE, "the load to get going", || {
-        (load.progress() > 200).then_some(())
-    });
-    for reload in 1..=5 {
-        let before = load.progress();
-        m.signal(Signal::SIGHUP);
-        pids = m.wait_replaced(&pids);
-        wait_for(DEADLINE, "requests on the new workers", || {
-            (load.progress() > before + 1000).then_some(())
-        });
-        eprintln!("reload {reload}: {pids:?}, {} requests", load.progress());
-    }
-    let report = load.finish();
-    eprintln!("{report:?}");
+    let pids = m.wait_workers(4, "id");
+    let report = reloads_under_load(&m, addr, pids, 5, 1000);
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
     assert_eq!(report.non_200, 0, "non-200 responses: {:?}", report.errors);
     assert!(report.ok > 5000, "the load really ran: {report:?}");

@@ -7,10 +7,8 @@
 //! The client may reconnect after a response that said `Connection: close` (that is how a
 //! draining worker hands its keep-alive clients over); it never retries a failed request.
 
-use std::time::Duration;
-
-use testkit::load::{Load, LoadSpec};
-use testkit::{DEADLINE, Master, Signal, listening_addr, wait_for, zombies_of};
+use testkit::load::reloads_under_load;
+use testkit::{DEADLINE, Master, Signal, listening_addr, zombies_of};
 
 #[test]
 fn five_reloads_under_keepalive_and_fresh_load_lose_nothing() {
@@ -48,35 +46,8 @@ fn five_reloads(extra: &[&str]) -> Master {
     args.extend_from_slice(extra);
     let mut m = Master::start_program(env!("CARGO_BIN_EXE_sample-warp-like"), &args);
     let addr = listening_addr(&m.stderr);
-    let mut pids = m.wait_workers(4, "id");
-    let load = Load::start(
-        addr,
-        LoadSpec {
-            keepalive: 8,
-            fresh: 2,
-            max_requests_per_thread: 1_000_000,
-            max_time: Duration::from_secs(120),
-            io_timeout: Duration::from_secs(15),
-        },
-    );
-    wait_for(DEADLINE, "the load to get going", || {
-        (load.progress() > 200).then_some(())
-    });
-    for round in 0..5 {
-        let before_requests = load.progress();
-        m.signal(Signal::SIGHUP);
-        pids = m.wait_replaced(&pids);
-        // Let the load run on the new workers too before the next reload.
-        wait_for(DEADLINE, "requests after the reload", || {
-            (load.progress() > before_requests + 1000).then_some(())
-        });
-        eprintln!(
-            "reload {round}: workers {pids:?}, {} requests so far",
-            load.progress()
-        );
-    }
-    let report = load.finish();
-    eprintln!("{report:?}");
+    let pids = m.wait_workers(4, "id");
+    let report = reloads_under_load(&m, addr, pids, 5, 1000);
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
     assert_eq!(report.non_200, 0, "non-200 responses: {:?}", report.errors);
     assert!(report.ok > 5000, "the load really ran: {report:?}");

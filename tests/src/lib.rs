@@ -7,7 +7,8 @@
 
 //!
 //! One module a concern: [waiting](wait_for) with a deadline, [line capture](Lines), the
-//! [`Master`] guard, [temp files](TempFile), [fd inheritance](inherit_fd). The `/proc` readers
+//! [`Master`] guard, [temp files](TempFile), [fd inheritance](inherit_fd), a fake service
+//! manager's [notification socket](notify::NotifySocket). The `/proc` readers
 //! ([`children_of`], [`state`], …) and the HTTP/1.1 client side ([`http_get`],
 //! [`parse_response`]) come from the `proc-kit` crate, which the benchmark shares.
 
@@ -19,6 +20,7 @@ mod wait;
 
 pub mod fx;
 pub mod load;
+pub mod notify;
 
 pub use nix::sys::signal::Signal;
 pub use nix::unistd::Pid;

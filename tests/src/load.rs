@@ -308,3 +308,46 @@ impl Paced {
         r
     }
 }
+
+/// `rounds` `SIGHUP` reloads of `m` under a load of 8 keep-alive and 2 fresh-connection clients
+/// on `addr`: after each signal, every worker of `workers` (id → pid, as
+/// [`Master::wait_workers`](crate::Master::wait_workers) returns it) is replaced and the load
+/// makes `after_each` more requests before the next round. Returns what the load saw; the
+/// caller asserts on it.
+pub fn reloads_under_load(
+    m: &crate::Master,
+    addr: SocketAddr,
+    mut workers: std::collections::BTreeMap<String, i32>,
+    rounds: usize,
+    after_each: u64,
+) -> LoadReport {
+    let load = Load::start(
+        addr,
+        LoadSpec {
+            keepalive: 8,
+            fresh: 2,
+            max_requests_per_thread: 1_000_000,
+            max_time: Duration::from_secs(120),
+            io_timeout: Duration::from_secs(15),
+        },
+    );
+    crate::wait_for(crate::DEADLINE, "the load to get going", || {
+        (load.progress() > 200).then_some(())
+    });
+    for round in 1..=rounds {
+        let before = load.progress();
+        m.signal(crate::Signal::SIGHUP);
+        workers = m.wait_replaced(&workers);
+        // Let the load run on the new workers too before the next reload.
+        crate::wait_for(crate::DEADLINE, "requests after the reload", || {
+            (load.progress() > before + after_each).then_some(())
+        });
+        eprintln!(
+            "reload {round}: workers {workers:?}, {} requests so far",
+            load.progress()
+        );
+    }
+    let report = load.finish();
+    eprintln!("{report:?}");
+    report
+}

@@ -2,14 +2,16 @@
 //!
 //! Two masters idle at once, `sample-warp-like -w 2` (the one with targets) and
 //! `bench-sleeper -w 16`; each window is measured as the difference of two snapshots of the
-//! master's counters.
+//! master's counters. The sample runs with systemd notification on (`NOTIFY_SOCKET` names a
+//! socket of the bench's; no watchdog), as under a `Type=notify` unit: its idle master must
+//! still make no wake-up.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use proc_kit::procfs;
 
-use super::{Section, Snap, snap, start_sleeper, start_warp};
+use super::{Section, Snap, snap, start_sleeper, start_warp_with};
 use crate::bins::Bins;
 use crate::plan::Plan;
 use crate::report::Unit;
@@ -43,7 +45,16 @@ impl Idle {
 
 /// Measures section 5.
 pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
-    let (mut warp, _) = start_warp(bins, 2, None)?;
+    // A stand-in for systemd's notification socket; nothing reads it (a full queue would only
+    // make the master drop a message, never block it).
+    let notify_dir =
+        std::env::temp_dir().join(format!("prefork-bench-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&notify_dir).context("notify socket dir")?;
+    let notify_path = notify_dir.join("notify");
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).context("notify socket")?;
+    let (mut warp, _) =
+        start_warp_with(bins, 2, None, &[("NOTIFY_SOCKET", notify_path.as_os_str())])?;
     let mut sleeper = start_sleeper(bins, 16, &[], Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_secs(1));
     let masters = [
@@ -135,8 +146,9 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
         );
     }
     sec.note(format!(
-        "Master cost: both masters idle at once, {} window(s) of {secs} s after 1 s of settling. A wake-up is a voluntary context switch \
-         (the master slept in poll and was woken).",
+        "Master cost: both masters idle at once, {} window(s) of {secs} s after 1 s of settling; sample-warp-like with systemd \
+         notification on (NOTIFY_SOCKET set, no watchdog). A wake-up is a voluntary context switch (the master slept in poll and \
+         was woken).",
         plan.idle_reps
     ));
     // Let the guards remember the workers they clean up after.
@@ -144,5 +156,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     let _ = sleeper.server.workers();
     warp.stop(Duration::from_secs(30))?;
     sleeper.server.stop(Duration::from_secs(30))?;
+    drop(notify);
+    let _ = std::fs::remove_dir_all(&notify_dir);
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The seven measurements, one module each, and what they share: the [`Section`] they report
+//! The measurements, one module each, and what they share: the [`Section`] they report
 //! into, and the ways to start and watch the servers under test.
 //!
 //! Every section is a [`Run`]: it starts its own servers (each owned by a [`Server`] guard, so
@@ -6,6 +6,7 @@
 //! stops the servers it started. A section that fails part-way keeps the rows it already
 //! added; the caller adds an error row after them.
 
+pub mod layer_cost;
 pub mod master_cost;
 pub mod nginx;
 pub mod reload;
@@ -18,6 +19,7 @@ pub mod throughput;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,7 @@ pub type Run = fn(&mut Section, &Plan, &Bins) -> Result<()>;
 /// What one section reports: its rows of the table and its notes under it.
 #[derive(Debug)]
 pub struct Section {
-    /// The section's number (1–7), the first column of its rows.
+    /// The section's number, the first column of its rows.
     pub number: u8,
     /// Its rows, in order.
     pub rows: Vec<Row>,
@@ -67,6 +69,11 @@ impl Section {
     /// Adds a row for a measurement that failed.
     pub fn error(&mut self, measure: impl Into<String>, why: &str) {
         self.rows.push(Row::error(self.number, measure, why));
+    }
+
+    /// Adds a row that could not be measured here (see [`Row::not_measured`]).
+    pub fn not_measured(&mut self, measure: impl Into<String>, why: &str) {
+        self.rows.push(Row::not_measured(self.number, measure, why));
     }
 
     /// Adds a note.
@@ -158,21 +165,51 @@ fn start_warp(bins: &Bins, workers: u32, threads: Option<u32>) -> Result<(Server
     start_warp_with(bins, workers, threads, &[])
 }
 
-/// As [`start_warp`], with more arguments (`--reuseport`, …).
+/// As [`start_warp`], with more environment variables.
 fn start_warp_with(
     bins: &Bins,
     workers: u32,
     threads: Option<u32>,
-    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<(Server, SocketAddr)> {
-    let mut cmd = Command::new(&bins.warp);
+    start_http(&bins.warp, "sample-warp-like", workers, threads, &[], env)
+}
+
+/// As [`start_warp`], with more arguments (`--reuseport`, …).
+fn start_warp_args(
+    bins: &Bins,
+    workers: u32,
+    threads: Option<u32>,
+    args: &[&str],
+) -> Result<(Server, SocketAddr)> {
+    start_http(&bins.warp, "sample-warp-like", workers, threads, args, &[])
+}
+
+/// Starts `sample-axum` with `workers` and waits until every worker is ready and it answers.
+fn start_axum(bins: &Bins, workers: u32) -> Result<(Server, SocketAddr)> {
+    start_http(&bins.axum, "sample-axum", workers, None, &[], &[])
+}
+
+/// Starts the HTTP sample at `path` (`-p 0 -w WORKERS [--threads N]`, the flags every HTTP
+/// sample takes, old builds included, then `args`) with `env` added to its environment, and
+/// waits until every worker is ready and it answers.
+fn start_http(
+    path: &Path,
+    name: &str,
+    workers: u32,
+    threads: Option<u32>,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<(Server, SocketAddr)> {
+    let mut cmd = Command::new(path);
     cmd.args(["-p", "0", "-w", &workers.to_string()]);
+    cmd.envs(env.iter().copied());
     if let Some(t) = threads {
         cmd.args(["--threads", &t.to_string()]);
     }
-    cmd.args(extra);
+    cmd.args(args);
     cmd.env("RUST_LOG", "info,prefork_core=debug");
-    let server = Server::start(cmd, "sample-warp-like")?;
+    let server = Server::start(cmd, name)?;
     let addr = server.addr(Duration::from_secs(30))?;
     server.log.wait_count(
         0,

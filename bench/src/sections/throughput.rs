@@ -24,6 +24,19 @@ use crate::report::{Summary, Unit};
 const TPUT_CLIENT_THREADS: usize = 1;
 const TPUT_CONNECTIONS: usize = 32;
 
+/// The load of one throughput run of `secs` against `addr`; the cost of the serving layer
+/// (section 7) loads its servers the same way.
+pub(super) fn spec(addr: SocketAddr, secs: f64) -> load::Spec {
+    load::Spec {
+        addr,
+        keepalive: TPUT_CONNECTIONS,
+        fresh: 0,
+        threads: TPUT_CLIENT_THREADS,
+        duration: Duration::from_secs_f64(secs),
+        max_requests: 50_000_000,
+    }
+}
+
 /// A server under load and what its runs measured.
 struct Target {
     name: String,
@@ -86,14 +99,6 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
             addr,
         ));
     }
-    let spec = |addr, secs: f64| load::Spec {
-        addr,
-        keepalive: TPUT_CONNECTIONS,
-        fresh: 0,
-        threads: TPUT_CLIENT_THREADS,
-        duration: Duration::from_secs_f64(secs),
-        max_requests: 50_000_000,
-    };
     // Warm-up: every server once, not counted.
     for t in &targets {
         load::run(&spec(t.addr, plan.tput_secs.min(1.0)))?;

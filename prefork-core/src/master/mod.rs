@@ -24,7 +24,10 @@
 //!
 //! # Shutdown
 //!
-//! `SIGTERM` (or `SIGINT`) freezes the pool, calls `on_terminate` (`on_interrupt`) with every
+//! `SIGTERM` (or `SIGINT`) first tells systemd `STOPPING=1`. With a
+//! [`shutdown_delay`](crate::Settings::shutdown_delay) the master then stays a *lame duck* for
+//! that long: everything keeps running and serving (a worker that dies is replaced), only
+//! `SIGHUP` is ignored; a second stop signal ends the delay. Then it freezes the pool, calls `on_terminate` (`on_interrupt`) with every
 //! live worker that has not been asked to stop yet (each worker gets its stop signal once),
 //! lets go of the listening sockets (new connections are refused once the last worker closed
 //! its copy, instead of queueing for nobody and being reset), and waits up to
@@ -33,6 +36,7 @@
 //! and the master returns.
 
 mod pool;
+mod service;
 mod signals;
 
 use std::collections::BTreeSet;
@@ -51,6 +55,7 @@ use crate::report::{ReloadOutcome, ReloadReport};
 use crate::reuseport::Holders;
 use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::Spawner;
+use crate::systemd::Link;
 
 use pool::{Pool, PoolEvent, Processes};
 pub(crate) use pool::{PoolConfig, later};
@@ -106,7 +111,15 @@ impl<W> Processes<W> for LiveProcesses<'_, W> {
 
 enum Phase {
     Running,
-    Stopping { deadline: Instant, killed: bool },
+    /// Stop requested: still serving until `until` (the shutdown delay), then `sig`'s stop.
+    LameDuck {
+        until: Instant,
+        sig: Signal,
+    },
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
 }
 
 struct Master<C, W: WorkerContext> {
@@ -122,6 +135,8 @@ struct Master<C, W: WorkerContext> {
     readiness: ReadinessSocket,
     /// Which worker holds which reuseport socket.
     holders: Holders,
+    /// The service manager, if any (see [`crate::systemd`]).
+    systemd: Link,
 }
 
 /// Runs the master until it is told to stop. `default_main` calls this in the master process;
@@ -129,9 +144,11 @@ struct Master<C, W: WorkerContext> {
 pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) -> Result<()> {
     let _ = crate::launch::launch();
     let signals = MasterSignals::install()?;
+    crate::systemd::prepare_master(settings.child_subreaper);
     let readiness = ReadinessSocket::new()?;
     let fork = settings.fork.take();
     let pool = Pool::new(settings.pool_config());
+    let settings_systemd = settings.systemd;
     let mut m = Master {
         settings,
         fork,
@@ -143,6 +160,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         signals,
         readiness,
         holders: Holders::default(),
+        systemd: Link::new(settings_systemd, Instant::now()),
     };
     m.reap_all();
     let r = m.start().and_then(|()| {
@@ -198,6 +216,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
         }
         self.call_update_server();
+        if self.fork.is_none() {
+            self.notify_ready_now();
+        }
         tracing::info!(
             pid = std::process::id(),
             workers = self.pool.pids().len() + self.unmanaged.len(),
@@ -271,6 +292,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             let arrived = self.signals.take();
             self.step(&arrived);
             self.dispatch_events();
+            self.notify_turn();
         }
         self.reap_all();
         (self.settings.on_finish)(self.config.as_ref());
@@ -284,6 +306,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             match event {
                 PoolEvent::Ended(ended) => (self.settings.on_worker_exit)(&ended),
                 PoolEvent::Settled(report) => {
+                    self.notify_settled(&report);
                     let what = match &report.outcome {
                         ReloadOutcome::Complete => "complete".to_string(),
                         ReloadOutcome::Incomplete { failed } => {
@@ -307,12 +330,16 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut d = self.pool.next_deadline();
-        if let Phase::Stopping {
-            deadline,
-            killed: false,
-        } = self.phase
-        {
-            d = Some(d.map_or(deadline, |x| x.min(deadline)));
+        let phase = match self.phase {
+            Phase::Stopping {
+                deadline,
+                killed: false,
+            } => Some(deadline),
+            Phase::LameDuck { until, .. } => Some(until),
+            _ => None,
+        };
+        for t in [phase, self.systemd.next_deadline()].into_iter().flatten() {
+            d = Some(d.map_or(t, |x| x.min(t)));
         }
         d
     }
@@ -346,6 +373,12 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         let now = Instant::now();
         self.drive(|pool, ops| pool.tick(now, ops));
+        self.systemd.tick(now);
+        if let Phase::LameDuck { until, sig } = self.phase
+            && now >= until
+        {
+            self.begin_stop(sig);
+        }
         if let Phase::Stopping {
             deadline,
             killed: false,
@@ -396,9 +429,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     tracing::debug!(%pid, status = %how, "reaped a child the master did not start");
                 }
             }
-            if let Phase::Running = self.phase {
-                // A removed id's reuseport socket closes with its last holder. (At shutdown the
-                // master has let go of every socket already.)
+            if !matches!(self.phase, Phase::Stopping { .. }) {
+                // A removed id's reuseport socket closes with its last holder. (Once stopping,
+                // the master has let go of every socket already.)
                 self.holders.reaped(pid);
             }
             if let Some(c) = &self.config {
@@ -406,7 +439,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
         }
         if reaped > 0
-            && let (Some(c), Phase::Running) = (&self.config, &self.phase)
+            && let (Some(c), Phase::Running | Phase::LameDuck { .. }) = (&self.config, &self.phase)
         {
             let spawner = hook_spawner(&self.readiness, &self.settings, &self.pool, &self.holders);
             let extra = (self.settings.on_child_finished)(c, &spawner);
@@ -473,57 +506,81 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 );
                 self.kill_all(deadline);
             }
+            Phase::LameDuck { .. } => {
+                tracing::info!(signal = %sig, "second stop signal; ending the shutdown delay");
+                self.begin_stop(sig);
+            }
             Phase::Running => {
-                // Retiring workers already got their stop signal: only the others are asked.
-                let mut asked = self.pool.begin_shutdown();
-                asked.extend(self.unmanaged.iter().copied());
-                tracing::info!(signal = %sig, workers = self.live().len(), "stopping");
-                self.phase = Phase::Stopping {
-                    deadline: later(Instant::now(), self.settings.shutdown_timeout),
-                    killed: false,
-                };
-                let hook = if sig == Signal::SIGINT {
-                    &mut self.settings.on_interrupt
+                self.notify_stopping();
+                let now = Instant::now();
+                let delay = self.settings.shutdown_delay;
+                if delay.is_zero() {
+                    self.begin_stop(sig);
                 } else {
-                    &mut self.settings.on_terminate
-                };
-                let worker_signal = if sig == Signal::SIGINT {
-                    Signal::SIGINT
-                } else {
-                    self.settings.pool.stop_signal
-                };
-                match (hook, &self.config) {
-                    (Some(hook), Some(c)) => hook(c, &asked),
-                    _ => {
-                        for &pid in &asked {
-                            send_signal(pid, worker_signal);
-                        }
-                    }
+                    tracing::info!(signal = %sig, delay_ms = delay.as_millis() as u64,
+                        "stop requested: serving on for the shutdown delay (lame duck)");
+                    self.phase = Phase::LameDuck {
+                        until: later(now, delay),
+                        sig,
+                    };
                 }
-                // The workers stop accepting; the master lets go of the listening sockets, so
-                // the kernel refuses new connections once the last worker closed its copy.
-                let released = crate::fd::release_master_listeners();
-                tracing::debug!(released, "listening sockets released");
             }
         }
     }
 
+    /// The stop proper: workers told to stop, listening sockets released, the deadline set.
+    fn begin_stop(&mut self, sig: Signal) {
+        // Retiring workers already got their stop signal: only the others are asked.
+        let mut asked = self.pool.begin_shutdown();
+        asked.extend(self.unmanaged.iter().copied());
+        tracing::info!(signal = %sig, workers = self.live().len(), "stopping");
+        self.phase = Phase::Stopping {
+            deadline: later(Instant::now(), self.settings.shutdown_timeout),
+            killed: false,
+        };
+        let hook = if sig == Signal::SIGINT {
+            &mut self.settings.on_interrupt
+        } else {
+            &mut self.settings.on_terminate
+        };
+        let worker_signal = if sig == Signal::SIGINT {
+            Signal::SIGINT
+        } else {
+            self.settings.pool.stop_signal
+        };
+        match (hook, &self.config) {
+            (Some(hook), Some(c)) => hook(c, &asked),
+            _ => {
+                for &pid in &asked {
+                    send_signal(pid, worker_signal);
+                }
+            }
+        }
+        // The workers stop accepting; the master lets go of the listening sockets, so
+        // the kernel refuses new connections once the last worker closed its copy.
+        let released = crate::fd::release_master_listeners();
+        tracing::debug!(released, "listening sockets released");
+    }
+
     fn reload(&mut self) {
-        if let Phase::Stopping { .. } = self.phase {
+        if !matches!(self.phase, Phase::Running) {
             tracing::info!("SIGHUP during shutdown: ignored");
             return;
         }
+        self.notify_reloading();
         let mut set = self.desired.clone();
         let Some(config) = call_update(&mut self.settings.update_config, &mut set) else {
             tracing::warn!(
                 workers = self.live().len(),
                 "SIGHUP: update returned no configuration; keeping the running workers"
             );
-            (self.settings.on_reload_finished)(&ReloadReport {
+            let report = ReloadReport {
                 generation: self.pool.generation(),
                 outcome: ReloadOutcome::Rejected,
                 took: std::time::Duration::ZERO,
-            });
+            };
+            self.notify_settled(&report);
+            (self.settings.on_reload_finished)(&report);
             return;
         };
         self.config = Some(config);
@@ -543,6 +600,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             );
         }
         self.call_update_server();
+        if self.fork.is_none() {
+            self.notify_ready_now();
+        }
     }
 }
 

@@ -18,12 +18,15 @@
 //!    (found in the parent) goes back to the default, `SIGHUP` is ignored (a terminal hang-up
 //!    must not kill workers), and the signal mask is emptied: a forked child inherits
 //!    handlers, ignores and the mask, and `execve` keeps the ignores and the mask.
-//! 4. [`die_with_master`](ChildPlan::die_with_master): `PR_SET_PDEATHSIG(SIGKILL)`, then
+//! 4. [`apply_limits`](ChildPlan::apply_limits): `setpriority`, `sched_setaffinity`,
+//!    `setrlimit` (while still privileged: a negative nice or a raised hard limit needs it).
+//! 5. [`set_identity`](ChildPlan::set_identity): `setgroups`, then `setgid`, then `setuid`
+//!    (once the uid is dropped, the groups could no longer be changed).
+//! 6. [`die_with_master`](ChildPlan::die_with_master): `PR_SET_PDEATHSIG(SIGKILL)`, then
 //!    `getppid()` against the master's pid closes the race where the master died first. The
-//!    death signal follows the *thread* that forked, so the master spawns only from its loop.
-//! 5. [`apply_limits`](ChildPlan::apply_limits): `setpriority`, `sched_setaffinity`,
-//!    `setrlimit`.
-//! 6. `execve`.
+//!    death signal follows the *thread* that forked, so the master spawns only from its loop;
+//!    and the kernel clears it when the credentials change, so it comes after step 5.
+//! 7. `execve`.
 
 #![allow(unsafe_code)]
 
@@ -35,6 +38,7 @@ use nix::errno::Errno;
 use nix::libc;
 
 use super::argv::CStringArray;
+use super::credentials::Credentials;
 use crate::context::RuntimeOptions;
 use crate::process::Pid;
 
@@ -105,6 +109,8 @@ pub(crate) struct ChildPlan {
     non_default: Vec<libc::c_int>,
     affinity: Option<libc::cpu_set_t>,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    /// The identity to take, resolved in the parent.
+    credentials: Option<Credentials>,
     path: CStringArray,
     argv: CStringArray,
     envp: CStringArray,
@@ -132,6 +138,7 @@ impl ChildPlan {
         sources: Vec<RawFd>,
         stdin: RawFd,
         opts: &RuntimeOptions,
+        credentials: Option<Credentials>,
         program: Program,
     ) -> io::Result<Self> {
         let affinity = match &opts.cpu_affinity {
@@ -175,6 +182,7 @@ impl ChildPlan {
             non_default: crate::sys::non_default_signals(),
             affinity,
             rlimits,
+            credentials,
             path: program.path,
             argv: program.argv,
             envp: program.envp,
@@ -284,9 +292,11 @@ impl ChildPlan {
         // SAFETY: as above.
         unsafe { self.reset_signals() }.map_err(fail)?;
         // SAFETY: as above.
-        unsafe { self.die_with_master() }.map_err(fail)?;
-        // SAFETY: as above.
         unsafe { self.apply_limits() }.map_err(fail)?;
+        // SAFETY: as above.
+        unsafe { self.set_identity() }.map_err(fail)?;
+        // SAFETY: as above.
+        unsafe { self.die_with_master() }.map_err(fail)?;
         let (Some(path), argv, envp) = (self.path.first(), &self.argv, &self.envp) else {
             return Err(fail(Errno::EINVAL));
         };
@@ -351,7 +361,32 @@ impl ChildPlan {
         Ok(())
     }
 
-    /// Step 4: die with the master, and close the race where it died before the `prctl`.
+    /// Step 5: the identity: supplementary groups, then gid, then uid.
+    ///
+    /// # Safety
+    ///
+    /// In the child only.
+    unsafe fn set_identity(&self) -> Result<(), Errno> {
+        let Some(c) = &self.credentials else {
+            return Ok(());
+        };
+        // SAFETY: setgroups reads `groups`, prepared in the parent and not changed since;
+        // setgid and setuid take numbers.
+        unsafe {
+            if let Some(groups) = &c.groups {
+                cvt(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            }
+            if let Some(gid) = c.gid {
+                cvt(libc::setgid(gid))?;
+            }
+            if let Some(uid) = c.uid {
+                cvt(libc::setuid(uid))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 6: die with the master, and close the race where it died before the `prctl`.
     ///
     /// # Safety
     ///
@@ -373,7 +408,7 @@ impl ChildPlan {
         Ok(())
     }
 
-    /// Step 5: the runtime options.
+    /// Step 4: the runtime options.
     ///
     /// # Safety
     ///

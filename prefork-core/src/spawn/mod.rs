@@ -22,7 +22,8 @@
 //! 3. argv and envp are built ([`argv`]): the program name as the master got it (so `ps` looks
 //!    the same), the context's `args()`, its runtime options in `+RTS … -RTS` form. The marker
 //!    `PREFORK_WORKER=master:<pid>` is added; `NOTIFY_SOCKET`, `LISTEN_*` and `WATCHDOG_*` are
-//!    removed (only the master talks to a service manager).
+//!    removed (only the master talks to a service manager). A user, group or supplementary
+//!    groups among the runtime options are looked up ([`credentials`]).
 //! 4. [`child`]: every signal is blocked around a `clone(CLONE_VM | CLONE_VFORK)`, as glibc's
 //!    `posix_spawn` does: the child runs on a small stack of its own inside the master's memory
 //!    while the master's thread waits for its `execve`, so nothing is copied and a spawn costs
@@ -31,6 +32,7 @@
 
 mod argv;
 mod child;
+mod credentials;
 
 use std::ffi::OsStr;
 use std::io::{self, Write};
@@ -50,6 +52,7 @@ use crate::reuseport::{Holders, MemberRef};
 
 use argv::CStringArray;
 use child::{ChildPlan, Program};
+use credentials::Credentials;
 
 pub use child::FIRST_INHERITED_FD;
 
@@ -111,6 +114,8 @@ impl<'a> Spawner<'a> {
         let mut ctx = ctx.clone();
         let fds = FdLayout::of(&mut ctx, self.readiness_fd)?;
         let opts = ctx.runtime_options();
+        // Names are resolved before anything is started: an unknown user is one clear error.
+        let credentials = Credentials::resolve(&opts)?;
         let header = Header {
             v: crate::protocol::VERSION,
             generation: self.generation,
@@ -137,8 +142,14 @@ impl<'a> Spawner<'a> {
             what: what.clone(),
             source,
         };
-        let plan = ChildPlan::new(fds.sources, context_pipe.as_raw_fd(), &opts, program)
-            .map_err(spawn_err)?;
+        let plan = ChildPlan::new(
+            fds.sources,
+            context_pipe.as_raw_fd(),
+            &opts,
+            credentials,
+            program,
+        )
+        .map_err(spawn_err)?;
         let pid = plan.spawn().map_err(spawn_err)?;
         drop(context_pipe);
         drop(fds.keep_alive);
@@ -219,6 +230,7 @@ const REMOVED_ENV: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    "LISTEN_PIDFDID",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
 ];

@@ -11,6 +11,9 @@
 //! `GET /` answers `hello`, `GET /id` the id of the worker that answered, `GET /stream` a body
 //! streamed in three chunks. This is the smallest complete program: copy it and replace
 //! `app`.
+//!
+//! Socket-activated (a `.socket` unit with `FileDescriptorName=http`, or
+//! `systemd-socket-activate`), it serves on the passed socket instead of binding `-p`.
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -19,8 +22,8 @@ use std::time::Duration;
 use axum::{Router, body::Body, routing::get};
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, Readiness, ReuseportGroup, Spawner, WorkerContext, WorkerSet, default_main,
-    relaunch_settings,
+    InheritedListener, ListenerKind, Readiness, ReuseportGroup, Spawner, WorkerContext, WorkerSet,
+    default_main, relaunch_settings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +106,11 @@ fn main() {
             match &shared {
                 Some(l) => l.clone(),
                 None => {
-                    let l = InheritedListener::bind_tcp(("127.0.0.1", port))?;
+                    // The socket systemd passed, if it passed one; else a new one.
+                    let l = match InheritedListener::from_systemd("http", ListenerKind::Tcp)? {
+                        Some(l) => l,
+                        None => InheritedListener::bind_tcp(("127.0.0.1", port))?,
+                    };
                     announce(l.local_addr()?);
                     shared.insert(l).clone()
                 }

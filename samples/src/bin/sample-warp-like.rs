@@ -2,12 +2,30 @@
 //!
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
-//!                  [--stop-signal SIG] [--reuseport [--no-steering]] [--workers-file PATH]
+//!                  [--stop-signal SIG] [--host ADDR] [--shutdown-delay SECS] [--fdstore]
+//!                  [--user NAME] [--group NAME]
+//!                  [--reuseport [--no-steering]] [--workers-file PATH]
 //! ```
 //!
-//! The master binds `127.0.0.1:PORT` once (lazily, in the `fork` callback, as the Haskell sample
-//! did) and keeps `WORKERS` workers, `id=0` … `id=WORKERS-1`, each a multi-threaded tokio runtime
-//! serving HTTP/1.1 on the inherited socket: `GET /` answers `hello`, anything else 404.
+//! The master binds `127.0.0.1:PORT` (`--host` for another address) once (lazily, in the `fork`
+//! callback, as the Haskell sample did) and keeps `WORKERS` workers, `id=0` … `id=WORKERS-1`,
+//! each a multi-threaded tokio runtime serving HTTP/1.1 on the inherited socket: `GET /` answers
+//! `hello`, anything else 404.
+//!
+//! Under systemd (see `deploy/`):
+//!
+//! * socket-activated (a `.socket` unit, or `systemd-socket-activate`), it serves on the passed
+//!   socket named `http` (or the only one passed, if it has no name of its own) instead of
+//!   binding `-p`;
+//! * with `--fdstore` it hands the socket it bound to systemd's fd store under the name `http`,
+//!   and a restarted master adopts it from there: `systemctl restart` refuses no connection;
+//! * it tells systemd when its workers are ready, reloading and stopping (the library does,
+//!   whenever `NOTIFY_SOCKET` is set).
+//!
+//! `--shutdown-delay SECS` keeps serving that long after `SIGTERM` before draining (a lame duck,
+//! for load balancers and Kubernetes). `--user` and `--group` run the workers under another
+//! identity: started as root, the master binds a privileged port and the workers do not keep
+//! root.
 //!
 //! * `kill <worker>`: that id comes back with a new pid, the others are untouched.
 //! * `kill -HUP <master>`: every worker is replaced; each new one says it is ready (explicit
@@ -28,15 +46,15 @@
 //! * Runtime threads: `--threads N` gives each worker N. Without it `ps` still shows `-N` as the
 //!   worker count (the Haskell sample's `+RTS -N5 -RTS` for `-w 5`), but the runtime gets the
 //!   worker's share of the CPUs, `max(1, CPUs / WORKERS)` and at most N: more threads than
-//!   cores only cost context switches (BENCHMARKS.md, section 7).
+//!   cores only cost context switches (BENCHMARKS.md, section 8).
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, Pid, Readiness, ReuseportGroup, Signal, Spawner, WorkerContext, WorkerSet,
-    default_main, relaunch_settings,
+    InheritedListener, ListenerKind, Pid, Readiness, ReuseportGroup, RuntimeOptions, Signal,
+    Spawner, WorkerContext, WorkerSet, default_main, relaunch_settings,
 };
 use prefork_http::Options;
 use samples::warp::App;
@@ -49,9 +67,12 @@ const MAX_DRAIN_SECS: u64 = 86_400;
 #[derive(Debug, Parser)]
 #[command(name = "sample-warp-like", version)]
 struct Cli {
-    /// TCP port to listen on, on 127.0.0.1 (0: any free port, shown on stderr).
+    /// TCP port to listen on (0: any free port, shown on stderr).
     #[arg(short, long, default_value_t = 11111)]
     port: u16,
+    /// Address to listen on (0.0.0.0 in a container).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
     /// Number of worker processes.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
@@ -80,10 +101,27 @@ struct Cli {
     /// The signal that asks a worker to stop and drain (TERM, USR1, QUIT, …).
     #[arg(long, value_name = "SIG", default_value = "TERM")]
     stop_signal: Signal,
+    /// Seconds the workers keep serving new connections after SIGTERM before they drain.
+    #[arg(long, value_name = "SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_SECS))]
+    shutdown_delay: u64,
+    /// Hand the bound socket to systemd's fd store (FDSTORE=1, FDNAME=http).
+    #[arg(long)]
+    fdstore: bool,
+    /// Run the workers as this user (name or uid); the master needs to be root.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Run the workers with this group (name or gid).
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
 }
+
+/// The socket's name in systemd's world (`FileDescriptorName=`, `FDNAME=`).
+const SOCKET_NAME: &str = "http";
 
 /// One worker: `ps` shows `sample-warp-like id=2 +RTS -N5 -RTS`.
 #[derive(Clone, Debug, Serialize, Deserialize, WorkerContext)]
+#[prefork(runtime_options = identity)]
 struct Worker {
     #[prefork(id, arg)]
     id: u32,
@@ -91,6 +129,21 @@ struct Worker {
     listener: Option<InheritedListener>,
     #[prefork(threads)]
     cap: usize,
+    /// `--user`, `--group`.
+    user: Option<String>,
+    group: Option<String>,
+}
+
+/// The worker's identity, as runtime options.
+fn identity(w: &Worker) -> RuntimeOptions {
+    let mut o = RuntimeOptions::default();
+    if let Some(u) = &w.user {
+        o = o.user(u);
+    }
+    if let Some(g) = &w.group {
+        o = o.group(g);
+    }
+    o
 }
 
 fn main() {
@@ -98,7 +151,7 @@ fn main() {
     // -RTS`) is for `ps`, not for clap.
     let cli = Cli::parse_from(prefork_core::args());
     samples::init_tracing();
-    let port = cli.port;
+    let (host, port) = (cli.host, cli.port);
     let workers = cli.workers;
     let explicit_threads = cli.threads;
     let drain_timeout = Duration::from_secs(cli.drain_timeout);
@@ -107,6 +160,7 @@ fn main() {
         .drain_timeout(drain_timeout);
     let workers_file = cli.workers_file.clone();
 
+    let (user, group, fdstore) = (cli.user.clone(), cli.group.clone(), cli.fdstore);
     let update = move |set: &mut WorkerSet<Worker>| {
         let n = match &workers_file {
             None => workers,
@@ -125,12 +179,16 @@ fn main() {
             id,
             listener: None,
             cap,
+            user: user.clone(),
+            group: group.clone(),
         }));
         Some(())
     };
     // The socket (or the group of sockets) is made once, on the first fork, and kept here.
     let mut listen = Listen {
+        host,
         port,
+        fdstore,
         reuseport: cli.reuseport,
         steering: !cli.no_steering,
         shared: None,
@@ -145,6 +203,7 @@ fn main() {
     };
     let settings = relaunch_settings(update, fork)
         .readiness(Readiness::Explicit)
+        .shutdown_delay(Duration::from_secs(cli.shutdown_delay))
         .stop_signal(cli.stop_signal)
         .ready_timeout(Duration::from_secs(20))
         // Longer than a worker's own drain deadline, so it exits by itself.
@@ -164,7 +223,9 @@ fn main() {
 
 /// The master's listening socket(s), made on the first fork.
 struct Listen {
+    host: std::net::IpAddr,
     port: u16,
+    fdstore: bool,
     reuseport: bool,
     steering: bool,
     shared: Option<InheritedListener>,
@@ -179,7 +240,7 @@ impl Listen {
                 Some(g) => g,
                 None => {
                     let g =
-                        ReuseportGroup::bind_tcp(("127.0.0.1", self.port))?.steering(self.steering);
+                        ReuseportGroup::bind_tcp((self.host, self.port))?.steering(self.steering);
                     announce(g.local_addr());
                     self.group.insert(g)
                 }
@@ -188,11 +249,10 @@ impl Listen {
         }
         Ok(match &self.shared {
             Some(l) => l.clone(),
-            None => {
-                let l = InheritedListener::bind_tcp(("127.0.0.1", self.port))?;
-                announce(l.local_addr()?);
-                self.shared.insert(l).clone()
-            }
+            None => self
+                .shared
+                .insert(open_listener((self.host, self.port), self.fdstore)?)
+                .clone(),
         })
     }
 }
@@ -212,4 +272,31 @@ fn read_workers(path: &std::path::Path) -> Result<u32, String> {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err(format!("{:?} is not a number from 1 to 1024", text.trim())),
     }
+}
+
+/// The socket systemd passed (socket activation, or the fd store of a previous master), or a
+/// new one on `addr`, handed to the fd store with `--fdstore`.
+fn open_listener(
+    addr: (std::net::IpAddr, u16),
+    fdstore: bool,
+) -> prefork_core::Result<InheritedListener> {
+    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
+    if let Some(l) = InheritedListener::from_systemd(SOCKET_NAME, ListenerKind::Tcp)? {
+        let _ = writeln!(
+            std::io::stderr(),
+            "sample-warp-like: adopted the socket systemd passed; listening on http://{}",
+            l.local_addr()?
+        );
+        return Ok(l);
+    }
+    let l = InheritedListener::bind_tcp(addr)?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "sample-warp-like: listening on http://{}",
+        l.local_addr()?
+    );
+    if fdstore {
+        l.store_in_systemd(SOCKET_NAME)?;
+    }
+    Ok(l)
 }

@@ -4,7 +4,9 @@
 //!            [--shutdown-ms N] [--stop-ms N] [--backoff-ms INITIAL,MAX] [--ready-ms N]
 //!            [--threads N] [--nice N] [--cpus LIST] [--nofile N] [--unix PATH] [--hooks]
 //!            [--default-settings] [--mode-of ID=MODE]... [--once PATH] [--nonblocking]
-//!            [--port N] [--stop-signal SIG]`
+//!            [--port N] [--stop-signal SIG] [--mode-file PATH] [--shutdown-delay-ms N]
+//!            [--subreaper] [--user NAME] [--group NAME] [--groups LIST] [--extend-ms N]
+//!            [--ready-delay-ms N]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
@@ -16,7 +18,16 @@
 //! the readiness socket, printing `forged ready <pid>` the first time for each), `shut-rd` and
 //! `clear-nonblock` (as `serve`, but once ready first `shutdown(SHUT_RD)` the shared listener,
 //! printing `worker <id> shut the listener`, or clear its `O_NONBLOCK`, printing `worker <id>
-//! cleared O_NONBLOCK`; with `--once PATH` only the start that creates PATH does it).
+//! cleared O_NONBLOCK`; with `--once PATH` only the start that creates PATH does it), `orphan`
+//! (start `sleep 1` in the background through `sh`, print `worker <id> orphaned <pid>`, where
+//! the pid is the sleep's as the worker sees it, then serve as `serve` does). The serving modes
+//! print `worker <id> ready gen <g> at <ms>` just before they report ready, `--ready-delay-ms N`
+//! after waiting `N × id` ms.
+//!
+//! `--mode-file PATH` is read at every `update` (start and `SIGHUP`) and, when it exists,
+//! replaces `--mode`: a deploy, broken or not. `--user`, `--group`, `--groups` are the workers'
+//! identity; `--subreaper`, `--shutdown-delay-ms`, `--extend-ms` (EXTEND_TIMEOUT_USEC) the
+//! master's settings.
 //!
 //! `--mode-of ID=MODE` gives worker ID another mode than `--mode`. `--nonblocking` binds the
 //! listener with `InheritedListener::bind_tcp` (non-blocking, as the samples' is) instead of
@@ -34,8 +45,8 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prefork_core::{
-    InheritedListener, Pid, Readiness, RuntimeOptions, Signal, Spawner, WorkerContext, WorkerSet,
-    default_main, default_settings, relaunch_settings,
+    InheritedListener, Pid, Readiness, RuntimeOptions, Signal, Spawner, Systemd, WorkerContext,
+    WorkerSet, default_main, default_settings, relaunch_settings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +63,14 @@ struct Fx {
     /// For the one-shot modes: the file whose creation claims the one shot.
     #[serde(default)]
     once: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    #[serde(default)]
+    ready_delay_ms: Option<u64>,
 }
 
 // Implemented by hand on purpose: the derive is tested elsewhere, this is the manual path.
@@ -76,6 +95,15 @@ impl WorkerContext for Fx {
         }
         if let Some(n) = self.nofile {
             o = o.rlimit(prefork_core::RlimitResource::NoFile, n, n);
+        }
+        if let Some(u) = &self.user {
+            o = o.user(u);
+        }
+        if let Some(g) = &self.group {
+            o = o.group(g);
+        }
+        if let Some(gs) = &self.groups {
+            o = o.supplementary_groups(gs);
         }
         o
     }
@@ -111,6 +139,14 @@ struct Opts {
     once: Option<String>,
     nonblocking: bool,
     port: u16,
+    mode_file: Option<String>,
+    shutdown_delay_ms: Option<u64>,
+    subreaper: bool,
+    user: Option<String>,
+    group: Option<String>,
+    groups: Option<Vec<String>>,
+    extend_ms: Option<u64>,
+    ready_delay_ms: Option<u64>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -169,6 +205,14 @@ fn parse() -> Result<Opts, String> {
             "--once" => o.once = Some(val()?),
             "--nonblocking" => o.nonblocking = true,
             "--port" => o.port = num(val()?)? as u16,
+            "--mode-file" => o.mode_file = Some(val()?),
+            "--shutdown-delay-ms" => o.shutdown_delay_ms = Some(num(val()?)?),
+            "--subreaper" => o.subreaper = true,
+            "--user" => o.user = Some(val()?),
+            "--group" => o.group = Some(val()?),
+            "--groups" => o.groups = Some(val()?.split(',').map(str::to_owned).collect()),
+            "--extend-ms" => o.extend_ms = Some(num(val()?)?),
+            "--ready-delay-ms" => o.ready_delay_ms = Some(num(val()?)?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -242,15 +286,28 @@ fn main() {
         cpus: o.cpus.clone(),
         nofile: o.nofile,
         once: o.once.clone(),
+        user: o.user.clone(),
+        group: o.group.clone(),
+        groups: o.groups.clone(),
+        ready_delay_ms: o.ready_delay_ms,
     };
-    // The mode of worker `id`: its `--mode-of`, else `--mode`.
-    let (default_mode, mode_of) = (o.mode.clone(), o.mode_of.clone());
+    // The mode of worker `id`: its `--mode-of`, else the mode file's content, else `--mode`.
+    let (default_mode, mode_of, mode_file) =
+        (o.mode.clone(), o.mode_of.clone(), o.mode_file.clone());
     let mode_for = move |id: u32| {
+        let from_file = || {
+            mode_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|m| m.trim().to_owned())
+        };
         mode_of
             .iter()
             .rev()
             .find(|(i, _)| *i == id)
-            .map_or_else(|| default_mode.clone(), |(_, m)| m.clone())
+            .map(|(_, m)| m.clone())
+            .or_else(from_file)
+            .unwrap_or_else(|| default_mode.clone())
     };
     let nonblocking = o.nonblocking;
     let bind_addr = format!("127.0.0.1:{}", o.port);
@@ -374,7 +431,7 @@ fn main() {
     }
     if let Some(r) = o.readiness {
         settings = settings.readiness(r);
-    } else if o.mode == "serve" {
+    } else if o.mode == "serve" || o.mode == "orphan" {
         settings = settings.readiness(Readiness::Explicit);
     }
     if let Some(ms) = o.shutdown_ms {
@@ -389,6 +446,13 @@ fn main() {
     if let Some((a, b)) = o.backoff {
         settings = settings.backoff(Duration::from_millis(a), Duration::from_millis(b));
     }
+    if let Some(ms) = o.shutdown_delay_ms {
+        settings = settings.shutdown_delay(Duration::from_millis(ms));
+    }
+    if let Some(ms) = o.extend_ms {
+        settings = settings.systemd(Systemd::auto().extend_timeouts(Duration::from_millis(ms)));
+    }
+    settings = settings.child_subreaper(o.subreaper);
     default_main(settings, worker)
 }
 
@@ -404,8 +468,21 @@ fn worker(w: Fx) -> Result<(), String> {
         "worker env PREFORK_WORKER={}",
         std::env::var("PREFORK_WORKER").unwrap_or_else(|_| "unset".into())
     ));
+    if w.mode == "orphan" {
+        // `sh` exits at once and leaves the sleep behind, an orphan for the nearest subreaper.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 1 >/dev/null 2>&1 & echo $!"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        say(format!(
+            "worker {} orphaned {}",
+            w.id,
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+    }
     match w.mode.as_str() {
-        "serve" | "shut-rd" | "clear-nonblock" => serve(w),
+        "serve" | "shut-rd" | "clear-nonblock" | "orphan" => serve(w),
         "crash" => std::process::exit(3),
         "ready-exit" => {
             prefork_core::worker::ready();
@@ -503,8 +580,17 @@ fn serve(w: Fx) -> Result<(), String> {
             }
         });
     }
+    if let Some(ms) = w.ready_delay_ms {
+        std::thread::sleep(Duration::from_millis(ms * u64::from(w.id)));
+    }
+    say(format!(
+        "worker {} ready gen {} at {}",
+        w.id,
+        prefork_core::worker::generation(),
+        now_ms()
+    ));
     prefork_core::worker::ready();
-    if w.mode != "serve" && claim_once(w.once.as_deref()) {
+    if !matches!(w.mode.as_str(), "serve" | "orphan") && claim_once(w.once.as_deref()) {
         let fd = l.as_raw_fd();
         if w.mode == "shut-rd" {
             // SAFETY: shutdown(2) on a socket this process holds; no memory is passed.
