@@ -21,6 +21,11 @@
 //! 7. **Cost of the serving layer**: `sample-warp-like -w 2` of this tree against the same
 //!    sample built from the commit before `prefork-http`, interleaved: req/s and worker CPU
 //!    per request.
+//! 8. **Health checks**: throughput with the scoreboard, heartbeats and the request guard on
+//!    versus off, and `strace -c` of a worker (a heartbeat is no system call).
+//! 9. **Reuseport groups**: the split of 64 connections over the workers, req/s and p99 of
+//!    `sample-warp-like` with a shared socket and with `--reuseport`, pinned and unpinned,
+//!    against one process and nginx; the thread-count default; reloads in reuseport mode.
 //!
 //! It prints a table and, for a full run (or with `--write`), replaces the generated section of
 //! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it.
@@ -52,7 +57,7 @@ use report::{Header, Verdict};
 use sections::Section;
 
 /// The benchmark of prefork: startup, respawn, reload under load, throughput, master cost,
-/// scale.
+/// scale, health checks.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Cli {
@@ -82,7 +87,8 @@ const SECTIONS: &[(u8, &str, sections::Run)] = &[
     (5, "cost of the master", sections::master_cost::run),
     (6, "scale", sections::scale::run),
     (7, "cost of the serving layer", sections::layer_cost::run),
-    (8, "reuseport groups", sections::reuseport::run),
+    (8, "health checks", sections::health::run),
+    (9, "reuseport groups", sections::reuseport::run),
 ];
 
 fn main() {

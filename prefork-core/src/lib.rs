@@ -78,6 +78,11 @@
 //!   worker it decodes the context and calls your worker function.
 //! * [`worker`] is the worker's side: [`worker::ready`], [`worker::stop_signal`],
 //!   [`worker::threads`]; [`args`] gives the master's argv to a CLI parser in either process.
+//! * [`scoreboard`]: a shared-memory slot per worker for its heartbeats and request counts
+//!   ([`worker::heartbeat`], [`worker::request_guard`]), which the master reads to replace a
+//!   hung worker ([`Settings::hang_timeout`]) and to recycle one by request count, age or
+//!   memory ([`Settings::max_requests`], [`Settings::max_age`], [`Settings::max_memory`]),
+//!   readiness-gated.
 //! * [`log`]: a log writer that never blocks and never panics, and the default subscriber
 //!   that [`default_main`] installs when the program set none.
 //! * [`systemd`]: readiness, reload and stop notifications, the watchdog, socket activation
@@ -93,15 +98,28 @@
 //! * **The context travels on standard input**, as one JSON header line and the encoded
 //!   context; the marker variable `PREFORK_WORKER=master:<pid>` says "you are a worker" and is
 //!   removed before user code runs (see [`protocol`]).
-//! * **Exactly the declared fds are inherited**, at 3, 4, … (see [`fd`]); everything else stays
-//!   close-on-exec. Between fork and exec the child runs only async-signal-safe system calls: no
-//!   allocation, no locks, no logging (see the `spawn` module's source).
+//! * **Exactly the declared fds are inherited**, at 3, 4, … (see [`fd`]), then the readiness
+//!   socket and the scoreboard; everything else stays close-on-exec. Between fork and exec the
+//!   child runs only async-signal-safe system calls: no allocation, no locks, no logging (see
+//!   the `spawn` module's source).
 //! * **Workers die with the master**: `PR_SET_PDEATHSIG(SIGKILL)`, with the race (the master
 //!   died before the `prctl`) closed by a `getppid` check. Signal dispositions and the mask are
 //!   reset in the child, and `SIGHUP` is ignored (a terminal hang-up must not kill workers).
 //! * **Workers share the master's stdout and stderr**; there is no relay.
 //! * **Workers stay in the master's process group**, as with nginx: a Ctrl-C in a terminal
 //!   reaches them all at once, and the master forwards it too.
+//!
+//! # Single-process mode
+//!
+//! `PREFORK_SINGLE=1 prog …` runs the worker function in the calling process, on the first
+//! context of the declared set, with no master and no child: the `fork` callback runs as
+//! usual, but its [`Spawner`] keeps the context (and a copy of each socket) instead of starting
+//! a process. The worker function gets the same context, the same stop signal
+//! ([`worker::stop_signal`]) and the same readiness calls as in a worker, so it can be tested
+//! and debugged in one process, under a debugger (Parallel::Prefork's point: the worker code
+//! does not depend on the process manager). The process exits with the worker function's status;
+//! the master's hooks do not run. [`worker::single_process`] tells the worker function where it
+//! runs. See [`protocol::SINGLE_ENV`].
 //!
 //! # Signals
 //!
@@ -150,7 +168,9 @@ pub mod protocol;
 pub mod readiness;
 mod report;
 pub mod reuseport;
+pub mod scoreboard;
 mod settings;
+mod single;
 mod spawn;
 mod sys;
 pub mod systemd;
@@ -162,7 +182,7 @@ pub use fd::{InheritedListener, ListenerKind, VisitFds};
 pub use master::run_master;
 pub use process::{ChildExit, Pid, Signal, UnknownSignal};
 pub use readiness::Readiness;
-pub use report::{ExitReason, ReloadOutcome, ReloadReport, WorkerEnded};
+pub use report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason, WorkerEnded};
 pub use reuseport::ReuseportGroup;
 pub use settings::{Settings, default_settings, relaunch_settings};
 pub use spawn::{FIRST_INHERITED_FD, Spawner};
@@ -183,6 +203,9 @@ pub use prefork_macros::WorkerContext;
 /// In the master, it runs [`run_master`] with `settings` and exits 0 when the master stopped
 /// cleanly, or prints `prefork: <error>` and exits 1.
 ///
+/// With [`PREFORK_SINGLE=1`](protocol::SINGLE_ENV) in the environment (and not in a worker), it
+/// runs the first worker in this process instead, with no master (see the crate docs).
+///
 /// In both, unless the program already installed a `tracing` subscriber, it installs the
 /// library's default ([`log::init_default`]: `RUST_LOG` filtering, lines that never block and
 /// say which process wrote them).
@@ -201,6 +224,9 @@ where
         worker::Role::Worker(boot) => worker::run::<W, F, R>(boot, worker_fn),
         worker::Role::BadWorker(e) => worker::fail_boot(e),
         worker::Role::Master => {}
+    }
+    if single::requested() {
+        single::run(settings, worker_fn)
     }
     log::set_label(format!("master {}", std::process::id()));
     let code = match run_master(settings) {

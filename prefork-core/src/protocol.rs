@@ -6,7 +6,7 @@
 //!
 //! On standard input the worker reads one line of JSON (the header: version, generation,
 //! readiness mode, stop signal, the inherited fds and their kinds, the thread count, the
-//! master's argv), then the context as its [`encode`](crate::WorkerContext::encode) produced
+//! master's argv, the scoreboard slot), then the context as its [`encode`](crate::WorkerContext::encode) produced
 //! it, up to end-of-file. The master writes the whole document into a pipe before it starts the
 //! worker and closes its end, so end-of-file comes as soon as the worker has read it all. The
 //! worker reads at most the largest pipe size plus 64 KiB: the master never writes more than a pipe
@@ -23,6 +23,11 @@ use crate::readiness::Readiness;
 
 /// The environment variable that tells a process it is a worker. Removed at worker start.
 pub const WORKER_ENV: &str = "PREFORK_WORKER";
+
+/// The environment variable that asks for single-process mode: set to `1` (any value but
+/// empty or `0`), [`default_main`](crate::default_main) runs the worker function in the calling
+/// process, on the first context of the declared set, with no master (see the crate docs).
+pub const SINGLE_ENV: &str = "PREFORK_SINGLE";
 
 /// Header version.
 pub(crate) const VERSION: u32 = 2;
@@ -77,6 +82,25 @@ pub(crate) struct Header {
     pub master_args: Vec<String>,
     /// The master's pid, so the worker can re-arm its parent-death signal after the exec.
     pub master_pid: i32,
+    /// The worker's scoreboard slot, if the master keeps a scoreboard and had a free slot.
+    /// Optional on the wire, so a master and a worker on either side of an upgrade that added
+    /// it still understand each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoreboard: Option<ScoreboardGrant>,
+}
+
+/// Where a worker finds its scoreboard slot (see the `scoreboard` module), and what it is asked
+/// to do with it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct ScoreboardGrant {
+    /// The inherited fd of the region.
+    pub fd: RawFd,
+    /// The slot number.
+    pub slot: u32,
+    /// How often to beat, in milliseconds (0: no need to, hang detection is off).
+    pub beat_ms: u64,
+    /// The request count at which the worker tells the master it reached its budget.
+    pub max_requests: Option<u64>,
 }
 
 #[cfg(test)]

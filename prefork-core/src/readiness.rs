@@ -4,7 +4,8 @@
 //!
 //! One `SOCK_DGRAM` Unix socket pair per master, created at start. The master keeps one end
 //! (non-blocking, polled by its loop); every worker inherits the other end at the fd number its
-//! boot header names, and sends one datagram, `ready <pid>`, when it can serve. Datagrams keep
+//! boot header names, and sends one datagram, `ready <pid>`, when it can serve (and `recycle
+//! <pid>` when it reached its request budget). Datagrams keep
 //! messages whole, and one socket serves any number of workers, so the master's fd count does
 //! not grow with them.
 //!
@@ -85,8 +86,9 @@ impl ReadinessSocket {
     }
 
     /// Reads every queued message without blocking; pushes the pid of each worker that said
-    /// it is ready, as the kernel identified it.
-    pub fn drain(&self, out: &mut Vec<Pid>) {
+    /// it is ready into `out`, and of each that asked to be recycled into `recycle`, as the
+    /// kernel identified them.
+    pub fn drain(&self, out: &mut Vec<Pid>, recycle: &mut Vec<Pid>) {
         let mut buf = [0u8; 64];
         loop {
             let mut cmsg = nix::cmsg_space!(nix::libc::ucred);
@@ -108,7 +110,14 @@ impl ReadinessSocket {
                 })
             });
             let len = msg.bytes;
-            match (sender, parse_ready(&buf[..len.min(buf.len())])) {
+            let body = &buf[..len.min(buf.len())];
+            if let (Some(sender), Some(claimed)) = (sender, parse_recycle(body)) {
+                if sender == claimed {
+                    recycle.push(sender);
+                }
+                continue;
+            }
+            match (sender, parse_ready(body)) {
                 (Some(sender), Some(claimed)) if sender == claimed => out.push(sender),
                 (Some(sender), Some(claimed)) => tracing::warn!(
                     %sender, %claimed,
@@ -125,26 +134,51 @@ fn ready_message(pid: Pid) -> String {
     format!("ready {pid}")
 }
 
-/// Parses a readiness message.
-fn parse_ready(msg: &[u8]) -> Option<Pid> {
+/// The pid of a message `<verb> <pid>`.
+fn parse_message(msg: &[u8], verb: &str) -> Option<Pid> {
     let s = std::str::from_utf8(msg).ok()?;
-    s.strip_prefix("ready ")?
+    s.strip_prefix(verb)?
+        .strip_prefix(' ')?
         .trim()
         .parse()
         .ok()
         .map(Pid::from_raw)
 }
 
-/// The worker's side: sends `ready <pid>` on the inherited end.
-pub(crate) fn report(fd: BorrowedFd<'_>) -> std::io::Result<()> {
-    let msg = ready_message(Pid::this());
+/// Parses a readiness message.
+fn parse_ready(msg: &[u8]) -> Option<Pid> {
+    parse_message(msg, "ready")
+}
+
+/// Parses a recycle request.
+fn parse_recycle(msg: &[u8]) -> Option<Pid> {
+    parse_message(msg, "recycle")
+}
+
+/// Sends one datagram on the worker's end, retrying an interrupted send.
+fn send_message(fd: BorrowedFd<'_>, msg: &str, flags: MsgFlags) -> std::io::Result<()> {
     loop {
-        match nix::sys::socket::send(fd.as_raw_fd(), msg.as_bytes(), MsgFlags::empty()) {
+        match nix::sys::socket::send(fd.as_raw_fd(), msg.as_bytes(), flags) {
             Ok(_) => return Ok(()),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The worker's side of a recycle request: sends `recycle <pid>` without blocking (a full
+/// socket drops it; the master's checks find the same later).
+pub(crate) fn report_recycle(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    send_message(
+        fd,
+        &format!("recycle {}", Pid::this()),
+        MsgFlags::MSG_DONTWAIT,
+    )
+}
+
+/// The worker's side: sends `ready <pid>` on the inherited end.
+pub(crate) fn report(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    send_message(fd, &ready_message(Pid::this()), MsgFlags::empty())
 }
 
 #[cfg(test)]
@@ -163,9 +197,17 @@ mod tests {
         )
         .unwrap();
         nix::sys::socket::send(s.worker_end().as_raw_fd(), b"garbage", MsgFlags::empty()).unwrap();
-        let mut got = Vec::new();
-        s.drain(&mut got);
+        report_recycle(s.worker_end()).unwrap();
+        nix::sys::socket::send(s.worker_end().as_raw_fd(), b"recycle 1", MsgFlags::empty())
+            .unwrap();
+        let (mut got, mut recycle) = (Vec::new(), Vec::new());
+        s.drain(&mut got, &mut recycle);
         assert_eq!(got, vec![Pid::this()]);
+        assert_eq!(
+            recycle,
+            vec![Pid::this()],
+            "a forged recycle request is ignored"
+        );
     }
 
     #[test]

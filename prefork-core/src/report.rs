@@ -19,12 +19,81 @@ pub enum ExitReason {
     FailedStart,
     /// A reload replaced it and it stopped.
     Retired,
-    /// Its id left the desired set and it stopped.
+    /// Its id left the desired set (or the adaptive pool retired it) and it stopped.
     Removed,
     /// It was retired or removed and did not stop by its stop deadline: `SIGKILL`.
     KilledAtDeadline,
     /// The master was stopping.
     Shutdown,
+    /// It stopped beating for longer than [`Settings::hang_timeout`](crate::Settings::hang_timeout):
+    /// its replacement was started, then it got `SIGABRT` (and `SIGKILL` after a grace).
+    Hang,
+    /// It served [`Settings::max_requests`](crate::Settings::max_requests) (plus its jitter)
+    /// requests and was replaced, readiness-gated.
+    MaxRequests,
+    /// It lived [`Settings::max_age`](crate::Settings::max_age) (plus its jitter) and was
+    /// replaced, readiness-gated.
+    MaxAge,
+    /// Its memory (PSS) passed [`Settings::max_memory`](crate::Settings::max_memory) and it
+    /// was replaced, readiness-gated.
+    MaxMemory,
+}
+
+impl From<ReplaceReason> for ExitReason {
+    fn from(r: ReplaceReason) -> Self {
+        match r {
+            ReplaceReason::Hang => ExitReason::Hang,
+            ReplaceReason::MaxRequests => ExitReason::MaxRequests,
+            ReplaceReason::MaxAge => ExitReason::MaxAge,
+            ReplaceReason::MaxMemory => ExitReason::MaxMemory,
+        }
+    }
+}
+
+/// Why the master replaced a worker that was still running: the health rules (see
+/// [`Settings::hang_timeout`](crate::Settings::hang_timeout) and the recycling settings). The
+/// status views count replacements by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplaceReason {
+    /// No heartbeat for longer than the hang timeout.
+    Hang,
+    /// Served its request budget.
+    MaxRequests,
+    /// Reached its age limit.
+    MaxAge,
+    /// Its PSS passed the memory limit.
+    MaxMemory,
+}
+
+impl ReplaceReason {
+    /// Every reason, in a fixed order (for counters).
+    pub const ALL: [ReplaceReason; 4] = [
+        ReplaceReason::Hang,
+        ReplaceReason::MaxRequests,
+        ReplaceReason::MaxAge,
+        ReplaceReason::MaxMemory,
+    ];
+
+    /// `hang`, `max_requests`, `max_age`, `max_memory`: the name in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplaceReason::Hang => "hang",
+            ReplaceReason::MaxRequests => "max_requests",
+            ReplaceReason::MaxAge => "max_age",
+            ReplaceReason::MaxMemory => "max_memory",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ReplaceReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl fmt::Display for ExitReason {
@@ -36,6 +105,10 @@ impl fmt::Display for ExitReason {
             ExitReason::Removed => "removed",
             ExitReason::KilledAtDeadline => "killed at its deadline",
             ExitReason::Shutdown => "shutdown",
+            ExitReason::Hang => "replaced: hang",
+            ExitReason::MaxRequests => "replaced: max_requests",
+            ExitReason::MaxAge => "replaced: max_age",
+            ExitReason::MaxMemory => "replaced: max_memory",
         })
     }
 }

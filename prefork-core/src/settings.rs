@@ -67,9 +67,12 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) pool: PoolConfig,
     pub(crate) readiness: Readiness,
     pub(crate) shutdown_timeout: Duration,
+    /// Signals the master passes on to every worker: (received, sent).
+    pub(crate) forwards: Vec<(Signal, Signal)>,
     pub(crate) shutdown_delay: Duration,
     pub(crate) systemd: Systemd,
     pub(crate) child_subreaper: bool,
+    pub(crate) scoreboard: bool,
 }
 
 impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
@@ -81,7 +84,9 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("shutdown_delay", &self.shutdown_delay)
             .field("systemd", &self.systemd)
             .field("child_subreaper", &self.child_subreaper)
+            .field("scoreboard", &self.scoreboard)
             .field("pool", &self.pool)
+            .field("forwards", &self.forwards)
             .finish_non_exhaustive()
     }
 }
@@ -107,9 +112,11 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         pool: PoolConfig::default(),
         readiness: Readiness::Implicit,
         shutdown_timeout: Duration::from_secs(30),
+        forwards: Vec::new(),
         shutdown_delay: Duration::ZERO,
         systemd: Systemd::auto(),
         child_subreaper: false,
+        scoreboard: true,
     }
 }
 
@@ -355,6 +362,123 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// HUP usually means new code or configuration that the context does not show).
     pub fn replace_unchanged(mut self, yes: bool) -> Self {
         self.pool.replace_unchanged = yes;
+        self
+    }
+
+    /// Whether the master keeps a scoreboard (default: yes): a shared-memory slot per worker
+    /// for its heartbeats and request counts (see [`worker::heartbeat`](crate::worker::heartbeat)
+    /// and [`worker::request_guard`](crate::worker::request_guard)). Without it those calls
+    /// are no-ops and the health rules that need it ([`hang_timeout`](Self::hang_timeout),
+    /// [`max_requests`](Self::max_requests)) cannot be used: the master refuses to start.
+    /// Turning it off saves one fd per spawn and a few atomic operations per request.
+    pub fn scoreboard(mut self, yes: bool) -> Self {
+        self.scoreboard = yes;
+        self
+    }
+
+    /// Hang detection (default: off). A worker that beat once after it became ready and then
+    /// has not beaten ([`worker::heartbeat`](crate::worker::heartbeat)) for longer than `d` is
+    /// hung: the master logs one line (id, pid, the beat's age, the kernel's `wchan` and
+    /// `syscall` for it), starts its replacement at once, sends it `SIGABRT` (so a core dump or
+    /// a backtrace is possible) and `SIGKILL` after [`hang_kill_after`](Self::hang_kill_after).
+    ///
+    /// The replacement is not readiness-gated: a hung worker serves nobody, so keeping it until
+    /// its successor is ready would only hold its memory and its stuck connections longer.
+    /// A worker that never beats is never judged; a long request is not a hang as long as the
+    /// worker's loop keeps beating. The master reads the scoreboard every `d / 4` (an idle
+    /// master wakes up for that only when this is set), workers beat every `d / 10` (5 ms to
+    /// 1 s; without hang detection they are not asked to beat at all). If the master itself
+    /// was stopped or starved (the gap since its last read is longer than `d / 4 + d / 2`), it
+    /// re-bases every beat to now and kills nobody that round.
+    pub fn hang_timeout(mut self, d: Duration) -> Self {
+        self.pool.health.hang_timeout = Some(d.max(Duration::from_millis(40)));
+        self
+    }
+
+    /// How long a hung worker has between `SIGABRT` and `SIGKILL` (default 5 s).
+    pub fn hang_kill_after(mut self, d: Duration) -> Self {
+        self.pool.health.hang_kill_after = d;
+        self
+    }
+
+    /// Recycles a worker once it has served `n` requests (counted by
+    /// [`worker::request_guard`](crate::worker::request_guard)) plus a jitter drawn per worker
+    /// (see [`max_requests_jitter`](Self::max_requests_jitter)): its replacement starts, and it
+    /// retires once the replacement is ready. Default: off. The worker tells the master when it
+    /// reaches the budget, so no timer runs for this.
+    pub fn max_requests(mut self, n: u64) -> Self {
+        self.pool.health.max_requests = Some(n.max(1));
+        self
+    }
+
+    /// The request budget's jitter: each worker's budget is `max_requests` plus a draw in
+    /// `0..=n`, so workers started together do not all recycle together (default 0).
+    pub fn max_requests_jitter(mut self, n: u64) -> Self {
+        self.pool.health.max_requests_jitter = n;
+        self
+    }
+
+    /// Recycles a worker once it has lived `d` plus a jitter drawn per worker (see
+    /// [`max_age_jitter`](Self::max_age_jitter)), readiness-gated. Default: off.
+    pub fn max_age(mut self, d: Duration) -> Self {
+        self.pool.health.max_age = Some(d);
+        self
+    }
+
+    /// The age limit's jitter: each worker's limit is `max_age` plus a draw in `0..=d`
+    /// (default 0).
+    pub fn max_age_jitter(mut self, d: Duration) -> Self {
+        self.pool.health.max_age_jitter = d;
+        self
+    }
+
+    /// Recycles a worker whose memory passes `bytes`, readiness-gated. Default: off. Memory is
+    /// the PSS of `/proc/<pid>/smaps_rollup` (shared pages divided among their sharers; summed
+    /// RSS would count the binary and libc once per worker), read every
+    /// [`memory_check_interval`](Self::memory_check_interval) only when this is set.
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.pool.health.max_memory = Some(bytes);
+        self
+    }
+
+    /// How often memory is read for [`max_memory`](Self::max_memory) (default 5 s, at least
+    /// 10 ms).
+    pub fn memory_check_interval(mut self, d: Duration) -> Self {
+        self.pool.health.memory_check_interval = d.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How many recycles (max_requests, max_age, max_memory) may be starting at once
+    /// (default 1). Each runs beside the worker it replaces, so capacity never drops below the
+    /// desired count.
+    pub fn max_concurrent_recycles(mut self, n: usize) -> Self {
+        self.pool.health.max_concurrent_recycles = n.max(1);
+        self
+    }
+
+    /// The settings that need the scoreboard, if it is off.
+    pub(crate) fn check_scoreboard(&self) -> Result<()> {
+        let h = &self.pool.health;
+        if !self.scoreboard && (h.hang_timeout.is_some() || h.max_requests.is_some()) {
+            return Err(Error::InvalidSetting(
+                "hang_timeout and max_requests need the scoreboard, which is turned off".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// When the master receives `received`, it sends `sent` to every live worker
+    /// (Parallel::Prefork's `trap_signals`): `.forward_signal(Signal::SIGUSR1, Signal::SIGUSR1)`
+    /// lets `kill -USR1 <master>` ask every worker to reopen its logs. Call it once per signal.
+    ///
+    /// The workers must handle `sent` (with `signal-hook`, for example): most signals' default
+    /// action ends a process. Signals the master gives a meaning of its own are refused with
+    /// an error at start ([`run_master`](crate::run_master) returns
+    /// [`Error::InvalidSetting`]): `HUP` (reload), `TERM` and `INT` (stop), `CHLD` (reaping),
+    /// `QUIT` (`on_quit`), `TTIN` and `TTOU` (reserved for runtime scaling), and those that cannot be caught or are faults (`KILL`, `STOP`,
+    /// `SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`, `SYS`), as is a signal forwarded twice.
+    pub fn forward_signal(mut self, received: Signal, sent: Signal) -> Self {
+        self.forwards.push((received, sent));
         self
     }
 

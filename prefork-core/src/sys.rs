@@ -114,6 +114,11 @@ pub(crate) fn ignore_sigpipe() {
     let _ = set_plain_disposition(libc::SIGPIPE, true);
 }
 
+/// `SIG_IGN` for `sig` (single-process mode ignores `SIGHUP`, as a worker does).
+pub(crate) fn ignore_signal(sig: libc::c_int) {
+    let _ = set_plain_disposition(sig, true);
+}
+
 /// Empties this thread's signal mask (a parent may have started the master with signals
 /// blocked, which would keep `SIGCHLD`, `SIGHUP` and `SIGTERM` from ever arriving).
 pub(crate) fn unblock_all_signals() -> io::Result<()> {
@@ -199,6 +204,136 @@ pub(crate) fn attach_reuseport_cbpf(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (`clock_gettime`, answered by the vDSO: no system call).
+/// The clock is system-wide, so a worker's reading and its master's compare directly; it is
+/// the clock `std::time::Instant` reads.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the local struct; CLOCK_MONOTONIC always exists on
+    // Linux, so it cannot fail (and on failure `ts` stays zero, a harmless value).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// The seals a scoreboard file carries: its size can never change again, and neither can its
+/// seals. A file that could shrink would make every process that maps it fault (`SIGBUS`) on
+/// the pages beyond the new end.
+const SIZE_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// A new shared-memory file of `len` bytes (`memfd_create` with `MFD_CLOEXEC |
+/// MFD_ALLOW_SEALING`, `ftruncate`), sealed against any change of size (`F_ADD_SEALS`).
+pub(crate) fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just returned by memfd_create: open, and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memfd too large"))?;
+    nix::unistd::ftruncate(&fd, len).map_err(io::Error::from)?;
+    // SAFETY: F_ADD_SEALS changes only the file's seals; no memory is passed.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SIZE_SEALS) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Whether `fd` is a file whose size is sealed (`F_GET_SEALS` includes shrink and grow).
+pub(crate) fn size_is_sealed(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: F_GET_SEALS reads the file's seals; no memory is passed. -1 (not a memfd) is
+    // "not sealed".
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) != 0
+}
+
+/// A `MAP_SHARED` read-write mapping of a whole sealed file, seen as an array of `AtomicU64`.
+///
+/// Every bit pattern is a valid `AtomicU64` and every access to one is atomic, so sharing the
+/// words with other processes (which may write anything at any time) is sound: a value can be
+/// wrong, never undefined behaviour. The file's size is sealed, so the pages never go away
+/// under the mapping.
+#[derive(Debug)]
+pub(crate) struct SharedWords {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    words: usize,
+}
+
+// SAFETY: the mapping is only ever accessed through `&[AtomicU64]`, which is Send and Sync.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Maps all of `fd` (`fstat` for its size, `mmap(PROT_READ | PROT_WRITE, MAP_SHARED)`).
+    /// The file's size must be sealed ([`size_is_sealed`]) and a whole number of words.
+    pub(crate) fn map(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        if !size_is_sealed(fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a memory file sealed against resizing",
+            ));
+        }
+        let st = nix::sys::stat::fstat(fd).map_err(io::Error::from)?;
+        let len = usize::try_from(st.st_size).unwrap_or(0);
+        let word = std::mem::size_of::<u64>();
+        if len == 0 || len % word != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a shared memory file of {len} bytes"),
+            ));
+        }
+        // SAFETY: a new shared mapping of the file's whole (sealed) length; no existing memory
+        // is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)?;
+        Ok(SharedWords {
+            ptr,
+            words: len / word,
+        })
+    }
+
+    /// The mapping as words.
+    pub(crate) fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `ptr` is a page-aligned (so 8-byte-aligned) mapping of `words` × 8 bytes,
+        // valid until `drop` unmaps it, which cannot happen while this borrow lives. Every bit
+        // pattern is a valid AtomicU64, and other processes' writes to the same pages are
+        // atomic accesses too (see the type's docs).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.words) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of this length; no borrow of it outlives `self`.
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                self.words * std::mem::size_of::<u64>(),
+            )
+        };
+    }
 }
 
 /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`: orphaned descendants are re-parented to this process.

@@ -22,7 +22,9 @@
 //!
 //! Before the drain nothing is timed: activity is recorded only while draining (activity
 //! before the drain's start cannot matter, the grace counts from the later of the two). A
-//! request costs two atomic additions and one flag load; a read or write one flag load.
+//! request costs two atomic additions and one flag load, plus two more atomic additions on the
+//! worker's scoreboard slot ([`prefork_core::worker::request_guard`]); a read or write one
+//! flag load.
 
 use std::io;
 use std::pin::Pin;
@@ -191,15 +193,20 @@ impl Conn {
     }
 }
 
-/// A request being handled; counts as activity when it starts and when it ends.
+/// A request being handled; counts as activity when it starts and when it ends, and on the
+/// worker's scoreboard slot (in flight, then served).
 #[derive(Debug)]
-struct InFlight(Arc<Conn>);
+struct InFlight(
+    Arc<Conn>,
+    // Held for its drop, which counts the request as served.
+    #[allow(dead_code)] prefork_core::worker::RequestGuard,
+);
 
 impl InFlight {
     fn begin(conn: &Arc<Conn>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         conn.touch();
-        InFlight(Arc::clone(conn))
+        InFlight(Arc::clone(conn), prefork_core::worker::request_guard())
     }
 }
 

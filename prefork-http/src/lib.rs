@@ -101,6 +101,22 @@
 //! connection is drained with `GOAWAY`. HTTP upgrades (WebSocket) work with both; an upgraded
 //! connection leaves the server's hands, and the drain does not wait for it.
 //!
+//! # Health
+//!
+//! Inside a prefork worker with a scoreboard slot, the server beats
+//! ([`prefork_core::worker::heartbeat`]) from a task on the runtime that serves, every
+//! [`prefork_core::worker::heartbeat_interval`], and counts each request with
+//! [`prefork_core::worker::request_guard`] (in flight while its response is produced, served
+//! after), so the master's hang detection and request recycling
+//! (`Settings::hang_timeout`, `Settings::max_requests`) work with no code of yours. A long
+//! request or a streamed response is not a hang: the beat task keeps running beside it.
+//!
+//! The limit: the beat comes from *some* thread of the runtime. On a current-thread runtime,
+//! or a multi-threaded one of one thread ([`serve`] with a context of one thread), a handler
+//! that blocks the thread stops the beats and the worker is judged hung. With several runtime
+//! threads, one blocked thread is not seen (the beat task runs on another); only a runtime
+//! whose every thread is stuck stops beating.
+//!
 //! # Logs
 //!
 //! Through `tracing`, target `prefork_http`: `serving` when accepting (`info`), `stop
@@ -269,6 +285,9 @@ where
     }
     // Registered, and the accept loop runs next: the master may retire the predecessor.
     prefork_core::worker::ready();
+    // Beats from a task of this runtime: a wedged runtime stops beating (see "Health").
+    let _beat = prefork_core::worker::heartbeat_interval()
+        .map(|every| AbortOnDrop(tokio::spawn(beat(every))));
     let addrs: Vec<String> = bound.iter().map(Bound::describe).collect();
     tracing::info!(
         target: LOG_TARGET,
@@ -379,6 +398,25 @@ where
     }
     tracing::info!(target: LOG_TARGET, "drained");
     Ok(())
+}
+
+/// Beats every `every` on the worker's scoreboard slot, for as long as it runs.
+async fn beat(every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        prefork_core::worker::heartbeat();
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One connection's task: the socket options, then [`serve_conn`].

@@ -2,11 +2,17 @@
 //! `sample-warp-like`'s serving code in one process, without prefork.
 //!
 //! * [`init_tracing`]: the samples' log setup.
+//! * [`health`]: the hang-detection and recycling flags of the HTTP samples, and [`debug`]:
+//!   their debug endpoints (`--debug-endpoints`).
 //! * [`warp`]: `sample-warp-like`'s application, served by `prefork-http` (which accepts,
 //!   says when the worker is ready and drains without dropping a request).
+//! * [`jobs`]: `sample-job-worker`'s queues (a spool directory, Redis) and configuration.
 
 #![warn(missing_docs)]
 
+pub mod debug;
+pub mod health;
+pub mod jobs;
 pub mod warp;
 
 /// Logs go to standard error (`RUST_LOG`, default `info`), coloured only on a terminal,
@@ -20,7 +26,7 @@ pub fn init_tracing() {
 /// The runtime threads of one of `workers` workers that split the machine: `max(1, CPUs /
 /// workers)`, at most `workers` (the CPUs are those this process may run on, so a `taskset`
 /// or a cgroup limit counts). More threads than cores only add context switches: measured in
-/// BENCHMARKS.md, section 8.
+/// BENCHMARKS.md, section 9.
 pub fn share_of_cpus(workers: usize) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cpus / workers.max(1)).max(1).min(workers.max(1))

@@ -61,6 +61,43 @@ impl tower_service::Service<Request<Incoming>> for App {
     }
 }
 
+/// [`App`] plus the debug endpoints (`--debug-endpoints`, see [`crate::debug`]): `/block`,
+/// `/grow`, `/drip`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DebugApp;
+
+/// A response body of [`DebugApp`]: whole, or streamed.
+pub type DebugBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+impl tower_service::Service<Request<Incoming>> for DebugApp {
+    type Response = Response<DebugBody>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        use http_body_util::BodyExt;
+        let q = req.uri().query();
+        let text = |s: String| Response::new(Full::new(Bytes::from(s)).boxed());
+        let resp = match (req.method(), req.uri().path()) {
+            // Blocks this runtime thread, here, in the service call.
+            (&Method::GET, "/block") => text(crate::debug::block(q)),
+            (&Method::GET, "/grow") => text(crate::debug::grow(q)),
+            (&Method::GET, "/drip") => {
+                use futures_util::StreamExt;
+                let frames = crate::debug::drip(crate::debug::drip_chunks(q))
+                    .map(|s| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(s))));
+                Response::new(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+            }
+            _ => respond(&req).map(BodyExt::boxed),
+        };
+        std::future::ready(Ok(resp))
+    }
+}
+
 /// Serves [`App`] on `listener` until `drain` holds `Some(_)`, then drains as `cfg` says.
 ///
 /// If the drain never begins (or its sender is dropped), this serves forever. `id` names the

@@ -21,6 +21,7 @@ mod wait;
 pub mod fx;
 pub mod load;
 pub mod notify;
+pub mod scoreboard;
 
 pub use nix::sys::signal::Signal;
 pub use nix::unistd::Pid;

@@ -29,23 +29,23 @@ pub const OLD_COMMIT: &str = "bd4a086";
 const WORKERS: u32 = 2;
 const THREADS: u32 = 1;
 
-/// One of the two builds, up and loaded in turn.
-struct Side {
-    name: String,
-    server: Server,
-    addr: SocketAddr,
-    rates: Vec<f64>,
+/// One of two servers compared, up and loaded in turn (also section 8's).
+pub(super) struct Side {
+    pub(super) name: String,
+    pub(super) server: Server,
+    pub(super) addr: SocketAddr,
+    pub(super) rates: Vec<f64>,
     /// Worker CPU ns per request, per run (runs where a worker was replaced are left out).
-    cpu: Vec<f64>,
+    pub(super) cpu: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
-    failed: u64,
+    pub(super) failed: u64,
     /// Runs during which the set of workers changed.
-    churned: usize,
+    pub(super) churned: usize,
 }
 
 impl Side {
-    fn new(name: String, (server, addr): (Server, SocketAddr)) -> Side {
+    pub(super) fn new(name: String, (server, addr): (Server, SocketAddr)) -> Side {
         Side {
             name,
             server,
@@ -60,7 +60,7 @@ impl Side {
     }
 
     /// One run of `secs`: its rate, latencies and the workers' CPU per request.
-    fn measure(&mut self, secs: f64) -> Result<()> {
+    pub(super) fn measure(&mut self, secs: f64) -> Result<()> {
         let workers = worker_pids(self.server.pid());
         let before = workers_cpu_ns(&workers);
         let r = load::run(&spec(self.addr, secs))?;
@@ -77,6 +77,15 @@ impl Side {
         }
         Ok(())
     }
+}
+
+/// `a[i] / b[i]`, run by run (where `b[i]` is not 0).
+pub(super) fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect()
 }
 
 /// The master's workers, sorted.
@@ -124,14 +133,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
         ),
         Side::new(
             format!("old ({OLD_COMMIT}, its own serving code)"),
-            start_http(
-                &old,
-                "sample-warp-like-old",
-                WORKERS,
-                Some(THREADS),
-                &[],
-                &[],
-            )?,
+            start_http(&old, "sample-warp-like-old", WORKERS, Some(THREADS), &[])?,
         ),
     ];
     // Warm-up: each once, not counted.
@@ -155,13 +157,6 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
             Unit::Rate,
         );
     }
-    let paired = |a: &[f64], b: &[f64]| -> Vec<f64> {
-        a.iter()
-            .zip(b)
-            .filter(|(_, b)| **b > 0.0)
-            .map(|(a, b)| a / b)
-            .collect()
-    };
     sec.row(ratio_row, &paired(&new.rates, &old.rates), Unit::Ratio)
         .target("≥ 97 %", |m| m >= 0.97);
     for s in &sides {

@@ -6,6 +6,7 @@
 //! stops the servers it started. A section that fails part-way keeps the rows it already
 //! added; the caller adds an error row after them.
 
+pub mod health;
 pub mod layer_cost;
 pub mod master_cost;
 pub mod nginx;
@@ -172,42 +173,53 @@ fn start_warp_with(
     threads: Option<u32>,
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<(Server, SocketAddr)> {
-    start_http(&bins.warp, "sample-warp-like", workers, threads, &[], env)
+    start_http(&bins.warp, "sample-warp-like", workers, threads, env)
 }
 
-/// As [`start_warp`], with more arguments (`--reuseport`, …).
-fn start_warp_args(
+/// As [`start_warp`], with more flags.
+fn start_warp_flags(
     bins: &Bins,
     workers: u32,
     threads: Option<u32>,
-    args: &[&str],
+    flags: &[&str],
 ) -> Result<(Server, SocketAddr)> {
-    start_http(&bins.warp, "sample-warp-like", workers, threads, args, &[])
+    start_http_with(&bins.warp, "sample-warp-like", workers, threads, &[], flags)
 }
 
 /// Starts `sample-axum` with `workers` and waits until every worker is ready and it answers.
 fn start_axum(bins: &Bins, workers: u32) -> Result<(Server, SocketAddr)> {
-    start_http(&bins.axum, "sample-axum", workers, None, &[], &[])
+    start_http(&bins.axum, "sample-axum", workers, None, &[])
 }
 
 /// Starts the HTTP sample at `path` (`-p 0 -w WORKERS [--threads N]`, the flags every HTTP
-/// sample takes, old builds included, then `args`) with `env` added to its environment, and
-/// waits until every worker is ready and it answers.
+/// sample takes, old builds included) with `env` added to its environment, and waits until
+/// every worker is ready and it answers.
 fn start_http(
     path: &Path,
     name: &str,
     workers: u32,
     threads: Option<u32>,
-    args: &[&str],
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<(Server, SocketAddr)> {
+    start_http_with(path, name, workers, threads, env, &[])
+}
+
+/// As [`start_http`], with more flags.
+fn start_http_with(
+    path: &Path,
+    name: &str,
+    workers: u32,
+    threads: Option<u32>,
+    env: &[(&str, &std::ffi::OsStr)],
+    flags: &[&str],
+) -> Result<(Server, SocketAddr)> {
     let mut cmd = Command::new(path);
-    cmd.args(["-p", "0", "-w", &workers.to_string()]);
+    cmd.args(["-p", "0", "-w", &workers.to_string()])
+        .args(flags);
     cmd.envs(env.iter().copied());
     if let Some(t) = threads {
         cmd.args(["--threads", &t.to_string()]);
     }
-    cmd.args(args);
     cmd.env("RUST_LOG", "info,prefork_core=debug");
     let server = Server::start(cmd, name)?;
     let addr = server.addr(Duration::from_secs(30))?;

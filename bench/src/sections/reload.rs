@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 
-use super::{Section, ns, start_axum, start_warp, start_warp_args};
+use super::{Section, ns, start_axum, start_warp, start_warp_flags};
 use crate::bins::Bins;
 use crate::clock;
 use crate::guard::{Line, Server};
@@ -59,7 +59,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     Ok(())
 }
 
-/// `plan.reloads` `SIGHUP`s to `sample-warp-like -w 2 --reuseport` under load (section 8).
+/// `plan.reloads` `SIGHUP`s to `sample-warp-like -w 2 --reuseport` under load (section 9).
 pub fn reuseport(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     let case = Case {
         label: "sample-warp-like -w 2 --reuseport",
@@ -67,7 +67,7 @@ pub fn reuseport(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
         workers: 2,
         keepalive: 16,
         fresh: 4,
-        start: |b, w| start_warp_args(b, w, None, &["--reuseport"]),
+        start: |b, w| start_warp_flags(b, w, None, &["--reuseport"]),
     };
     reload_under_load(sec, plan, bins, &case)
 }

@@ -1,4 +1,4 @@
-//! Section 8, reuseport groups: `sample-warp-like` with one shared listening socket and with
+//! Section 9, reuseport groups: `sample-warp-like` with one shared listening socket and with
 //! `--reuseport` (one `SO_REUSEPORT` socket per worker id, steered by the master's program, or
 //! by the kernel's own hash with `--no-steering`), beside a one-process server and nginx.
 //!
@@ -22,7 +22,7 @@ use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 use proc_kit::procfs;
 
-use super::{Section, http_ok, nginx, reload, start_warp_args};
+use super::{Section, http_ok, nginx, reload, start_warp_flags};
 use crate::bins::Bins;
 use crate::guard::Server;
 use crate::load;
@@ -139,7 +139,7 @@ fn workers_of(t: &Target) -> Vec<i32> {
     }
 }
 
-/// Measures section 8.
+/// Measures section 9.
 pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     let cpus = all_cpus();
     let pinning = cpus.len() >= 2;
@@ -203,7 +203,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
             ("shared socket", &[][..]),
             ("reuseport", &["--reuseport"][..]),
         ] {
-            let s = on_cpus(&[0], || start_warp_args(bins, 2, None, extra))?;
+            let s = on_cpus(&[0], || start_warp_flags(bins, 2, None, extra))?;
             add(
                 &mut targets,
                 format!("pinned, sample-warp-like -w 2, {mode}"),
@@ -241,7 +241,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
                 &["--reuseport", "--no-steering"][..],
             ),
         ] {
-            let s = start_warp_args(bins, w, None, extra)?;
+            let s = start_warp_flags(bins, w, None, extra)?;
             add(
                 &mut targets,
                 format!("sample-warp-like -w {w}, {mode}"),
@@ -251,7 +251,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
             );
         }
         // The old default: as many runtime threads per worker as workers.
-        let s = start_warp_args(bins, w, Some(w), &["--reuseport"])?;
+        let s = start_warp_flags(bins, w, Some(w), &["--reuseport"])?;
         add(
             &mut targets,
             format!("sample-warp-like -w {w}, reuseport, --threads {w} (old default)"),

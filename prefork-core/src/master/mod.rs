@@ -53,6 +53,7 @@ use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::{Readiness, ReadinessSocket};
 use crate::report::{ReloadOutcome, ReloadReport};
 use crate::reuseport::Holders;
+use crate::scoreboard::Board;
 use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::Spawner;
 use crate::systemd::Link;
@@ -80,23 +81,28 @@ struct LiveProcesses<'a, W> {
     mode: Readiness,
     stop_signal: Signal,
     holders: &'a Holders,
+    board: Option<&'a Board>,
     /// Readiness messages read while spawning, for the caller to hand to the pool.
     ready: Vec<Pid>,
+    /// Recycle requests read meanwhile.
+    recycle: Vec<Pid>,
 }
 
 impl<W> Processes<W> for LiveProcesses<'_, W> {
-    fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid> {
+    fn spawn(&mut self, ctx: &W, generation: u64, max_requests: Option<u64>) -> Result<Pid> {
         let spawner = Spawner::new(
             self.readiness.worker_end(),
             self.mode,
             self.stop_signal,
             generation,
-            self.holders,
-        );
+            self.board,
+        )
+        .with_max_requests(max_requests)
+        .with_holders(self.holders);
         let r = (self.fork)(ctx, &spawner);
         // A long batch of spawns (a start or a reload of many workers) must not let the
         // readiness socket fill up: its senders would block in `worker::ready()`.
-        self.readiness.drain(&mut self.ready);
+        self.readiness.drain(&mut self.ready, &mut self.recycle);
         r
     }
 
@@ -106,6 +112,10 @@ impl<W> Processes<W> for LiveProcesses<'_, W> {
 
     fn removing(&mut self, pid: Pid) {
         self.holders.removing(pid);
+    }
+
+    fn inspect(&mut self, pid: Pid) -> String {
+        crate::scoreboard::kernel_state(pid)
     }
 }
 
@@ -135,6 +145,8 @@ struct Master<C, W: WorkerContext> {
     readiness: ReadinessSocket,
     /// Which worker holds which reuseport socket.
     holders: Holders,
+    /// The workers' heartbeats and request counts (see [`crate::scoreboard`]).
+    board: Option<Board>,
     /// The service manager, if any (see [`crate::systemd`]).
     systemd: Link,
 }
@@ -143,9 +155,16 @@ struct Master<C, W: WorkerContext> {
 /// call it yourself only to wrap it.
 pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) -> Result<()> {
     let _ = crate::launch::launch();
-    let signals = MasterSignals::install()?;
+    settings.check_scoreboard()?;
+    signals::check_forwards(&settings.forwards)?;
+    let forwarded: Vec<Signal> = settings.forwards.iter().map(|&(from, _)| from).collect();
+    let signals = MasterSignals::install(&forwarded)?;
     crate::systemd::prepare_master(settings.child_subreaper);
     let readiness = ReadinessSocket::new()?;
+    let board = match settings.scoreboard {
+        true => Some(Board::new(settings.pool.health.beat_interval())?),
+        false => None,
+    };
     let fork = settings.fork.take();
     let pool = Pool::new(settings.pool_config());
     let settings_systemd = settings.systemd;
@@ -160,6 +179,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         signals,
         readiness,
         holders: Holders::default(),
+        board,
         systemd: Link::new(settings_systemd, Instant::now()),
     };
     m.reap_all();
@@ -174,6 +194,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
 /// The spawner the hooks get (fields borrowed apart from the hooks themselves).
 fn hook_spawner<'a, C, W: WorkerContext>(
     readiness: &'a ReadinessSocket,
+    board: Option<&'a Board>,
     settings: &Settings<C, W>,
     pool: &Pool<W>,
     holders: &'a Holders,
@@ -183,15 +204,22 @@ fn hook_spawner<'a, C, W: WorkerContext>(
         settings.readiness,
         settings.pool.stop_signal,
         pool.generation(),
-        holders,
+        board,
     )
+    .with_holders(holders)
 }
 
 impl<C: 'static, W: WorkerContext> Master<C, W> {
     /// The hook `update_server`, with a spawner; adopts what it started.
     fn call_update_server(&mut self) {
         if let Some(c) = &self.config {
-            let spawner = hook_spawner(&self.readiness, &self.settings, &self.pool, &self.holders);
+            let spawner = hook_spawner(
+                &self.readiness,
+                self.board.as_ref(),
+                &self.settings,
+                &self.pool,
+                &self.holders,
+            );
             let extra = (self.settings.update_server)(c, &spawner);
             self.adopt(extra);
         }
@@ -369,10 +397,30 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             self.reload();
         }
         for &sig in arrived.iter().filter(|s| !signals::is_meaningful(**s)) {
-            tracing::warn!(signal = %sig, "signal has no meaning for the master; ignored");
+            match self
+                .settings
+                .forwards
+                .iter()
+                .find(|&&(from, _)| from == sig)
+            {
+                Some(&(_, to)) => {
+                    let workers = self.live();
+                    for &pid in &workers {
+                        send_signal(pid, to);
+                    }
+                    tracing::info!(signal = %sig, sent = %to, workers = workers.len(),
+                        "signal forwarded to the workers");
+                }
+                None => {
+                    tracing::warn!(signal = %sig, "signal has no meaning for the master; ignored")
+                }
+            }
         }
         let now = Instant::now();
         self.drive(|pool, ops| pool.tick(now, ops));
+        if let Some(memory) = self.pool.health_scan_due(now) {
+            self.observe(None, memory);
+        }
         self.systemd.tick(now);
         if let Phase::LameDuck { until, sig } = self.phase
             && now >= until
@@ -413,6 +461,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             };
             reaped += 1;
             tracing::debug!(%pid, status = %how, "child reaped");
+            if let Some(b) = &self.board {
+                b.release(pid);
+            }
             // A child queues its readiness datagram before it can exit, so once waitpid returned
             // it, the message is readable: read it before classifying the death. (Reading once
             // per wake-up is not enough: a replacement spawned earlier in this same pass can
@@ -441,7 +492,13 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         if reaped > 0
             && let (Some(c), Phase::Running | Phase::LameDuck { .. }) = (&self.config, &self.phase)
         {
-            let spawner = hook_spawner(&self.readiness, &self.settings, &self.pool, &self.holders);
+            let spawner = hook_spawner(
+                &self.readiness,
+                self.board.as_ref(),
+                &self.settings,
+                &self.pool,
+                &self.holders,
+            );
             let extra = (self.settings.on_child_finished)(c, &spawner);
             self.adopt(extra);
         }
@@ -461,20 +518,30 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             mode: self.settings.readiness,
             stop_signal: self.settings.pool.stop_signal,
             holders: &self.holders,
+            board: self.board.as_ref(),
             ready: Vec::new(),
+            recycle: Vec::new(),
         };
         let r = f(&mut self.pool, &mut ops);
-        while !ops.ready.is_empty() {
+        while !ops.ready.is_empty() || !ops.recycle.is_empty() {
             for pid in std::mem::take(&mut ops.ready) {
                 self.pool.worker_ready(pid, Instant::now(), &mut ops);
+            }
+            let recycle = std::mem::take(&mut ops.recycle);
+            if let (false, Some(board)) = (recycle.is_empty(), ops.board) {
+                let seen = board.observe(&recycle, false);
+                self.pool.observe(Instant::now(), &seen, &mut ops);
             }
         }
         Some(r)
     }
 
     fn read_ready(&mut self) {
-        let mut msgs = Vec::new();
-        self.readiness.drain(&mut msgs);
+        let (mut msgs, mut recycle) = (Vec::new(), Vec::new());
+        self.readiness.drain(&mut msgs, &mut recycle);
+        if !recycle.is_empty() {
+            self.observe(Some(&recycle), false);
+        }
         if msgs.is_empty() {
             return;
         }
@@ -483,6 +550,22 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 pool.worker_ready(pid, Instant::now(), ops);
             }
         });
+    }
+
+    /// Reads the scoreboard for `pids` (every worker of the pool if `None`), and memory if
+    /// asked, and hands it to the pool's health rules.
+    fn observe(&mut self, pids: Option<&[Pid]>, memory: bool) {
+        let Some(board) = &self.board else { return };
+        let all;
+        let pids = match pids {
+            Some(p) => p,
+            None => {
+                all = self.pool.pids();
+                &all
+            }
+        };
+        let seen = board.observe(pids, memory);
+        self.drive(|pool, ops| pool.observe(Instant::now(), &seen, ops));
     }
 
     /// Shutdown's last resort: `SIGKILL` to every live child, once.
@@ -608,7 +691,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
 /// Calls the user's update callback; a panic in it is caught and treated as `None`, so a bad
 /// configuration never takes the master (and with it, every worker) down.
-fn call_update<C, W: WorkerContext>(f: &mut UpdateFn<C, W>, set: &mut WorkerSet<W>) -> Option<C> {
+pub(crate) fn call_update<C, W: WorkerContext>(
+    f: &mut UpdateFn<C, W>,
+    set: &mut WorkerSet<W>,
+) -> Option<C> {
     match std::panic::catch_unwind(AssertUnwindSafe(|| f(set))) {
         Ok(c) => c,
         Err(_) => {

@@ -32,8 +32,38 @@
 //!   reuseport group's) stop receiving connections first.
 //! * **Shutdown** freezes the pool: no spawn, no promotion, no signal. What runs is the driver's
 //!   to signal (once) and reap, so no worker gets its stop signal twice.
+//! * **Adaptive pool** (when [`PoolConfig::spare`] is set): the desired set is the list of
+//!   candidates, in id order, and only the first `active` of them run; the others are dormant
+//!   (no worker, nothing to replace). Every `interval` the driver hands [`Pool::adapt`] the
+//!   in-flight count of each id (from the scoreboard): while fewer than `min_spare` running
+//!   workers are idle, the next ids start (as many as are missing, at most `max_workers` in
+//!   all); while more than `max_spare` are idle, the highest active id is retired (one per
+//!   scan); once no worker was busy for `idle_timeout`, the pool shrinks one id per scan down
+//!   to its floor, `max(min_spare, 1)`, never below. A starting worker counts as idle (it soon
+//!   will be), so a scan never starts twice for one need.
 //! * **A retired worker that dies from its own stop signal** did not handle it (it did not
 //!   drain): that is logged as a warning, because it usually means lost work.
+//!
+//! # Health rules (scoreboard observations, see [`Pool::observe`])
+//!
+//! * **Hang.** A current worker is *armed* by its first heartbeat seen after it became ready
+//!   (a worker that never beats is never judged). An armed worker whose last beat is older
+//!   than `hang_timeout` is hung: its replacement starts first (at once, not readiness-gated:
+//!   a hung worker serves nobody, so waiting would only keep its memory and its stuck
+//!   connections longer), then it gets `SIGABRT` (a core dump or a backtrace is possible) and
+//!   `SIGKILL` after `hang_kill_after`. One line is logged, with the beat's age and what the
+//!   kernel says the worker is doing. Retiring and starting workers are not judged.
+//! * **The master's own stall.** With hang detection on, observations come every
+//!   `hang_timeout / 4`. If the gap since the previous one is longer than that plus half the
+//!   timeout, the master itself was stopped or starved (and its workers may have been too):
+//!   every worker's beat is re-based to now and nobody is judged this round.
+//! * **Recycling.** A ready current worker that served its request budget (`max_requests`
+//!   plus a jitter drawn per worker in `0..=max_requests_jitter`), lived its age
+//!   (`max_age` plus a jitter in `0..=max_age_jitter`, a deadline of its own), or whose PSS
+//!   passed `max_memory`, is recycled: a readiness-gated replacement of that id (the next
+//!   worker starts; the old one retires once it took over), so the id never loses its
+//!   capacity. At most `max_concurrent_recycles` are starting at once; a reload's replacement
+//!   of the id supersedes a pending recycle. The old worker's exit reason names the rule.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -41,7 +71,8 @@ use std::time::{Duration, Instant};
 use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::process::{ChildExit, Pid, Signal};
-use crate::report::{ExitReason, ReloadOutcome, ReloadReport, WorkerEnded};
+use crate::report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason, WorkerEnded};
+use crate::scoreboard::Observation;
 
 /// What the pool tells its driver, besides acting: drained with [`Pool::take_events`].
 #[derive(Debug)]
@@ -77,6 +108,25 @@ pub(crate) struct WorkerView<Id> {
     pub state: WorkerState,
     pub started_at: Instant,
     pub ready_at: Option<Instant>,
+    /// Its last heartbeat, as last observed on the scoreboard.
+    pub last_beat: Option<Instant>,
+    /// Requests served, as last observed.
+    pub requests: u64,
+    /// Requests in flight, as last observed.
+    pub in_flight: u64,
+    /// PSS in bytes, as last observed (only read with `max_memory` set).
+    pub memory: Option<u64>,
+    /// Its request budget (jitter included), if `max_requests` is set.
+    pub max_requests: Option<u64>,
+}
+
+// Read by the status views of the control socket.
+#[allow(dead_code)]
+impl<Id> WorkerView<Id> {
+    /// How long ago it last beat, at `now`.
+    pub fn heartbeat_age(&self, now: Instant) -> Option<Duration> {
+        self.last_beat.map(|b| now.saturating_duration_since(b))
+    }
 }
 
 /// One id, for status views.
@@ -94,13 +144,66 @@ pub(crate) struct SlotView<Id> {
 
 /// What the state machine needs from the outside world.
 pub(crate) trait Processes<W> {
-    /// Starts a worker for `ctx` (the user's `fork` callback).
-    fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid, Error>;
+    /// Starts a worker for `ctx` (the user's `fork` callback), with its request budget.
+    fn spawn(&mut self, ctx: &W, generation: u64, max_requests: Option<u64>) -> Result<Pid, Error>;
     /// Sends `sig` to `pid`. The pid has not been reaped yet, so it cannot be recycled.
     fn signal(&mut self, pid: Pid, sig: Signal);
     /// `pid`'s id left the desired set and `pid` is about to be told to stop: its own sockets
     /// (a reuseport group's) stop receiving new connections first.
     fn removing(&mut self, pid: Pid);
+    /// What the kernel says `pid` is doing, for a log line (best effort).
+    fn inspect(&mut self, pid: Pid) -> String;
+}
+
+/// The health rules' settings (all off by default).
+#[derive(Clone, Debug)]
+pub(crate) struct HealthConfig {
+    pub hang_timeout: Option<Duration>,
+    pub hang_kill_after: Duration,
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: u64,
+    pub max_age: Option<Duration>,
+    pub max_age_jitter: Duration,
+    /// Bytes of PSS.
+    pub max_memory: Option<u64>,
+    pub memory_check_interval: Duration,
+    pub max_concurrent_recycles: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            hang_timeout: None,
+            hang_kill_after: Duration::from_secs(5),
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_age: None,
+            max_age_jitter: Duration::ZERO,
+            max_memory: None,
+            memory_check_interval: Duration::from_secs(5),
+            max_concurrent_recycles: 1,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// How often the scoreboard is read for hang detection: a quarter of the timeout.
+    pub fn scan_interval(&self) -> Option<Duration> {
+        self.hang_timeout
+            .map(|t| (t / 4).max(Duration::from_millis(10)))
+    }
+
+    /// How often workers beat: a tenth of the hang timeout, within 5 ms … 1 s. Without hang
+    /// detection workers are not asked to beat, so an idle worker stays asleep.
+    pub fn beat_interval(&self) -> Option<Duration> {
+        self.hang_timeout
+            .map(|t| (t / 10).clamp(Duration::from_millis(5), Duration::from_secs(1)))
+    }
+
+    /// A gap between two observations longer than this means the master itself stalled.
+    fn stall_threshold(&self) -> Option<Duration> {
+        Some(self.scan_interval()? + self.hang_timeout? / 2)
+    }
 }
 
 /// Tunables of the state machine (a view of [`Settings`](crate::Settings)).
@@ -119,6 +222,70 @@ pub(crate) struct PoolConfig {
     pub replace_unchanged: bool,
     /// A reload gives up on an id (reports it as failed) after this many failed starts.
     pub give_up_after: u32,
+    pub health: HealthConfig,
+    /// The adaptive pool's bounds, when it is on.
+    pub spare: Option<SpareConfig>,
+}
+
+/// The adaptive pool's bounds and pace (see the module docs).
+// Set by the settings once the scoreboard feeds the master in-flight counts.
+#[allow(dead_code)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SpareConfig {
+    /// Start workers while fewer than this many are idle.
+    pub min_spare: u32,
+    /// Retire workers while more than this many are idle.
+    pub max_spare: u32,
+    /// Never more workers than this (nor than the declared candidates).
+    pub max_workers: u32,
+    /// How often the in-flight counts are read and a step is taken.
+    pub interval: Duration,
+    /// After this long with no busy worker, the pool shrinks to its floor.
+    pub idle_timeout: Duration,
+}
+
+impl SpareConfig {
+    /// How many of `candidates` may run at most, and at least.
+    fn bounds(&self, candidates: usize) -> (usize, usize) {
+        let max = (self.max_workers as usize).min(candidates);
+        let floor = (self.min_spare.max(1) as usize).min(max);
+        (floor, max)
+    }
+
+    /// The change of the active count a scan decides: `active` ids run, `idle` of them have
+    /// nothing in flight, and the pool has been idle for `idle_for`.
+    pub fn step(&self, candidates: usize, active: usize, idle: usize, idle_for: Duration) -> isize {
+        let (floor, max) = self.bounds(candidates);
+        let (min_spare, max_spare) = (self.min_spare as usize, self.max_spare as usize);
+        if active < floor {
+            return (floor - active) as isize;
+        }
+        if active > max {
+            return -((active - max) as isize);
+        }
+        if idle < min_spare && active < max {
+            return (min_spare - idle).min(max - active) as isize;
+        }
+        let quiet = idle == active && idle_for >= self.idle_timeout;
+        if active > floor && (idle > max_spare || (quiet && idle > min_spare)) {
+            return -1;
+        }
+        0
+    }
+}
+
+/// The adaptive pool, for status views and metrics.
+#[allow(dead_code)] // read by the status views once the adaptive pool is wired
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SpareView {
+    /// Ids that run (or are starting).
+    pub active: usize,
+    /// Of those, with nothing in flight at the last scan.
+    pub idle: usize,
+    /// The declared candidates.
+    pub candidates: usize,
+    /// The bounds.
+    pub config: SpareConfig,
 }
 
 impl Default for PoolConfig {
@@ -134,6 +301,8 @@ impl Default for PoolConfig {
             max_parallel_replacements: usize::MAX,
             replace_unchanged: true,
             give_up_after: 3,
+            health: HealthConfig::default(),
+            spare: None,
         }
     }
 }
@@ -148,9 +317,28 @@ struct Proc<W> {
     ready_deadline: Instant,
     generation: u64,
     killed: bool,
+    /// The last observation of its scoreboard slot.
+    seen: Option<Observation>,
+    /// Judged for hangs: it beat after it became ready.
+    armed: bool,
+    /// Beats older than this count as of this moment (set after the master's own stall).
+    rebased: Option<Instant>,
+    /// Its request budget, jitter included.
+    max_requests: Option<u64>,
+    /// When it reaches its age limit, jitter included.
+    expires_at: Option<Instant>,
+    /// Why it was started as a replacement of a running worker, if a health rule did it.
+    replaces_for: Option<ReplaceReason>,
 }
 
 impl<W> Proc<W> {
+    /// How long ago it last beat (re-based after a stall), if it ever did.
+    fn beat_age(&self, now: Instant) -> Option<Duration> {
+        let beat = self.seen.and_then(|o| o.beat)?;
+        let from = self.rebased.map_or(beat, |r| r.max(beat));
+        Some(now.saturating_duration_since(from))
+    }
+
     /// Ready, and alive for the startup window since: a death from now on is not a failed
     /// start.
     fn served(&self, now: Instant, window: Duration) -> bool {
@@ -213,6 +401,8 @@ struct Slot<W> {
     current: Option<Proc<W>>,
     next: Option<Proc<W>>,
     wants_replacement: bool,
+    /// A recycle of the current worker is due, for this reason.
+    recycle: Option<ReplaceReason>,
     /// Starts of the current worker.
     start_backoff: Backoff,
     /// Starts of a replacement.
@@ -233,6 +423,7 @@ impl<W> Slot<W> {
             current: None,
             next: None,
             wants_replacement: false,
+            recycle: None,
             start_backoff: Backoff::default(),
             replace_backoff: Backoff::default(),
             last_failure: None,
@@ -240,6 +431,11 @@ impl<W> Slot<W> {
             failed_starts: 0,
             last_exit: None,
         }
+    }
+
+    /// A replacement of the current worker is wanted (a reload, or a recycle).
+    fn wants_next(&self) -> bool {
+        self.wants_replacement || self.recycle.is_some()
     }
 
     /// Runs a ready worker of the desired context, with nothing pending.
@@ -280,6 +476,24 @@ pub(crate) struct Pool<W: WorkerContext> {
     /// The generation whose outcome is not reported yet, and when it began.
     settling: Option<(u64, Instant)>,
     events: Vec<PoolEvent<W>>,
+    /// The jitter draws' state (xorshift64*).
+    rng: u64,
+    /// The last scoreboard observation (for the master's own stall).
+    last_observed: Option<Instant>,
+    /// When the scoreboard is read next for hang detection, if it is on.
+    next_health_scan: Option<Instant>,
+    /// When memory is read next, if `max_memory` is set.
+    next_memory: Option<Instant>,
+    /// Workers replaced by a health rule, by [`ReplaceReason::index`].
+    replaced: [u64; 4],
+    /// Adaptive pool: how many ids (the first, in id order) run.
+    active: usize,
+    /// Adaptive pool: idle workers at the last scan.
+    last_idle: usize,
+    /// Adaptive pool: when the next scan is due.
+    next_scan: Option<Instant>,
+    /// Adaptive pool: when a worker was last seen busy (or the pool started).
+    last_busy: Option<Instant>,
 }
 
 fn encode_for_diff<W: WorkerContext>(w: &W) -> Vec<u8> {
@@ -297,7 +511,36 @@ impl<W: WorkerContext> Pool<W> {
             shutting_down: false,
             settling: None,
             events: Vec::new(),
+            rng: initial_seed(),
+            last_observed: None,
+            next_health_scan: None,
+            next_memory: None,
+            replaced: [0; 4],
+            active: 0,
+            last_idle: 0,
+            next_scan: None,
+            last_busy: None,
         }
+    }
+
+    /// Seeds the jitter draws (tests).
+    #[cfg(test)]
+    pub fn seed(&mut self, seed: u64) {
+        self.rng = seed | 1;
+    }
+
+    /// Workers replaced by each health rule so far (for the metrics).
+    #[allow(dead_code)] // the control socket's metrics
+    pub fn replacements(&self) -> [(ReplaceReason, u64); 4] {
+        ReplaceReason::ALL.map(|r| (r, self.replaced[r.index()]))
+    }
+
+    /// Schedules the periodic reads the health settings ask for, from `now`.
+    fn arm_scans(&mut self, now: Instant) {
+        let h = &self.cfg.health;
+        self.next_health_scan = h.scan_interval().map(|i| later(now, i));
+        self.next_memory = h.max_memory.map(|_| later(now, h.memory_check_interval));
+        self.last_observed = Some(now);
     }
 
     /// What happened since the last call.
@@ -366,6 +609,11 @@ impl<W: WorkerContext> Pool<W> {
             state,
             started_at: p.spawned_at,
             ready_at: p.ready_at,
+            last_beat: p.seen.and_then(|o| o.beat),
+            requests: p.seen.map_or(0, |o| o.served),
+            in_flight: p.seen.map_or(0, |o| o.in_flight),
+            memory: p.seen.and_then(|o| o.memory),
+            max_requests: p.max_requests,
         };
         let ready_or_starting = |p: &Proc<W>| {
             if p.ready_at.is_some() {
@@ -405,6 +653,7 @@ impl<W: WorkerContext> Pool<W> {
         ops: &mut impl Processes<W>,
     ) -> Option<(W::Id, Error)> {
         self.settling = Some((0, now));
+        self.arm_scans(now);
         self.set_desired(desired, now, ops);
         let failed = self.pump(now, ops, true).into_iter().next();
         self.check_settled(now);
@@ -444,9 +693,6 @@ impl<W: WorkerContext> Pool<W> {
             if let Some(slot) = self.slots.remove(&id) {
                 tracing::info!(worker_id = ?id, generation, "worker left the desired set");
                 for p in [slot.current, slot.next].into_iter().flatten() {
-                    // Steer away from the id's own sockets before the stop signal, so the
-                    // draining worker empties a queue that no longer grows.
-                    ops.removing(p.pid);
                     self.retire(id.clone(), p, ExitReason::Removed, now, ops);
                 }
             }
@@ -475,6 +721,7 @@ impl<W: WorkerContext> Pool<W> {
                 }
             }
         }
+        self.clamp_active(now, ops);
     }
 
     /// Starts what is due: first spawns of empty slots, then replacements within the budget.
@@ -491,10 +738,24 @@ impl<W: WorkerContext> Pool<W> {
             return errors;
         }
         let generation = self.generation;
-        let mut in_flight = self.slots.values().filter(|s| s.next.is_some()).count();
+        // Replacements starting, for a reload and for a recycle: each has its own budget.
+        let mut in_flight = self
+            .slots
+            .values()
+            .filter(|s| s.next.as_ref().is_some_and(|n| n.replaces_for.is_none()))
+            .count();
+        let mut recycling = self
+            .slots
+            .values()
+            .filter(|s| s.next.as_ref().is_some_and(|n| n.replaces_for.is_some()))
+            .count();
         let ready_timeout = self.cfg.ready_timeout;
+        let health = self.cfg.health.clone();
         let ids: Vec<W::Id> = self.slots.keys().cloned().collect();
-        for id in ids {
+        for (index, id) in ids.into_iter().enumerate() {
+            if self.dormant(index) {
+                continue;
+            }
             if at_start && !errors.is_empty() {
                 break; // at start, the first failure is fatal: spawn nothing more
             }
@@ -506,11 +767,14 @@ impl<W: WorkerContext> Pool<W> {
                     continue;
                 }
                 false
-            } else if slot.wants_replacement && slot.next.is_none() {
+            } else if slot.wants_next() && slot.next.is_none() {
                 // Due now, but if the budget is full the event that frees it wakes the loop.
-                if !slot.replace_backoff.take_due(now)
-                    || in_flight >= self.cfg.max_parallel_replacements
-                {
+                let full = if slot.wants_replacement {
+                    in_flight >= self.cfg.max_parallel_replacements
+                } else {
+                    recycling >= health.max_concurrent_recycles
+                };
+                if !slot.replace_backoff.take_due(now) || full {
                     continue;
                 }
                 true
@@ -526,7 +790,21 @@ impl<W: WorkerContext> Pool<W> {
             if !into_next && slot.good.is_none() {
                 slot.wants_replacement = false; // it starts with the desired context anyway
             }
-            match ops.spawn(&ctx, generation) {
+            let replaces_for = if into_next && !slot.wants_replacement {
+                slot.recycle
+            } else {
+                None
+            };
+            let max_requests = health
+                .max_requests
+                .map(|n| n.saturating_add(draw(&mut self.rng, health.max_requests_jitter)));
+            let expires_at = health.max_age.map(|age| {
+                let jitter_ms =
+                    u64::try_from(health.max_age_jitter.as_millis()).unwrap_or(u64::MAX);
+                let jitter = Duration::from_millis(draw(&mut self.rng, jitter_ms));
+                later(now, age.saturating_add(jitter))
+            });
+            match ops.spawn(&ctx, generation, max_requests) {
                 Ok(pid) => {
                     tracing::debug!(worker_id = ?id, %pid, generation, replacement = into_next, "worker spawned");
                     let p = Proc {
@@ -537,10 +815,20 @@ impl<W: WorkerContext> Pool<W> {
                         ready_deadline: later(now, ready_timeout),
                         generation,
                         killed: false,
+                        seen: None,
+                        armed: false,
+                        rebased: None,
+                        max_requests,
+                        expires_at,
+                        replaces_for,
                     };
                     if into_next {
                         slot.next = Some(p);
-                        in_flight += 1;
+                        if replaces_for.is_some() {
+                            recycling += 1;
+                        } else {
+                            in_flight += 1;
+                        }
                     } else {
                         slot.current = Some(p);
                     }
@@ -573,6 +861,11 @@ impl<W: WorkerContext> Pool<W> {
         now: Instant,
         ops: &mut impl Processes<W>,
     ) {
+        // A removed id (a smaller set, an adaptive shrink): steer away from its own sockets
+        // before the stop signal, so the draining worker empties a queue that no longer grows.
+        if why == ExitReason::Removed {
+            ops.removing(proc.pid);
+        }
         // During shutdown the driver signals everything once (see `begin_shutdown`).
         if !self.shutting_down {
             ops.signal(proc.pid, self.cfg.stop_signal);
@@ -617,20 +910,27 @@ impl<W: WorkerContext> Pool<W> {
                 .is_some_and(|n| n.may_take_over(now, &self.cfg))
             {
                 let next = slot.next.take();
+                let why = next.as_ref().and_then(|n| n.replaces_for);
                 if let Some(old) = std::mem::replace(&mut slot.current, next) {
                     if let Some(new) = &slot.current {
                         tracing::info!(worker_id = ?id, old_pid = %old.pid, new_pid = %new.pid,
-                            generation = new.generation, "worker replaced");
+                            generation = new.generation,
+                            reason = %why.map_or("reload", ReplaceReason::as_str),
+                            "worker replaced");
                     }
-                    to_retire.push((id.clone(), old));
+                    if let Some(r) = why {
+                        self.replaced[r.index()] += 1;
+                    }
+                    to_retire.push((id.clone(), old, why.map_or(ExitReason::Retired, Into::into)));
                 }
                 slot.good = slot.current.as_ref().map(|p| p.ctx.clone());
                 slot.wants_replacement = false;
+                slot.recycle = None;
                 slot.replace_backoff.reset();
             }
         }
-        for (id, old) in to_retire {
-            self.retire(id, old, ExitReason::Retired, now, ops);
+        for (id, old, why) in to_retire {
+            self.retire(id, old, why, now, ops);
         }
         // Starting the next replacement may now fit in the budget.
         self.pump(now, ops, false);
@@ -659,14 +959,16 @@ impl<W: WorkerContext> Pool<W> {
 
     fn retired_exited(&mut self, r: Retiring<W>, how: ChildExit, now: Instant) {
         let pid = r.proc.pid;
-        if how == ChildExit::Signaled(self.cfg.stop_signal) {
+        if r.why == ExitReason::Hang {
+            tracing::info!(%pid, status = %how, killed = r.killed, "hung worker exited");
+        } else if how == ChildExit::Signaled(self.cfg.stop_signal) {
             tracing::warn!(%pid, status = %how,
                 "retired worker died from its stop signal instead of draining \
                  (does it handle it? see worker::stop_signal)");
         } else {
             tracing::info!(%pid, status = %how, killed = r.killed, "retired worker exited");
         }
-        let reason = if r.killed {
+        let reason = if r.killed && r.why != ExitReason::Hang {
             ExitReason::KilledAtDeadline
         } else if self.shutting_down {
             ExitReason::Shutdown
@@ -714,6 +1016,9 @@ impl<W: WorkerContext> Pool<W> {
             slot.next.take()
         };
         let Some(p) = taken else { return false };
+        if was_current {
+            slot.recycle = None; // whatever comes next is a new incarnation
+        }
         let served = p.served(now, window) || (p.ready_at.is_some() && !ended_by_itself(how));
         let mut respawned = false;
         let reason = if shutting_down {
@@ -748,11 +1053,7 @@ impl<W: WorkerContext> Pool<W> {
         if respawned {
             // Respawn first: a log write must not delay it.
             self.pump(now, ops, false);
-            let new_pid = self
-                .slots
-                .get(&id)
-                .and_then(|s| s.current.as_ref())
-                .map(|n| n.pid.as_raw());
+            let new_pid = self.current_pid(&id);
             tracing::warn!(worker_id = ?id, %pid, status = %how, generation = p.generation,
                 uptime_ms = now.saturating_duration_since(p.spawned_at).as_millis() as u64,
                 new_pid, "worker exited; respawned");
@@ -786,6 +1087,14 @@ impl<W: WorkerContext> Pool<W> {
         slot.last_failure = Some(format!("{what} ({how})"));
     }
 
+    /// The raw pid of `id`'s current worker, for a log line.
+    fn current_pid(&self, id: &W::Id) -> Option<i32> {
+        self.slots
+            .get(id)
+            .and_then(|s| s.current.as_ref())
+            .map(|p| p.pid.as_raw())
+    }
+
     /// The id of `pid`, and whether it is the current worker (else the next).
     fn find(&self, pid: Pid) -> Option<(W::Id, bool)> {
         self.slots.iter().find_map(|(id, s)| {
@@ -799,6 +1108,120 @@ impl<W: WorkerContext> Pool<W> {
         })
     }
 
+    /// Adaptive pool: whether the id at `index` (in id order) is dormant.
+    fn dormant(&self, index: usize) -> bool {
+        self.cfg.spare.is_some() && index >= self.active
+    }
+
+    /// Adaptive pool: keeps `active` within its bounds for the current candidates, and retires
+    /// the workers of ids that became dormant.
+    fn clamp_active(&mut self, now: Instant, ops: &mut impl Processes<W>) {
+        let Some(sp) = self.cfg.spare else { return };
+        let (floor, max) = sp.bounds(self.slots.len());
+        let want = self.active.clamp(floor, max);
+        while self.active > want {
+            self.shrink(now, ops);
+        }
+        self.active = want;
+        if self.next_scan.is_none() {
+            self.next_scan = Some(later(now, sp.interval));
+            self.last_busy = Some(now);
+        }
+    }
+
+    /// Adaptive pool: retires the workers of the highest active id, which becomes dormant.
+    fn shrink(&mut self, now: Instant, ops: &mut impl Processes<W>) {
+        let Some(index) = self.active.checked_sub(1) else {
+            return;
+        };
+        self.active = index;
+        let Some((id, slot)) = self.slots.iter_mut().nth(index) else {
+            return;
+        };
+        let id = id.clone();
+        let procs: Vec<Proc<W>> = [slot.current.take(), slot.next.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        slot.wants_replacement = false;
+        slot.start_backoff.reset();
+        slot.replace_backoff.reset();
+        for p in procs {
+            tracing::info!(worker_id = ?id, pid = %p.pid, active = self.active,
+                "adaptive pool: retiring the highest id");
+            self.retire(id.clone(), p, ExitReason::Removed, now, ops);
+        }
+    }
+
+    /// Adaptive pool: whether a scan is due (the driver then reads the in-flight counts and
+    /// calls [`adapt`](Self::adapt), which schedules the next one; a driver that did not would
+    /// see a past deadline in [`next_deadline`](Self::next_deadline) until it does).
+    #[allow(dead_code)] // the master scans once the scoreboard feeds it in-flight counts
+    pub fn scan_due(&self, now: Instant) -> bool {
+        !self.shutting_down && self.next_scan.is_some_and(|t| t <= now)
+    }
+
+    /// Adaptive pool: one scan, given the in-flight count of each id (an id missing from
+    /// `in_flight` has nothing in flight). Starts or retires workers per the rules in the
+    /// module docs, and schedules the next scan.
+    #[allow(dead_code)] // the master scans once the scoreboard feeds it in-flight counts
+    pub fn adapt(
+        &mut self,
+        in_flight: &BTreeMap<W::Id, u64>,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) {
+        let Some(sp) = self.cfg.spare else { return };
+        if self.shutting_down {
+            return;
+        }
+        self.next_scan = Some(later(now, sp.interval));
+        // Idle: an active id whose worker has nothing in flight, is still starting, or is
+        // about to be respawned.
+        let idle = self
+            .slots
+            .iter()
+            .take(self.active)
+            .filter(|(id, slot)| {
+                let ready = slot.current.as_ref().is_some_and(|p| p.ready_at.is_some());
+                !ready || in_flight.get(*id).copied().unwrap_or(0) == 0
+            })
+            .count();
+        if idle < self.active || self.last_busy.is_none() {
+            self.last_busy = Some(now);
+        }
+        self.last_idle = idle;
+        let idle_for = now.saturating_duration_since(self.last_busy.unwrap_or(now));
+        let step = sp.step(self.slots.len(), self.active, idle, idle_for);
+        if step > 0 {
+            let before = self.active;
+            self.active += step as usize;
+            tracing::info!(
+                active = self.active,
+                idle,
+                min_spare = sp.min_spare,
+                "adaptive pool: starting {} more worker(s)",
+                self.active - before
+            );
+            self.pump(now, ops, false);
+        } else if step < 0 {
+            for _ in 0..step.unsigned_abs() {
+                self.shrink(now, ops);
+            }
+        }
+    }
+
+    /// The adaptive pool, for status views and metrics (`None` when it is off).
+    #[allow(dead_code)] // read by the status views once the adaptive pool is wired
+    pub fn spare_view(&self) -> Option<SpareView> {
+        self.cfg.spare.map(|config| SpareView {
+            active: self.active,
+            idle: self.last_idle,
+            candidates: self.slots.len(),
+            config,
+        })
+    }
+
     /// Timers: readiness deadlines, stop deadlines, promotions, retries.
     pub fn tick(&mut self, now: Instant, ops: &mut impl Processes<W>) {
         if self.shutting_down {
@@ -806,7 +1229,11 @@ impl<W: WorkerContext> Pool<W> {
         }
         for (pid, r) in self.retiring.iter_mut() {
             if !r.killed && r.kill_at <= now {
-                tracing::warn!(%pid, "retired worker did not stop in time; sending SIGKILL");
+                if r.why == ExitReason::Hang {
+                    tracing::warn!(%pid, "hung worker still alive after SIGABRT; sending SIGKILL");
+                } else {
+                    tracing::warn!(%pid, "retired worker did not stop in time; sending SIGKILL");
+                }
                 ops.signal(*pid, Signal::SIGKILL);
                 r.killed = true;
             }
@@ -820,8 +1247,175 @@ impl<W: WorkerContext> Pool<W> {
                 }
             }
         }
+        for (id, slot) in self.slots.iter_mut() {
+            if let Some(p) = slot.current.as_ref().filter(|_| slot.recycle.is_none())
+                && p.ready_at.is_some()
+                && p.expires_at.is_some_and(|t| t <= now)
+            {
+                tracing::info!(worker_id = ?id, pid = %p.pid,
+                    age_ms = now.saturating_duration_since(p.spawned_at).as_millis() as u64,
+                    "worker reached its max_age; recycling (readiness-gated)");
+                slot.recycle = Some(ReplaceReason::MaxAge);
+            }
+        }
         self.promote_ready(now, ops);
         self.check_settled(now);
+    }
+
+    /// The periodic scoreboard reads due at `now`, if any: `Some(true)` when memory is to be
+    /// read too. Takes them (the next ones are scheduled from `now`).
+    pub fn health_scan_due(&mut self, now: Instant) -> Option<bool> {
+        if self.shutting_down {
+            return None;
+        }
+        let beats = self.next_health_scan.is_some_and(|t| t <= now);
+        let memory = self.next_memory.is_some_and(|t| t <= now);
+        let h = &self.cfg.health;
+        if beats {
+            self.next_health_scan = h.scan_interval().map(|i| later(now, i));
+        }
+        if memory {
+            self.next_memory = Some(later(now, h.memory_check_interval));
+        }
+        (beats || memory).then_some(memory)
+    }
+
+    /// What the scoreboard (and `/proc`) showed at `now`: records it, then applies the health
+    /// rules (see the module docs): hangs are replaced at once, recycles start within their
+    /// budget.
+    pub fn observe(&mut self, now: Instant, seen: &[Observation], ops: &mut impl Processes<W>) {
+        if self.shutting_down {
+            return;
+        }
+        let stalled = match (self.last_observed, self.cfg.health.stall_threshold()) {
+            (Some(last), Some(limit)) => now.saturating_duration_since(last) > limit,
+            _ => false,
+        };
+        if stalled {
+            let gap = self
+                .last_observed
+                .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
+            tracing::warn!(
+                gap_ms = gap.as_millis() as u64,
+                "the master itself stalled (stopped or starved); re-basing every heartbeat, \
+                 judging nobody this round"
+            );
+        }
+        self.last_observed = Some(now);
+        let by_pid: BTreeMap<Pid, &Observation> = seen.iter().map(|o| (o.pid, o)).collect();
+        let procs = self
+            .slots
+            .values_mut()
+            .flat_map(|s| [&mut s.current, &mut s.next])
+            .flatten()
+            .chain(self.retiring.values_mut().map(|r| &mut r.proc));
+        for p in procs {
+            if let Some(o) = by_pid.get(&p.pid) {
+                record(p, o, stalled);
+            }
+        }
+        if stalled {
+            for slot in self.slots.values_mut() {
+                for p in [&mut slot.current, &mut slot.next].into_iter().flatten() {
+                    p.rebased = Some(now);
+                }
+            }
+            return;
+        }
+        self.judge(now, ops);
+        self.pump(now, ops, false);
+        self.check_settled(now);
+    }
+
+    /// The health rules, on the current workers.
+    fn judge(&mut self, now: Instant, ops: &mut impl Processes<W>) {
+        let h = self.cfg.health.clone();
+        let mut hung = Vec::new();
+        for (id, slot) in self.slots.iter_mut() {
+            let Some(p) = &slot.current else { continue };
+            if p.killed || p.ready_at.is_none() {
+                continue;
+            }
+            if let (Some(timeout), true, Some(age)) = (h.hang_timeout, p.armed, p.beat_age(now))
+                && age > timeout
+            {
+                hung.push((id.clone(), age));
+                continue;
+            }
+            if slot.wants_next() {
+                continue;
+            }
+            let seen = p.seen;
+            let why = if p
+                .max_requests
+                .is_some_and(|n| seen.is_some_and(|o| o.served >= n))
+            {
+                Some(ReplaceReason::MaxRequests)
+            } else if h
+                .max_memory
+                .is_some_and(|max| seen.and_then(|o| o.memory).is_some_and(|m| m > max))
+            {
+                Some(ReplaceReason::MaxMemory)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                tracing::info!(worker_id = ?id, pid = %p.pid, reason = %why,
+                    served = seen.map_or(0, |o| o.served), limit = p.max_requests,
+                    pss_bytes = seen.and_then(|o| o.memory),
+                    "recycling worker (readiness-gated)");
+                slot.recycle = Some(why);
+            }
+        }
+        for (id, age) in hung {
+            self.replace_hung(id, age, now, ops);
+        }
+    }
+
+    /// A hung current worker: its replacement starts first, then it gets `SIGABRT`, and
+    /// `SIGKILL` after `hang_kill_after`.
+    fn replace_hung(
+        &mut self,
+        id: W::Id,
+        age: Duration,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(hung) = slot.current.take() else {
+            return;
+        };
+        let kernel = ops.inspect(hung.pid);
+        if let Some(next) = slot.next.take() {
+            // A replacement was already starting: it takes the slot.
+            slot.current = Some(next);
+            slot.wants_replacement = false;
+        }
+        slot.recycle = None;
+        slot.restarts += 1;
+        slot.start_backoff.reset();
+        self.replaced[ReplaceReason::Hang.index()] += 1;
+        self.pump(now, ops, false);
+        let new_pid = self.current_pid(&id);
+        ops.signal(hung.pid, Signal::SIGABRT);
+        let timeout = self.cfg.health.hang_timeout.unwrap_or_default();
+        tracing::error!(worker_id = ?id, pid = %hung.pid, beat_age_ms = age.as_millis() as u64,
+            kernel = %kernel, new_pid,
+            "worker hung: no heartbeat for longer than {} ms; replacement started, sent SIGABRT",
+            timeout.as_millis());
+        let pid = hung.pid;
+        self.retiring.insert(
+            pid,
+            Retiring {
+                id,
+                proc: hung,
+                why: ExitReason::Hang,
+                kill_at: later(now, self.cfg.health.hang_kill_after),
+                killed: false,
+            },
+        );
     }
 
     /// When `tick` next has something to do, if ever.
@@ -838,6 +1432,10 @@ impl<W: WorkerContext> Pool<W> {
                 consider(r.kill_at);
             }
         }
+        // The adaptive pool's scans: the only periodic timer, and only when it is on.
+        if let Some(t) = self.next_scan {
+            consider(t);
+        }
         for slot in self.slots.values() {
             for p in [&slot.current, &slot.next].into_iter().flatten() {
                 if p.ready_at.is_none() && !p.killed {
@@ -852,12 +1450,26 @@ impl<W: WorkerContext> Pool<W> {
             {
                 consider(t);
             }
-            if slot.wants_replacement
+            if slot.wants_next()
                 && slot.next.is_none()
                 && let Some(t) = slot.replace_backoff.retry_at
             {
                 consider(t);
             }
+            if let Some(t) = slot
+                .current
+                .as_ref()
+                .filter(|p| slot.recycle.is_none() && p.ready_at.is_some())
+                .and_then(|p| p.expires_at)
+            {
+                consider(t);
+            }
+        }
+        for t in [self.next_health_scan, self.next_memory]
+            .into_iter()
+            .flatten()
+        {
+            consider(t);
         }
         best
     }
@@ -895,6 +1507,44 @@ impl<W: WorkerContext> Pool<W> {
             .iter()
             .filter_map(|(id, s)| s.current.as_ref().map(|p| (id.clone(), p.pid)))
             .collect()
+    }
+}
+
+/// Records an observation of `p`; arms it at its first beat after it became ready.
+fn record<W>(p: &mut Proc<W>, o: &Observation, stalled: bool) {
+    p.seen = Some(*o);
+    if !stalled
+        && let (Some(ready), Some(beat)) = (p.ready_at, o.beat)
+        && beat >= ready
+        && !p.armed
+    {
+        p.armed = true;
+        tracing::debug!(pid = %p.pid, "heartbeat seen after readiness: hang detection armed");
+    }
+}
+
+/// The process-wide seed of the jitter draws: the clock and the pid, mixed.
+fn initial_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+}
+
+/// A draw in `0..=max` (xorshift64*; the modulo bias is irrelevant for a jitter).
+fn draw(state: &mut u64, max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    match max.checked_add(1) {
+        Some(m) => r % m,
+        None => r,
     }
 }
 

@@ -15,6 +15,7 @@
 //! | `CHLD` | reap |
 //! | `USR1`, `USR2`, `ALRM`, `VTALRM`, `PROF`, `IO`, `PWR`, `STKFLT`, `XCPU`, `XFSZ`, `ABRT`, `TTIN`, `TTOU`, real-time | logged and ignored: a stray `kill -USR1` copied from an nginx set-up must not take the service down (their default action would end the master, and every worker with it) |
 //! | `PIPE` | ignored (a write to a closed pipe returns `EPIPE`) |
+//! | a signal named by `Settings::forward_signal` | sent on to every live worker (as the signal the setting maps it to) |
 //!
 //! Faults (`SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`, `SYS`) keep their default: returning from a
 //! handler would fault again. `KILL` and `STOP` cannot be caught.
@@ -69,8 +70,9 @@ pub(crate) struct MasterSignals {
 }
 
 impl MasterSignals {
-    /// Clears what the master inherited (mask, ignores) and installs its handlers.
-    pub fn install() -> Result<Self> {
+    /// Clears what the master inherited (mask, ignores) and installs its handlers, for its own
+    /// signals and for `forwarded` ones.
+    pub fn install(forwarded: &[Signal]) -> Result<Self> {
         crate::sys::unblock_all_signals().map_err(Error::Signal)?;
         crate::sys::reset_inherited_ignores(&[libc::SIGPIPE]);
         crate::sys::ignore_sigpipe();
@@ -81,6 +83,7 @@ impl MasterSignals {
         let all = MEANINGFUL
             .iter()
             .chain(STRAY.iter())
+            .chain(forwarded.iter())
             .map(|s| s.as_raw())
             .chain(realtime);
         let delivery =
@@ -105,4 +108,78 @@ impl MasterSignals {
 /// Whether the master gives `sig` a meaning (as opposed to logging and ignoring it).
 pub(crate) fn is_meaningful(sig: Signal) -> bool {
     MEANINGFUL.contains(&sig)
+}
+
+/// Why the master cannot forward `sig` to its workers, if it cannot.
+pub(crate) fn reserved(sig: Signal) -> Option<&'static str> {
+    Some(match sig {
+        Signal::SIGHUP => "the master reloads on it",
+        Signal::SIGTERM | Signal::SIGINT => "the master stops on it",
+        Signal::SIGCHLD => "the master reaps its workers on it",
+        Signal::SIGQUIT => "the master calls on_quit on it",
+        Signal::SIGTTIN | Signal::SIGTTOU => "it is reserved for runtime scaling",
+        Signal::SIGKILL | Signal::SIGSTOP => "it cannot be caught",
+        Signal::SIGSEGV
+        | Signal::SIGBUS
+        | Signal::SIGILL
+        | Signal::SIGFPE
+        | Signal::SIGTRAP
+        | Signal::SIGSYS => "it reports a fault of the master itself",
+        _ => return None,
+    })
+}
+
+/// Checks a signal mapping (received → sent) at start: one line saying what is wrong.
+pub(crate) fn check_forwards(forwards: &[(Signal, Signal)]) -> Result<()> {
+    for (i, &(from, to)) in forwards.iter().enumerate() {
+        if let Some(why) = reserved(from) {
+            return Err(Error::InvalidSetting(format!(
+                "cannot forward {from} to the workers: {why}"
+            )));
+        }
+        if forwards[..i].iter().any(|&(f, _)| f == from) {
+            return Err(Error::InvalidSetting(format!(
+                "{from} is forwarded twice (as {to} and before)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_signals_are_refused_with_a_reason() {
+        assert!(check_forwards(&[(Signal::SIGUSR1, Signal::SIGUSR1)]).is_ok());
+        assert!(check_forwards(&[(Signal::SIGWINCH, Signal::SIGUSR2)]).is_ok());
+        for sig in [
+            Signal::SIGHUP,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGCHLD,
+            Signal::SIGQUIT,
+            Signal::SIGKILL,
+            Signal::SIGSEGV,
+        ] {
+            let e = check_forwards(&[(sig, Signal::SIGUSR1)]).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!(
+                    "invalid setting: cannot forward {sig} to the workers: "
+                )),
+                "{e}"
+            );
+        }
+        let twice = [
+            (Signal::SIGUSR1, Signal::SIGUSR1),
+            (Signal::SIGUSR1, Signal::SIGUSR2),
+        ];
+        assert!(
+            check_forwards(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
 }

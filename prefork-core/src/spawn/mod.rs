@@ -11,7 +11,8 @@
 //!
 //! In the master (allocation allowed), here:
 //! 1. The context is cloned and walked with `visit_fds`; the n declared sockets get the
-//!    child-side numbers 3 … 3+n-1, and the readiness socket gets 3+n. Each listener is checked
+//!    child-side numbers 3 … 3+n-1, the readiness socket gets 3+n, and the scoreboard (when the
+//!    master keeps one and a slot is free) 3+n+1. Each listener is checked
 //!    first: still listening and non-blocking, restored loudly if a worker broke it (see
 //!    [`fd`](crate::fd)).
 //! 2. The context is encoded behind a one-line header and written *whole* into a fresh pipe
@@ -34,6 +35,7 @@ mod argv;
 mod child;
 mod credentials;
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -46,9 +48,10 @@ use crate::context::{RuntimeOptions, WorkerContext};
 use crate::error::{Error, Result};
 use crate::fd::ListenerKind;
 use crate::process::{Pid, Signal};
-use crate::protocol::{Header, WORKER_ENV};
+use crate::protocol::{Header, ScoreboardGrant, WORKER_ENV};
 use crate::readiness::Readiness;
 use crate::reuseport::{Holders, MemberRef};
+use crate::scoreboard::Board;
 
 use argv::CStringArray;
 use child::{ChildPlan, Program};
@@ -62,15 +65,47 @@ pub use child::FIRST_INHERITED_FD;
 ///
 /// It exists only inside those calls, on the master's thread (a worker's parent-death signal
 /// follows the thread that started it), and carries what every worker needs from its master:
-/// the readiness socket, the readiness mode, the stop signal and the reload generation.
+/// the readiness socket, the readiness mode, the stop signal, the reload generation, and a
+/// scoreboard slot for each worker it starts.
+///
+/// In single-process mode ([`PREFORK_SINGLE`](crate::protocol::SINGLE_ENV)) the spawner starts
+/// no process: the first [`fork_worker_process`](Self::fork_worker_process) keeps the context
+/// (with a copy of each declared socket) for the calling process to run, and returns this
+/// process's pid; any further call is an error.
 #[derive(Debug)]
 pub struct Spawner<'a> {
-    readiness_fd: BorrowedFd<'a>,
+    target: Target<'a>,
     readiness: Readiness,
     stop_signal: Signal,
     generation: u64,
     /// Where the master records which worker holds which reuseport socket.
-    holders: &'a Holders,
+    holders: Option<&'a Holders>,
+    board: Option<&'a Board>,
+    max_requests: Option<u64>,
+}
+
+/// Where a spawner's workers go.
+#[derive(Debug)]
+enum Target<'a> {
+    /// A new process, with the master's readiness socket.
+    Process { readiness_fd: BorrowedFd<'a> },
+    /// This process (single-process mode): the context is kept here.
+    InProcess(&'a RefCell<Option<Captured>>),
+}
+
+/// A worker's context kept for single-process mode: what a worker would read at boot.
+#[derive(Debug)]
+pub(crate) struct Captured {
+    /// The encoded context (its sockets numbered as this process holds their copies).
+    pub context: Vec<u8>,
+    /// The copies of the declared sockets, and their kinds.
+    pub fds: Vec<(RawFd, ListenerKind)>,
+    /// The copies a worker must find non-blocking.
+    pub nonblocking: Vec<RawFd>,
+    /// The copies that are the worker id's own sockets (a reuseport group's).
+    pub per_worker: Vec<RawFd>,
+    /// The context's thread count.
+    pub threads: Option<usize>,
 }
 
 impl<'a> Spawner<'a> {
@@ -79,14 +114,46 @@ impl<'a> Spawner<'a> {
         readiness: Readiness,
         stop_signal: Signal,
         generation: u64,
-        holders: &'a Holders,
+        board: Option<&'a Board>,
     ) -> Self {
         Spawner {
-            readiness_fd,
+            target: Target::Process { readiness_fd },
             readiness,
             stop_signal,
             generation,
-            holders,
+            holders: None,
+            board,
+            max_requests: None,
+        }
+    }
+
+    /// Where the master records which worker holds which reuseport socket.
+    pub(crate) fn with_holders(mut self, holders: &'a Holders) -> Self {
+        self.holders = Some(holders);
+        self
+    }
+
+    /// The request budget of the workers this spawner starts (drawn by the pool, jitter
+    /// included).
+    pub(crate) fn with_max_requests(mut self, n: Option<u64>) -> Self {
+        self.max_requests = n;
+        self
+    }
+
+    /// A spawner for single-process mode: it keeps the first context in `slot`.
+    pub(crate) fn in_process(
+        slot: &'a RefCell<Option<Captured>>,
+        readiness: Readiness,
+        stop_signal: Signal,
+    ) -> Self {
+        Spawner {
+            target: Target::InProcess(slot),
+            readiness,
+            stop_signal,
+            generation: 0,
+            board: None,
+            max_requests: None,
+            holders: None,
         }
     }
 
@@ -111,8 +178,48 @@ impl<'a> Spawner<'a> {
         S: AsRef<OsStr>,
     {
         let what = format!("{:?}", ctx.id());
+        let readiness_fd = match &self.target {
+            Target::Process { readiness_fd } => *readiness_fd,
+            Target::InProcess(slot) => return capture(ctx, slot, what),
+        };
         let mut ctx = ctx.clone();
-        let fds = FdLayout::of(&mut ctx, self.readiness_fd)?;
+        // A slot is claimed for this spawn and given back if it fails.
+        let claim = self.board.and_then(|b| Some((b, b.claim()?)));
+        let r = self.spawn_with_slot(&what, &mut ctx, args, readiness_fd, claim);
+        if let Some((board, slot)) = claim {
+            match &r {
+                Ok(pid) => board.assign(slot, *pid),
+                Err(_) => board.unclaim(slot),
+            }
+        }
+        r
+    }
+
+    fn spawn_with_slot<W, I, S>(
+        &self,
+        what: &str,
+        ctx: &mut W,
+        args: I,
+        readiness_fd: BorrowedFd<'_>,
+        claim: Option<(&Board, u32)>,
+    ) -> Result<Pid>
+    where
+        W: WorkerContext,
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let fds = FdLayout::of(ctx, readiness_fd, claim.map(|(b, _)| b.fd()))?;
+        let scoreboard = match (claim, fds.scoreboard_target) {
+            (Some((board, slot)), Some(fd)) => Some(ScoreboardGrant {
+                fd,
+                slot,
+                beat_ms: board.beat_every().map_or(0, |d| {
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+                }),
+                max_requests: self.max_requests,
+            }),
+            _ => None,
+        };
         let opts = ctx.runtime_options();
         // Names are resolved before anything is started: an unknown user is one clear error.
         let credentials = Credentials::resolve(&opts)?;
@@ -132,6 +239,7 @@ impl<'a> Spawner<'a> {
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
+            scoreboard,
         };
         let mut doc = serde_json::to_vec(&header).map_err(|e| Error::Encode(e.to_string()))?;
         doc.push(b'\n');
@@ -139,7 +247,7 @@ impl<'a> Spawner<'a> {
         let context_pipe = context_pipe(&doc)?;
         let program = program(args, &opts)?;
         let spawn_err = |source: io::Error| Error::Spawn {
-            what: what.clone(),
+            what: what.to_string(),
             source,
         };
         let plan = ChildPlan::new(
@@ -153,9 +261,68 @@ impl<'a> Spawner<'a> {
         let pid = plan.spawn().map_err(spawn_err)?;
         drop(context_pipe);
         drop(fds.keep_alive);
-        self.holders.spawned(pid, fds.members);
+        if let Some(h) = self.holders {
+            h.spawned(pid, fds.members);
+        }
         Ok(pid)
     }
+}
+
+/// Single-process mode: keeps `ctx` in `slot` for this process to run, each declared socket
+/// replaced by a copy (`dup`, close-on-exec) that this process's worker side adopts as a worker
+/// adopts its inherited fds.
+fn capture<W: WorkerContext>(
+    ctx: &W,
+    slot: &RefCell<Option<Captured>>,
+    what: String,
+) -> Result<Pid> {
+    if slot.borrow().is_some() {
+        return Err(Error::Spawn {
+            what,
+            source: io::Error::other(
+                "single-process mode (PREFORK_SINGLE) runs the first worker only",
+            ),
+        });
+    }
+    let mut ctx = ctx.clone();
+    let mut fds = Vec::new();
+    let mut nonblocking = Vec::new();
+    let mut per_worker = Vec::new();
+    let mut failed = None;
+    ctx.visit_fds(&mut |l| {
+        let Some(fd) = l.master_shared() else {
+            failed = Some(Error::ListenerMisuse(
+                "a worker context can only carry listeners made in the master".into(),
+            ));
+            return;
+        };
+        match fd.try_clone() {
+            Ok(copy) => {
+                // The number is owned from now on by the worker side's fd claims.
+                let n = std::os::fd::IntoRawFd::into_raw_fd(copy);
+                fds.push((n, l.kind()));
+                if l.must_be_nonblocking() {
+                    nonblocking.push(n);
+                }
+                if l.member().is_some() {
+                    per_worker.push(n);
+                }
+                l.set_child_fd(n);
+            }
+            Err(e) => failed = Some(Error::sys("cannot copy a listening socket", e)),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    *slot.borrow_mut() = Some(Captured {
+        context: ctx.encode()?,
+        fds,
+        nonblocking,
+        per_worker,
+        threads: ctx.runtime_options().threads,
+    });
+    Ok(Pid::this())
 }
 
 /// Where each fd goes in the child.
@@ -173,12 +340,17 @@ struct FdLayout {
     /// Their groups' records, to note the new holder.
     members: Vec<MemberRef>,
     readiness_target: RawFd,
+    scoreboard_target: Option<RawFd>,
 }
 
 impl FdLayout {
     /// Numbers the declared sockets of `ctx` (and writes the numbers into it), checking each
-    /// listener on the way, then the readiness socket.
-    fn of<W: WorkerContext>(ctx: &mut W, readiness: BorrowedFd<'_>) -> Result<Self> {
+    /// listener on the way, then the readiness socket, then the scoreboard if there is one.
+    fn of<W: WorkerContext>(
+        ctx: &mut W,
+        readiness: BorrowedFd<'_>,
+        scoreboard: Option<BorrowedFd<'_>>,
+    ) -> Result<Self> {
         let mut layout = FdLayout {
             sources: Vec::new(),
             keep_alive: Vec::new(),
@@ -187,6 +359,7 @@ impl FdLayout {
             per_worker: Vec::new(),
             members: Vec::new(),
             readiness_target: 0,
+            scoreboard_target: None,
         };
         let mut misuse = None;
         ctx.visit_fds(&mut |l| {
@@ -218,6 +391,10 @@ impl FdLayout {
         }
         layout.readiness_target = FIRST_INHERITED_FD + layout.sources.len() as RawFd;
         layout.sources.push(readiness.as_raw_fd());
+        if let Some(fd) = scoreboard {
+            layout.scoreboard_target = Some(FIRST_INHERITED_FD + layout.sources.len() as RawFd);
+            layout.sources.push(fd.as_raw_fd());
+        }
         Ok(layout)
     }
 }

@@ -11,8 +11,8 @@
 //!    `/dev/null`;
 //! 3. re-arms its parent-death signal and checks that its master is still its parent;
 //! 4. checks every declared fd (open, a listening stream socket of the declared family,
-//!    non-blocking where the master keeps it so) and makes it close-on-exec again, and adopts
-//!    the readiness socket.
+//!    non-blocking where the master keeps it so) and makes it close-on-exec again, adopts
+//!    the readiness socket, and maps its scoreboard slot (then closes that fd).
 //!
 //! A missing, truncated, oversized or garbage document, or an fd that is not what the header
 //! says, ends the worker with one line on standard error and exit status 1: never a panic or a
@@ -135,6 +135,19 @@ fn read_boot(master: i32) -> Result<Boot> {
             Some(crate::sys::own_inherited(fd))
         }
     };
+    if let Some(g) = header.scoreboard {
+        if g.fd <= 2
+            || header.fds.iter().any(|(d, _)| *d == g.fd)
+            || header.readiness_fd == Some(g.fd)
+        {
+            return Err(Error::InvalidInheritedFd {
+                fd: g.fd,
+                expected: "scoreboard",
+                found: "a number that is stdio or another inherited fd".into(),
+            });
+        }
+        crate::scoreboard::attach(g.fd, g.slot, g.beat_ms, g.max_requests)?;
+    }
     Ok(Boot {
         header,
         context: doc[nl + 1..].to_vec(),

@@ -14,11 +14,21 @@
 //! which installs a handler for exactly that signal (and `SIGINT`), and then waits on it or
 //! polls it.
 //!
+//! # Health
+//!
+//! A worker that can hang calls [`heartbeat`] from its serving loop every
+//! [`heartbeat_interval`], and counts requests with [`request_guard`]; the master reads both
+//! from the scoreboard, replaces a worker that stopped beating
+//! ([`Settings::hang_timeout`](crate::Settings::hang_timeout)) and recycles one that served
+//! its budget ([`Settings::max_requests`](crate::Settings::max_requests)). `prefork_http`
+//! does both.
+//!
 //! A worker ignores `SIGHUP` (set before its exec): a terminal hang-up or a `kill -HUP` to the
 //! process group reaches every worker, and must not kill them. A program that wants `SIGHUP`
 //! in its workers installs its own handler.
 
 mod boot;
+mod health;
 mod stop;
 
 use std::io;
@@ -27,11 +37,36 @@ use std::sync::atomic::Ordering;
 use crate::readiness::Readiness;
 
 pub(crate) use boot::{Boot, Role, role};
+pub use health::{RequestGuard, heartbeat, heartbeat_interval, request_guard};
 #[cfg(feature = "tokio")]
 pub use stop::stopped;
 pub use stop::{StopSignal, configured_stop_signal, stop_signal};
 
 static WORKER_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Single-process mode's stand-in for the boot header.
+#[derive(Debug)]
+pub(crate) struct Single {
+    pub stop_signal: crate::process::Signal,
+    pub readiness: Readiness,
+    pub threads: Option<usize>,
+    pub fds: Vec<i32>,
+}
+
+static SINGLE: std::sync::OnceLock<Single> = std::sync::OnceLock::new();
+
+/// Single-process mode's settings, once the worker function is about to run in it.
+pub(crate) fn single() -> Option<&'static Single> {
+    SINGLE.get()
+}
+
+/// True when this process runs its worker function in single-process mode
+/// ([`PREFORK_SINGLE`](crate::protocol::SINGLE_ENV)): there is no master, [`is_worker`] is
+/// false, [`ready`] tells nobody, and [`stop_signal`] handles the configured stop signal as in
+/// a worker.
+pub fn single_process() -> bool {
+    SINGLE.get().is_some()
+}
 
 /// This worker's id, as its context's `id()` renders with `{:?}` (`3`, `"fetch"`); `None` in
 /// the master, or before `default_main` decoded the context. Handy in log fields deep in the
@@ -54,6 +89,9 @@ pub fn ready() {
     if b.readied.swap(true, Ordering::AcqRel) {
         return;
     }
+    if let Some(s) = crate::scoreboard::slot() {
+        s.set_state(crate::scoreboard::SlotState::Ready);
+    }
     if let Some(fd) = &b.readiness {
         use std::os::fd::AsFd;
         if let Err(e) = crate::readiness::report(fd.as_fd()) {
@@ -66,6 +104,7 @@ pub fn ready() {
 pub fn readiness() -> Readiness {
     boot::booted()
         .map(|b| b.header.readiness)
+        .or_else(|| single().map(|s| s.readiness))
         .unwrap_or_default()
 }
 
@@ -76,14 +115,20 @@ pub fn generation() -> u64 {
 
 /// The thread count from the context's runtime options, if it set one.
 pub fn threads() -> Option<usize> {
-    boot::booted().and_then(|b| b.header.threads)
+    match boot::booted() {
+        Some(b) => b.header.threads,
+        None => single().and_then(|s| s.threads),
+    }
 }
 
 /// The fd numbers of the sockets this worker inherited.
+///
+/// In single-process mode: the numbers of this process's copies of the declared sockets.
 pub fn inherited_fds() -> Vec<i32> {
-    boot::booted()
-        .map(|b| b.header.fds.iter().map(|(fd, _)| *fd).collect())
-        .unwrap_or_default()
+    match boot::booted() {
+        Some(b) => b.header.fds.iter().map(|(fd, _)| *fd).collect(),
+        None => single().map(|s| s.fds.clone()).unwrap_or_default(),
+    }
 }
 
 /// Whether inherited fd `fd` is this worker id's own listening socket (a
@@ -197,18 +242,75 @@ where
     F: FnOnce(W) -> R,
     R: WorkerExit,
 {
-    let ctx = match W::decode(&boot.context) {
+    run_context(
+        &boot.context,
+        boot.header.readiness,
+        |id| {
+            format!(
+                "worker {id} gen {} pid {}",
+                boot.header.generation,
+                std::process::id()
+            )
+        },
+        worker_fn,
+    )
+}
+
+/// Runs the worker function in this process, single-process mode: the context and the copies
+/// of its sockets that the spawner kept. Never returns.
+pub(crate) fn run_single<W, F, R>(
+    captured: crate::spawn::Captured,
+    stop_signal: crate::process::Signal,
+    readiness: Readiness,
+    worker_fn: F,
+) -> !
+where
+    W: crate::WorkerContext,
+    F: FnOnce(W) -> R,
+    R: WorkerExit,
+{
+    if let Err(e) =
+        crate::fd::validate_declared(&captured.fds, &captured.nonblocking, &captured.per_worker)
+    {
+        fail_boot(&e.report().to_string());
+    }
+    let _ = SINGLE.set(Single {
+        stop_signal,
+        readiness,
+        threads: captured.threads,
+        fds: captured.fds.iter().map(|(fd, _)| *fd).collect(),
+    });
+    // As in a worker: a terminal hang-up does not end it.
+    crate::sys::ignore_signal(nix::libc::SIGHUP);
+    run_context(
+        &captured.context,
+        readiness,
+        |id| format!("single {id} pid {}", std::process::id()),
+        worker_fn,
+    )
+}
+
+/// Decodes the context, names the process in logs, reports implicit readiness, runs the worker
+/// function and exits with its status.
+fn run_context<W, F, R>(
+    context: &[u8],
+    readiness: Readiness,
+    label: impl FnOnce(&str) -> String,
+    worker_fn: F,
+) -> !
+where
+    W: crate::WorkerContext,
+    F: FnOnce(W) -> R,
+    R: WorkerExit,
+{
+    let ctx = match W::decode(context) {
         Ok(c) => c,
         Err(e) => fail_boot(&e.report().to_string()),
     };
     let id = format!("{:?}", ctx.id());
-    crate::log::set_label(format!(
-        "worker {id} gen {} pid {}",
-        boot.header.generation,
-        std::process::id()
-    ));
+    crate::log::set_label(label(&id));
     let _ = WORKER_ID.set(id);
-    if boot.header.readiness == Readiness::Implicit {
+    if readiness == Readiness::Implicit {
         ready();
     }
     let code = worker_fn(ctx).exit_code();

@@ -34,12 +34,13 @@ struct StopInner {
 /// The handle, or the errno of the failed installation (kept, so every call reports it).
 static STOP: OnceLock<std::result::Result<StopSignal, i32>> = OnceLock::new();
 
-/// The signal that means "stop" for this process: the master's stop signal in a worker,
-/// `SIGTERM` elsewhere.
+/// The signal that means "stop" for this process: the master's stop signal in a worker (and in
+/// single-process mode, the one the settings name), `SIGTERM` elsewhere.
 pub fn configured_stop_signal() -> Signal {
-    super::boot::booted()
-        .and_then(|b| Signal::from_raw(b.header.stop_signal))
-        .unwrap_or(Signal::SIGTERM)
+    match super::boot::booted() {
+        Some(b) => Signal::from_raw(b.header.stop_signal).unwrap_or(Signal::SIGTERM),
+        None => super::single().map_or(Signal::SIGTERM, |s| s.stop_signal),
+    }
 }
 
 /// Installs the handling of the stop signal and `SIGINT` (once) and returns the handle.
@@ -74,6 +75,9 @@ fn install(signal: Signal) -> std::result::Result<StopSignal, i32> {
                     continue;
                 };
                 inner.stopping.store(true, Ordering::Release);
+                if let Some(s) = crate::scoreboard::slot() {
+                    s.set_state(crate::scoreboard::SlotState::Draining);
+                }
                 let mut g = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
                 *g = true;
                 inner.cond.notify_all();

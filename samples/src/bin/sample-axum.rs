@@ -2,14 +2,17 @@
 //! without dropping a request.
 //!
 //! ```text
-//! sample-axum -p PORT -w WORKERS [--reuseport]
+//! sample-axum -p PORT -w WORKERS [--hang-timeout SECS] [--max-requests N]
+//!             [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N] [--debug-endpoints]
+//!             [--reuseport]
 //! ```
 //!
 //! With `--reuseport` each worker id gets its own `SO_REUSEPORT` socket (a `ReuseportGroup`),
 //! which balances connections over the workers; reloads stay lossless.
 //!
 //! `GET /` answers `hello`, `GET /id` the id of the worker that answered, `GET /stream` a body
-//! streamed in three chunks. This is the smallest complete program: copy it and replace
+//! streamed in three chunks. The health flags are `sample-warp-like`'s (see
+//! `samples::health`); `--debug-endpoints` adds `/block`, `/grow` and `/drip`. This is the smallest complete program: copy it and replace
 //! `app`.
 //!
 //! Socket-activated (a `.socket` unit with `FileDescriptorName=http`, or
@@ -19,12 +22,15 @@ use std::convert::Infallible;
 use std::io::Write as _;
 use std::time::Duration;
 
+use axum::extract::RawQuery;
 use axum::{Router, body::Body, routing::get};
 use clap::Parser;
 use prefork_core::{
     InheritedListener, ListenerKind, Readiness, ReuseportGroup, Spawner, WorkerContext, WorkerSet,
     default_main, relaunch_settings,
 };
+use samples::debug;
+use samples::health::HealthArgs;
 use serde::{Deserialize, Serialize};
 
 /// An axum app in a master and WORKERS workers sharing one listening socket.
@@ -40,6 +46,8 @@ struct Cli {
     /// One SO_REUSEPORT socket per worker id instead of one shared socket.
     #[arg(long)]
     reuseport: bool,
+    #[command(flatten)]
+    health: HealthArgs,
 }
 
 /// One worker: `ps` shows `sample-axum id=2`.
@@ -51,12 +59,32 @@ struct Worker {
     listener: Option<InheritedListener>,
 }
 
-/// The application.
-fn app(id: u32) -> Router {
-    Router::new()
+/// The application, with the debug endpoints if asked.
+fn app(id: u32, debug_endpoints: bool) -> Router {
+    let app = Router::new()
         .route("/", get(|| async { "hello" }))
         .route("/id", get(move || async move { format!("{id}\n") }))
-        .route("/stream", get(stream))
+        .route("/stream", get(stream));
+    if !debug_endpoints {
+        return app;
+    }
+    // `block` blocks the runtime thread that runs it, on purpose.
+    app.route(
+        "/block",
+        get(|RawQuery(q): RawQuery| async move { debug::block(q.as_deref()) }),
+    )
+    .route(
+        "/grow",
+        get(|RawQuery(q): RawQuery| async move { debug::grow(q.as_deref()) }),
+    )
+    .route(
+        "/drip",
+        get(|RawQuery(q): RawQuery| async move {
+            use futures_util::StreamExt;
+            let chunks = debug::drip(debug::drip_chunks(q.as_deref()));
+            Body::from_stream(chunks.map(Ok::<_, Infallible>))
+        }),
+    )
 }
 
 /// Three chunks, 50 ms apart.
@@ -79,6 +107,7 @@ fn main() {
         port,
         workers,
         reuseport,
+        health,
     } = Cli::parse_from(prefork_core::args());
     samples::init_tracing();
 
@@ -122,9 +151,12 @@ fn main() {
         })
     };
     // A new worker takes over once prefork_http::serve says it accepts.
-    let settings = relaunch_settings(update, fork).readiness(Readiness::Explicit);
-    default_main(settings, |w: Worker| {
-        prefork_http::serve(w.listener, app(w.id), prefork_http::Options::default())
+    let settings = health
+        .apply(relaunch_settings(update, fork))
+        .readiness(Readiness::Explicit);
+    default_main(settings, move |w: Worker| {
+        let app = app(w.id, health.debug_endpoints);
+        prefork_http::serve(w.listener, app, prefork_http::Options::default())
     })
 }
 

@@ -3,7 +3,9 @@
 //! ```text
 //! sample-warp-like -p PORT -w WORKERS [--threads N] [--drain-grace SECS] [--drain-timeout SECS]
 //!                  [--stop-signal SIG] [--host ADDR] [--shutdown-delay SECS] [--fdstore]
-//!                  [--user NAME] [--group NAME]
+//!                  [--user NAME] [--group NAME] [--hang-timeout SECS] [--max-requests N]
+//!                  [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N]
+//!                  [--debug-endpoints] [--no-scoreboard]
 //!                  [--reuseport [--no-steering]] [--workers-file PATH]
 //! ```
 //!
@@ -32,6 +34,10 @@
 //!   readiness, once its accept loop runs) before its predecessor is told to stop, and the old
 //!   one drains, so a reload drops no request.
 //! * `kill -TERM <master>`: every worker drains and exits, then the master exits 0.
+//! * `--hang-timeout 2 --threads 1 --debug-endpoints`, then `curl localhost:PORT/block?ms=600000`:
+//!   the worker stops beating; about two seconds later the master starts its replacement, sends
+//!   it `SIGABRT`, and logs one `worker hung` line. `--max-requests`, `--max-age` and
+//!   `--max-memory-mb` (try `/grow?mb=100`) recycle a worker readiness-gated, one at a time.
 //!
 //! A stopping worker drops its listener, then drains its keep-alive connections without the
 //! keep-alive race, within `--drain-grace` and `--drain-timeout`: `prefork_http::serve` does
@@ -46,7 +52,7 @@
 //! * Runtime threads: `--threads N` gives each worker N. Without it `ps` still shows `-N` as the
 //!   worker count (the Haskell sample's `+RTS -N5 -RTS` for `-w 5`), but the runtime gets the
 //!   worker's share of the CPUs, `max(1, CPUs / WORKERS)` and at most N: more threads than
-//!   cores only cost context switches (BENCHMARKS.md, section 8).
+//!   cores only cost context switches (BENCHMARKS.md, section 9).
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -57,7 +63,8 @@ use prefork_core::{
     Spawner, WorkerContext, WorkerSet, default_main, relaunch_settings,
 };
 use prefork_http::Options;
-use samples::warp::App;
+use samples::health::HealthArgs;
+use samples::warp::{App, DebugApp};
 use serde::{Deserialize, Serialize};
 
 /// The longest drain the flags accept: a day.
@@ -114,6 +121,8 @@ struct Cli {
     /// Run the workers with this group (name or gid).
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
+    #[command(flatten)]
+    health: HealthArgs,
 }
 
 /// The socket's name in systemd's world (`FileDescriptorName=`, `FDNAME=`).
@@ -201,7 +210,10 @@ fn main() {
             ..w.clone()
         })
     };
-    let settings = relaunch_settings(update, fork)
+    let debug = cli.health.debug_endpoints;
+    let settings = cli
+        .health
+        .apply(relaunch_settings(update, fork))
         .readiness(Readiness::Explicit)
         .shutdown_delay(Duration::from_secs(cli.shutdown_delay))
         .stop_signal(cli.stop_signal)
@@ -217,7 +229,12 @@ fn main() {
             Some(_) => None, // the context's count, as asked
             None => Some(samples::share_of_cpus(w.cap)),
         };
-        prefork_http::serve(w.listener, App, options.clone().threads(threads))
+        let options = options.clone().threads(threads);
+        if debug {
+            prefork_http::serve(w.listener, DebugApp, options)
+        } else {
+            prefork_http::serve(w.listener, App, options)
+        }
     })
 }
 

@@ -26,10 +26,20 @@ struct Fake {
     /// Every call, in order: `spawn <pid>`, `signal <pid>`, `removing <pid>`.
     calls: Vec<String>,
     fail_spawns: bool,
+    /// Spawns and signals in the order they happened.
+    acts: Vec<Act>,
+    /// The request budget each spawn got.
+    budgets: Vec<Option<u64>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Spawn(Pid),
+    Signal(Pid, Signal),
 }
 
 impl Processes<W> for Fake {
-    fn spawn(&mut self, ctx: &W, generation: u64) -> Result<Pid, Error> {
+    fn spawn(&mut self, ctx: &W, generation: u64, max_requests: Option<u64>) -> Result<Pid, Error> {
         if self.fail_spawns {
             return Err(Error::Spawn {
                 what: ctx.id.to_string(),
@@ -40,14 +50,20 @@ impl Processes<W> for Fake {
         self.next_pid += 1;
         self.spawned.push((ctx.id, pid, generation));
         self.tags.push(ctx.tag);
+        self.acts.push(Act::Spawn(pid));
+        self.budgets.push(max_requests);
         Ok(pid)
     }
     fn signal(&mut self, pid: Pid, sig: Signal) {
         self.signals.push((pid, sig));
         self.calls.push(format!("signal {pid}"));
+        self.acts.push(Act::Signal(pid, sig));
     }
     fn removing(&mut self, pid: Pid) {
         self.calls.push(format!("removing {pid}"));
+    }
+    fn inspect(&mut self, _pid: Pid) -> String {
+        "wchan=fake".into()
     }
 }
 
@@ -816,3 +832,383 @@ fn a_removed_id_is_reported_removing_before_its_stop_signal_and_a_replaced_one_n
         f.calls
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Health rules: hang, the master's own stall, recycling.
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// An observation of `pid` that last beat at `beat` and served `served`.
+fn seen(pid: Pid, beat: Option<Instant>, served: u64) -> Observation {
+    Observation {
+        pid,
+        beat,
+        served,
+        in_flight: 0,
+        memory: None,
+    }
+}
+
+fn hang(timeout: Duration) -> PoolConfig {
+    let mut cfg = explicit();
+    cfg.health.hang_timeout = Some(timeout);
+    cfg.health.hang_kill_after = secs(5);
+    cfg
+}
+
+#[test]
+fn a_worker_that_never_beats_is_never_judged() {
+    let (mut p, mut f, t0) = running(1, hang(secs(2)));
+    let pid = p.current()[&0];
+    for k in 1..20 {
+        p.observe(t0 + ms(500 * k), &[seen(pid, None, 0)], &mut f);
+    }
+    assert_eq!(f.spawned.len(), 1);
+    assert!(f.signals.is_empty());
+}
+
+#[test]
+fn a_beat_before_readiness_does_not_arm() {
+    let t0 = Instant::now();
+    let mut p = Pool::new(hang(secs(2)));
+    let mut f = Fake::default();
+    p.start(set([0], 0), t0, &mut f);
+    let pid = f.spawned[0].1;
+    // It beat once while starting, then became ready and never beat again.
+    p.observe(t0 + ms(100), &[seen(pid, Some(t0 + ms(50)), 0)], &mut f);
+    p.worker_ready(pid, t0 + ms(200), &mut f);
+    for k in 1..20 {
+        p.observe(
+            t0 + ms(200 + 500 * k),
+            &[seen(pid, Some(t0 + ms(50)), 0)],
+            &mut f,
+        );
+    }
+    assert!(f.signals.is_empty(), "not armed: {:?}", f.signals);
+}
+
+#[test]
+fn a_hung_worker_is_replaced_first_then_aborted_then_killed_after_the_grace() {
+    let (mut p, mut f, t0) = running(2, hang(secs(2)));
+    let hung = p.current()[&0];
+    let other = p.current()[&1];
+    let beat = t0 + ms(100);
+    let obs = |t: Instant| [seen(hung, Some(beat), 5), seen(other, Some(t), 5)];
+    // Armed at its first beat after readiness; 2 s later it is not hung yet.
+    let mut t = t0 + ms(500);
+    while t <= beat + secs(2) {
+        p.observe(t, &obs(t), &mut f);
+        t += ms(500);
+    }
+    assert!(f.signals.is_empty(), "not past the timeout yet");
+    p.observe(t, &obs(t), &mut f);
+    let new = p.current()[&0];
+    assert_ne!(new, hung);
+    assert_eq!(p.current()[&1], other, "the other id is untouched");
+    assert_eq!(
+        f.acts[2..],
+        [Act::Spawn(new), Act::Signal(hung, Signal::SIGABRT)],
+        "the replacement starts before the hung worker is signalled"
+    );
+    // SIGKILL at the grace's end, not before.
+    assert!(p.next_deadline().is_some_and(|d| d <= t + secs(5)));
+    p.tick(t + secs(5) - ms(1), &mut f);
+    assert_eq!(f.signals.len(), 1);
+    p.tick(t + secs(5), &mut f);
+    assert_eq!(f.signals.last(), Some(&(hung, Signal::SIGKILL)));
+    // Its end is reported as a hang, even though it took the SIGKILL.
+    p.exited(
+        hung,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t + secs(5),
+        &mut f,
+    );
+    let ended: Vec<ExitReason> = p
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            PoolEvent::Ended(e) => Some(e.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, vec![ExitReason::Hang]);
+    assert_eq!(
+        p.slot_views()[0].last_exit.map(|e| e.1),
+        Some(ExitReason::Hang)
+    );
+    assert_eq!(p.replacements()[0], (ReplaceReason::Hang, 1));
+    assert_eq!(f.spawned.len(), 3, "exactly one replacement");
+}
+
+#[test]
+fn a_worker_that_keeps_beating_through_a_long_request_is_not_a_hang() {
+    let (mut p, mut f, t0) = running(1, hang(secs(2)));
+    let pid = p.current()[&0];
+    // Twenty seconds of one request in flight, beating every 200 ms.
+    let mut t = t0;
+    while t < t0 + secs(20) {
+        t += ms(500);
+        let mut o = seen(pid, Some(t - ms(150)), 0);
+        o.in_flight = 1;
+        p.observe(t, &[o], &mut f);
+    }
+    assert!(f.signals.is_empty());
+    assert_eq!(f.spawned.len(), 1);
+}
+
+#[test]
+fn after_the_masters_own_stall_every_beat_is_rebased_and_nobody_is_killed() {
+    let (mut p, mut f, t0) = running(2, hang(secs(2)));
+    let pids: Vec<Pid> = p.current().values().copied().collect();
+    let all = |beat: Instant| -> Vec<Observation> {
+        pids.iter().map(|&pid| seen(pid, Some(beat), 0)).collect()
+    };
+    let mut t = t0;
+    for _ in 0..4 {
+        t += ms(500);
+        p.observe(t, &all(t - ms(100)), &mut f);
+    }
+    // Master and workers stopped together for 4 s: the first read after it sees beats 4 s old.
+    let stopped_at = t - ms(100);
+    t += secs(4);
+    p.observe(t, &all(stopped_at), &mut f);
+    assert!(
+        f.signals.is_empty(),
+        "nobody is judged after the master's stall"
+    );
+    // The workers beat again: nobody is ever killed.
+    for _ in 0..8 {
+        t += ms(500);
+        p.observe(t, &all(t - ms(100)), &mut f);
+    }
+    assert!(f.signals.is_empty());
+    assert_eq!(f.spawned.len(), 2);
+}
+
+#[test]
+fn a_worker_still_silent_a_timeout_after_the_rebase_is_hung() {
+    let (mut p, mut f, t0) = running(1, hang(secs(2)));
+    let pid = p.current()[&0];
+    let beat = t0 + ms(100);
+    p.observe(t0 + ms(500), &[seen(pid, Some(beat), 0)], &mut f);
+    // The master stalls 4 s: rebased, not judged.
+    let mut t = t0 + ms(4500);
+    p.observe(t, &[seen(pid, Some(beat), 0)], &mut f);
+    assert!(f.signals.is_empty());
+    // The worker never beats again: judged once a full timeout passed since the rebase.
+    while t < t0 + ms(4500) + secs(2) {
+        t += ms(500);
+        p.observe(t, &[seen(pid, Some(beat), 0)], &mut f);
+        if t <= t0 + ms(4500) + secs(2) {
+            assert!(f.signals.is_empty(), "judged too early at {:?}", t - t0);
+        }
+    }
+    t += ms(500);
+    p.observe(t, &[seen(pid, Some(beat), 0)], &mut f);
+    assert_eq!(f.signals, vec![(pid, Signal::SIGABRT)]);
+}
+
+#[test]
+fn the_scoreboard_is_read_periodically_only_when_a_setting_asks() {
+    let (mut p, _, t0) = running(2, explicit());
+    assert_eq!(p.health_scan_due(t0 + secs(3600)), None);
+    assert_eq!(p.next_deadline(), None, "an idle pool has no timer");
+    let (mut p, _, t0) = running(2, hang(secs(2)));
+    assert_eq!(p.next_deadline(), Some(t0 + ms(500)));
+    assert_eq!(p.health_scan_due(t0 + ms(499)), None);
+    assert_eq!(p.health_scan_due(t0 + ms(500)), Some(false));
+    assert_eq!(p.next_deadline(), Some(t0 + ms(1000)));
+    let mut cfg = explicit();
+    cfg.health.max_memory = Some(64 << 20);
+    cfg.health.memory_check_interval = secs(1);
+    let (mut p, _, t0) = running(2, cfg);
+    assert_eq!(
+        p.health_scan_due(t0 + secs(1)),
+        Some(true),
+        "memory is read"
+    );
+}
+
+fn recycling(max_requests: u64) -> PoolConfig {
+    let mut cfg = explicit();
+    cfg.health.max_requests = Some(max_requests);
+    cfg
+}
+
+#[test]
+fn a_worker_that_served_its_budget_is_replaced_readiness_gated() {
+    let (mut p, mut f, t0) = running(2, recycling(500));
+    assert_eq!(f.budgets, vec![Some(500), Some(500)], "no jitter asked");
+    let old = p.current()[&0];
+    let t = t0 + secs(1);
+    p.observe(t, &[seen(old, None, 499)], &mut f);
+    assert_eq!(f.spawned.len(), 2, "under budget");
+    p.observe(t, &[seen(old, None, 500)], &mut f);
+    assert_eq!(f.spawned.len(), 3, "the replacement starts");
+    assert!(
+        f.signals.is_empty(),
+        "the old one serves until the new one is ready"
+    );
+    assert_eq!(p.current()[&0], old);
+    // Seen again past the budget while its replacement starts: nothing more.
+    p.observe(t + ms(10), &[seen(old, None, 700)], &mut f);
+    assert_eq!(f.spawned.len(), 3);
+    let new = f.spawned[2].1;
+    p.worker_ready(new, t + ms(20), &mut f);
+    assert_eq!(p.current()[&0], new);
+    assert_eq!(f.signals, vec![(old, Signal::SIGTERM)]);
+    p.exited(old, ChildExit::Exited(0), t + ms(30), &mut f);
+    assert_eq!(
+        p.slot_views()[0].last_exit.map(|e| e.1),
+        Some(ExitReason::MaxRequests)
+    );
+    assert_eq!(p.replacements()[1], (ReplaceReason::MaxRequests, 1));
+}
+
+#[test]
+fn recycles_start_one_at_a_time_by_default() {
+    let (mut p, mut f, t0) = running(3, recycling(100));
+    let olds: Vec<Pid> = p.current().values().copied().collect();
+    let t = t0 + secs(1);
+    let obs: Vec<Observation> = olds.iter().map(|&pid| seen(pid, None, 150)).collect();
+    p.observe(t, &obs, &mut f);
+    assert_eq!(f.spawned.len(), 4, "one recycle starting at a time");
+    for k in 0..3 {
+        let new = f.spawned.last().unwrap().1;
+        p.worker_ready(new, t + ms(k + 1), &mut f);
+    }
+    assert_eq!(f.spawned.len(), 6, "each took its turn");
+    assert_eq!(f.signals.len(), 3);
+    assert_eq!(p.current().len(), 3);
+    assert!(p.current().values().all(|pid| !olds.contains(pid)));
+}
+
+#[test]
+fn a_failing_recycle_replacement_backs_off_while_the_old_worker_serves() {
+    let (mut p, mut f, t0) = running(1, recycling(10));
+    let old = p.current()[&0];
+    let mut t = t0 + secs(1);
+    p.observe(t, &[seen(old, None, 10)], &mut f);
+    let delays = fail_replacements(&mut p, &mut f, &mut t, 3, old);
+    assert_eq!(delays, [100, 200, 400].map(ms).to_vec());
+    assert!(f.signals.is_empty());
+}
+
+#[test]
+fn request_budgets_get_a_jitter_within_bounds_drawn_per_worker() {
+    let mut cfg = recycling(1000);
+    cfg.health.max_requests_jitter = 100;
+    let t0 = Instant::now();
+    let mut p = Pool::new(cfg);
+    p.seed(42);
+    let mut f = Fake::default();
+    p.start(set(0..50, 0), t0, &mut f);
+    let budgets: Vec<u64> = f.budgets.iter().map(|b| b.unwrap()).collect();
+    assert!(
+        budgets.iter().all(|&b| (1000..=1100).contains(&b)),
+        "{budgets:?}"
+    );
+    let distinct: std::collections::BTreeSet<u64> = budgets.iter().copied().collect();
+    assert!(distinct.len() > 10, "drawn, not fixed: {budgets:?}");
+}
+
+#[test]
+fn a_worker_past_its_age_is_recycled_and_its_replacement_gets_a_fresh_age() {
+    let mut cfg = explicit();
+    cfg.health.max_age = Some(secs(60));
+    cfg.health.max_age_jitter = secs(10);
+    let (mut p, mut f, t0) = running(1, cfg);
+    let old = p.current()[&0];
+    let due = p.next_deadline().expect("the age limit is a deadline");
+    assert!(
+        due >= t0 + secs(60) && due <= t0 + secs(70),
+        "{:?}",
+        due - t0
+    );
+    p.tick(due - ms(1), &mut f);
+    assert_eq!(f.spawned.len(), 1);
+    p.tick(due, &mut f);
+    assert_eq!(f.spawned.len(), 2, "replacement started at the deadline");
+    let new = f.spawned[1].1;
+    p.worker_ready(new, due + ms(50), &mut f);
+    assert_eq!(f.signals, vec![(old, Signal::SIGTERM)]);
+    let next = p.next_deadline().unwrap();
+    assert!(
+        next >= due + secs(30),
+        "the stop deadline or the new worker's age limit"
+    );
+    p.exited(old, ChildExit::Exited(0), due + ms(60), &mut f);
+    assert_eq!(
+        p.slot_views()[0].last_exit.map(|e| e.1),
+        Some(ExitReason::MaxAge)
+    );
+    let next = p.next_deadline().unwrap();
+    assert!(
+        next >= due + secs(60),
+        "a fresh age for the new worker: {:?}",
+        next - due
+    );
+}
+
+#[test]
+fn only_the_worker_over_the_memory_limit_is_recycled() {
+    let mut cfg = explicit();
+    cfg.health.max_memory = Some(64 << 20);
+    let (mut p, mut f, t0) = running(2, cfg);
+    let (a, b) = (p.current()[&0], p.current()[&1]);
+    let mem = |pid, m| Observation {
+        memory: Some(m),
+        ..seen(pid, None, 0)
+    };
+    p.observe(t0 + secs(5), &[mem(a, 20 << 20), mem(b, 120 << 20)], &mut f);
+    assert_eq!(f.spawned.len(), 3);
+    assert_eq!(f.spawned[2].0, 1, "id 1 only");
+    let new = f.spawned[2].1;
+    p.worker_ready(new, t0 + secs(6), &mut f);
+    assert_eq!(f.signals, vec![(b, Signal::SIGTERM)]);
+    assert_eq!(p.current()[&0], a);
+}
+
+#[test]
+fn a_reload_supersedes_a_pending_recycle() {
+    let (mut p, mut f, t0) = running(1, recycling(10));
+    let old = p.current()[&0];
+    p.observe(t0 + secs(1), &[seen(old, None, 10)], &mut f);
+    assert_eq!(f.spawned.len(), 2);
+    let recycle_next = f.spawned[1].1;
+    p.reload(set([0], 1), t0 + secs(2), &mut f);
+    assert_eq!(
+        f.signals,
+        vec![(recycle_next, Signal::SIGTERM)],
+        "the stale next goes"
+    );
+    let reload_next = f.spawned[2].1;
+    p.worker_ready(reload_next, t0 + secs(3), &mut f);
+    assert_eq!(p.current()[&0], reload_next);
+    p.exited(old, ChildExit::Exited(0), t0 + secs(4), &mut f);
+    assert_eq!(
+        p.slot_views()[0].last_exit.map(|e| e.1),
+        Some(ExitReason::Retired),
+        "a reload's replacement"
+    );
+}
+
+#[test]
+fn worker_views_carry_what_the_scoreboard_showed() {
+    let (mut p, mut f, t0) = running(1, recycling(1000));
+    let pid = p.current()[&0];
+    let beat = t0 + ms(900);
+    let o = Observation {
+        in_flight: 3,
+        memory: Some(5 << 20),
+        ..seen(pid, Some(beat), 42)
+    };
+    p.observe(t0 + secs(1), &[o], &mut f);
+    let v = &p.worker_views()[0];
+    assert_eq!((v.requests, v.in_flight, v.memory), (42, 3, Some(5 << 20)));
+    assert_eq!(v.max_requests, Some(1000));
+    assert_eq!(v.heartbeat_age(t0 + secs(1)), Some(ms(100)));
+}
+mod adaptive;
