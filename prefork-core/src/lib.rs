@@ -184,7 +184,10 @@ pub use process::{ChildExit, Pid, Signal, UnknownSignal};
 pub use readiness::Readiness;
 pub use report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason, WorkerEnded};
 pub use reuseport::ReuseportGroup;
-pub use settings::{Settings, default_settings, relaunch_settings};
+pub use settings::{
+    DEFAULT_SPARE_IDLE_TIMEOUT, DEFAULT_SPARE_INTERVAL, Settings, default_settings,
+    relaunch_settings,
+};
 pub use spawn::{FIRST_INHERITED_FD, Spawner};
 pub use systemd::Systemd;
 pub use worker::{WorkerExit, args, is_worker};

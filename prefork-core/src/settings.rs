@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::context::{WorkerContext, WorkerSet};
 use crate::error::{Error, Result};
-use crate::master::PoolConfig;
+use crate::master::{PoolConfig, SpareConfig};
 use crate::process::{Pid, Signal};
 use crate::readiness::Readiness;
 use crate::report::{ReloadReport, WorkerEnded};
@@ -73,6 +73,8 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) systemd: Systemd,
     pub(crate) child_subreaper: bool,
     pub(crate) scoreboard: bool,
+    /// The adaptive pool's pace: scan interval and idle timeout (see [`Settings::adaptive_pace`]).
+    pub(crate) spare_pace: (Duration, Duration),
 }
 
 impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
@@ -117,8 +119,14 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         systemd: Systemd::auto(),
         child_subreaper: false,
         scoreboard: true,
+        spare_pace: (DEFAULT_SPARE_INTERVAL, DEFAULT_SPARE_IDLE_TIMEOUT),
     }
 }
+
+/// The adaptive pool's default scan interval (see [`Settings::adaptive_pace`]).
+pub const DEFAULT_SPARE_INTERVAL: Duration = Duration::from_millis(100);
+/// The adaptive pool's default idle timeout (see [`Settings::adaptive_pace`]).
+pub const DEFAULT_SPARE_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Haskell's `relaunchSettings`: the master keeps one worker per id of the set that `update`
 /// declares, using `fork` to start each.
@@ -456,13 +464,76 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
         self
     }
 
-    /// The settings that need the scoreboard, if it is off.
+    /// An adaptive pool (default: off): the declared set becomes a list of candidates, in id
+    /// order, of which the master runs only as many as the load needs, reading each worker's
+    /// in-flight count ([`worker::request_guard`](crate::worker::request_guard)) from the
+    /// scoreboard every scan interval (see [`adaptive_pace`](Self::adaptive_pace); 100 ms by
+    /// default, a timer that runs only when this is set):
+    ///
+    /// * while fewer than `min_spare` running workers are idle (nothing in flight; a starting
+    ///   worker counts as idle), the next ids start, never more than `max_workers` (nor than
+    ///   the declared ids) in all;
+    /// * while more than `max_spare` are idle, the highest id retires, one per scan (its worker
+    ///   gets its stop signal and drains);
+    /// * once no worker was busy for the idle timeout (5 s by default), one id retires per
+    ///   scan down to the floor, `max(min_spare, 1)`; never below it.
+    ///
+    /// A worker counts one request per live `request_guard`, so a worker that runs several
+    /// requests at once is idle only when it runs none. Refused at start
+    /// ([`Error::InvalidSetting`]) unless `min_spare <= max_spare`, `max_spare >= 1`,
+    /// `max_workers >= 1`, and the [`scoreboard`](Self::scoreboard) is on.
+    pub fn adaptive(mut self, min_spare: u32, max_spare: u32, max_workers: u32) -> Self {
+        let (interval, idle_timeout) = self.spare_pace;
+        self.pool.spare = Some(SpareConfig {
+            min_spare,
+            max_spare,
+            max_workers,
+            interval,
+            idle_timeout,
+        });
+        self
+    }
+
+    /// The adaptive pool's pace (see [`adaptive`](Self::adaptive)): how often it scans
+    /// (default [`DEFAULT_SPARE_INTERVAL`], 100 ms, at least 10 ms) and how long no worker
+    /// must have been busy before it shrinks to its floor (default
+    /// [`DEFAULT_SPARE_IDLE_TIMEOUT`], 5 s). Starts and retirements happen at most once per
+    /// scan, so the interval bounds the rate of change.
+    pub fn adaptive_pace(mut self, interval: Duration, idle_timeout: Duration) -> Self {
+        self.spare_pace = (interval.max(Duration::from_millis(10)), idle_timeout);
+        if let Some(sp) = self.pool.spare.as_mut() {
+            sp.interval = self.spare_pace.0;
+            sp.idle_timeout = self.spare_pace.1;
+        }
+        self
+    }
+
+    /// The settings that need the scoreboard, if it is off; an inconsistent adaptive pool.
     pub(crate) fn check_scoreboard(&self) -> Result<()> {
         let h = &self.pool.health;
         if !self.scoreboard && (h.hang_timeout.is_some() || h.max_requests.is_some()) {
             return Err(Error::InvalidSetting(
                 "hang_timeout and max_requests need the scoreboard, which is turned off".into(),
             ));
+        }
+        if let Some(sp) = &self.pool.spare {
+            let bad = if !self.scoreboard {
+                Some("the adaptive pool needs the scoreboard, which is turned off".to_string())
+            } else if sp.min_spare > sp.max_spare {
+                Some(format!(
+                    "adaptive pool: min_spare ({}) is above max_spare ({})",
+                    sp.min_spare, sp.max_spare
+                ))
+            } else if sp.max_spare == 0 {
+                Some("adaptive pool: max_spare must be at least 1".to_string())
+            } else if sp.max_workers == 0 {
+                Some("adaptive pool: max_workers must be at least 1".to_string())
+            } else {
+                None
+            };
+            if let Some(msg) = bad {
+                return Err(Error::InvalidSetting(msg));
+            }
         }
         Ok(())
     }

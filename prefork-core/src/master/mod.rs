@@ -59,7 +59,7 @@ use crate::spawn::Spawner;
 use crate::systemd::Link;
 
 use pool::{Pool, PoolEvent, Processes};
-pub(crate) use pool::{PoolConfig, later};
+pub(crate) use pool::{PoolConfig, SpareConfig, later};
 use signals::MasterSignals;
 
 /// Sends `sig` to `pid`; a failure (the pid is gone) is logged at debug level.
@@ -421,6 +421,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         if let Some(memory) = self.pool.health_scan_due(now) {
             self.observe(None, memory);
         }
+        if self.pool.scan_due(now) {
+            self.adapt(now);
+        }
         self.systemd.tick(now);
         if let Phase::LameDuck { until, sig } = self.phase
             && now >= until
@@ -566,6 +569,28 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         };
         let seen = board.observe(pids, memory);
         self.drive(|pool, ops| pool.observe(Instant::now(), &seen, ops));
+    }
+
+    /// The adaptive pool's scan: each current worker's in-flight count, by id, from the
+    /// scoreboard, handed to the pool (which always schedules the next scan, so a due scan
+    /// never makes the loop spin, even without a scoreboard).
+    fn adapt(&mut self, now: Instant) {
+        let current = self.pool.current();
+        let seen = match &self.board {
+            Some(board) => {
+                let pids: Vec<Pid> = current.values().copied().collect();
+                board.observe(&pids, false)
+            }
+            None => Vec::new(),
+        };
+        let by_pid: std::collections::BTreeMap<Pid, u64> =
+            seen.iter().map(|o| (o.pid, o.in_flight)).collect();
+        let in_flight = current
+            .into_iter()
+            .filter_map(|(id, pid)| by_pid.get(&pid).map(|&n| (id, n)))
+            .collect();
+        // Without relaunch settings the pool never started, so no scan is ever due.
+        self.drive(|pool, ops| pool.adapt(&in_flight, now, ops));
     }
 
     /// Shutdown's last resort: `SIGKILL` to every live child, once.

@@ -37,8 +37,9 @@
 //!   (no worker, nothing to replace). Every `interval` the driver hands [`Pool::adapt`] the
 //!   in-flight count of each id (from the scoreboard): while fewer than `min_spare` running
 //!   workers are idle, the next ids start (as many as are missing, at most `max_workers` in
-//!   all); while more than `max_spare` are idle, the highest active id is retired (one per
-//!   scan); once no worker was busy for `idle_timeout`, the pool shrinks one id per scan down
+//!   all; when the shortage lasts from one scan to the next, enough to have `max_spare` idle,
+//!   so a burst is met in a few scans); while more than `max_spare` are idle, the highest
+//!   active id is retired (one per scan); once no worker was busy for `idle_timeout`, the pool shrinks one id per scan down
 //!   to its floor, `max(min_spare, 1)`, never below. A starting worker counts as idle (it soon
 //!   will be), so a scan never starts twice for one need.
 //! * **A retired worker that dies from its own stop signal** did not handle it (it did not
@@ -228,8 +229,6 @@ pub(crate) struct PoolConfig {
 }
 
 /// The adaptive pool's bounds and pace (see the module docs).
-// Set by the settings once the scoreboard feeds the master in-flight counts.
-#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SpareConfig {
     /// Start workers while fewer than this many are idle.
@@ -494,6 +493,8 @@ pub(crate) struct Pool<W: WorkerContext> {
     next_scan: Option<Instant>,
     /// Adaptive pool: when a worker was last seen busy (or the pool started).
     last_busy: Option<Instant>,
+    /// Adaptive pool: the last scan was short of idle workers too (sustained demand).
+    was_short: bool,
 }
 
 fn encode_for_diff<W: WorkerContext>(w: &W) -> Vec<u8> {
@@ -520,6 +521,7 @@ impl<W: WorkerContext> Pool<W> {
             last_idle: 0,
             next_scan: None,
             last_busy: None,
+            was_short: false,
         }
     }
 
@@ -1156,7 +1158,6 @@ impl<W: WorkerContext> Pool<W> {
     /// Adaptive pool: whether a scan is due (the driver then reads the in-flight counts and
     /// calls [`adapt`](Self::adapt), which schedules the next one; a driver that did not would
     /// see a past deadline in [`next_deadline`](Self::next_deadline) until it does).
-    #[allow(dead_code)] // the master scans once the scoreboard feeds it in-flight counts
     pub fn scan_due(&self, now: Instant) -> bool {
         !self.shutting_down && self.next_scan.is_some_and(|t| t <= now)
     }
@@ -1164,7 +1165,6 @@ impl<W: WorkerContext> Pool<W> {
     /// Adaptive pool: one scan, given the in-flight count of each id (an id missing from
     /// `in_flight` has nothing in flight). Starts or retires workers per the rules in the
     /// module docs, and schedules the next scan.
-    #[allow(dead_code)] // the master scans once the scoreboard feeds it in-flight counts
     pub fn adapt(
         &mut self,
         in_flight: &BTreeMap<W::Id, u64>,
@@ -1192,7 +1192,17 @@ impl<W: WorkerContext> Pool<W> {
         }
         self.last_idle = idle;
         let idle_for = now.saturating_duration_since(self.last_busy.unwrap_or(now));
-        let step = sp.step(self.slots.len(), self.active, idle, idle_for);
+        let mut step = sp.step(self.slots.len(), self.active, idle, idle_for);
+        let short = idle < sp.min_spare as usize;
+        if step > 0 && short && self.was_short {
+            // Sustained demand: the shortage outlived a scan, so the workers the last one
+            // started are busy already. Fill up to max_spare idle (never above the bounds)
+            // rather than to min_spare, so a burst is met in a few scans.
+            let (_, max) = sp.bounds(self.slots.len());
+            let fill = (sp.max_spare as usize).saturating_sub(idle);
+            step = step.max(fill.min(max.saturating_sub(self.active)) as isize);
+        }
+        self.was_short = short;
         if step > 0 {
             let before = self.active;
             self.active += step as usize;
@@ -1501,7 +1511,6 @@ impl<W: WorkerContext> Pool<W> {
     }
 
     /// The current worker's pid of each id.
-    #[cfg(test)]
     pub fn current(&self) -> BTreeMap<W::Id, Pid> {
         self.slots
             .iter()

@@ -18,6 +18,9 @@
 //! * A worker's stop signal (`SIGTERM`): it finishes the jobs it holds, then exits.
 //! * `kill -TERM <master>`: every worker finishes its jobs, then the master exits 0.
 //! * `--enqueue N` adds N test jobs (each takes `--job-ms`) and exits.
+//! * `--min-spare N --max-spare M [--max-workers K]`: an adaptive pool instead of `-w`: up to
+//!   K (default 16) workers are declared, and the master runs as many as keep N … M of them
+//!   idle (a worker is busy while it holds a job; with `-c` above 1, while it holds any).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -126,25 +129,26 @@ fn main() {
         let config = flags
             .load(cli.config.as_deref())
             .unwrap_or_else(|e| fail(&e));
-        if config.spare.is_some() {
-            // The pool's decisions exist (prefork-core's state machine); the in-flight counts
-            // that drive them come with the scoreboard.
-            fail(
-                "--min-spare/--max-spare: the adaptive pool is not available yet (it needs the \
-                 scoreboard's per-worker in-flight counts)",
-            );
-        }
         if let Some(n) = cli.enqueue {
             enqueue(&config.queue, n, cli.job_ms);
         }
     }
+    // The adaptive pool's bounds are fixed at start (a SIGHUP that changes them is refused).
+    let spare = match prefork_core::is_worker() {
+        true => None,
+        false => flags.load(cli.config.as_deref()).ok().and_then(|c| c.spare),
+    };
 
     let file = cli.config.clone();
     let update = move |set: &mut WorkerSet<Worker>| -> Option<Config> {
-        let loaded = flags.load(file.as_deref()).and_then(|c| match c.spare {
-            Some(_) => Err("min_spare/max_spare: the adaptive pool is not available yet".into()),
-            None => Ok(c),
-        });
+        let loaded = flags
+            .load(file.as_deref())
+            .and_then(|c| match c.spare == spare {
+                true => Ok(c),
+                false => Err("min_spare/max_spare/max_workers cannot change on SIGHUP \
+                 (the adaptive pool's bounds are fixed at start)"
+                    .to_string()),
+            });
         let config = match loaded {
             Ok(c) => c,
             Err(e) => {
@@ -152,7 +156,8 @@ fn main() {
                 return None;
             }
         };
-        let workers = config.workers;
+        // An adaptive pool declares max_workers candidates; the master runs what the load needs.
+        let workers = config.spare.map_or(config.workers, |sp| sp.max_workers);
         set.set((0..workers).map(|id| Worker {
             id,
             concurrency: config.concurrency,
@@ -189,6 +194,9 @@ fn main() {
                 "cannot recover the jobs of an ended worker"),
             },
         );
+    if let Some(sp) = spare {
+        settings = settings.adaptive(sp.min_spare, sp.max_spare, sp.max_workers);
+    }
     for &(from, to) in &cli.forward {
         settings = settings.forward_signal(from, to);
     }
@@ -250,6 +258,8 @@ fn run_jobs(mut claimer: Box<dyn jobs::Claimer>, stop: StopSignal, done: &Atomic
         match claimer.claim(Duration::from_millis(200)) {
             Ok(None) => {}
             Ok(Some(job)) => {
+                // In flight from claim to completion: the adaptive pool reads this count.
+                let _in_flight = prefork_core::worker::request_guard();
                 let result = job.run();
                 match claimer.complete(&job, &result) {
                     Ok(Recorded::First) => {
