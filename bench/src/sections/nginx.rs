@@ -40,14 +40,7 @@ pub fn run(sec: &mut Section, plan: &Plan) -> Result<()> {
             .local_addr()?
             .port();
         let conf = write_conf(&dir, n, port, "worker_connections 256;", "")?;
-        let mut cmd = Command::new(&nginx);
-        cmd.arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg("stderr");
-        let result = respawns(cmd, n, plan.respawn_samples);
+        let result = respawns(command(&nginx, &dir, &conf), n, plan.respawn_samples);
         let _ = std::fs::remove_dir_all(&dir);
         match result {
             Ok(seen) => {
@@ -91,6 +84,19 @@ pub fn write_conf(
         ),
     )?;
     Ok(conf)
+}
+
+/// nginx in the foreground with prefix `dir` and configuration `conf`, logging to standard
+/// error.
+pub fn command(bin: &std::path::Path, dir: &std::path::Path, conf: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(conf)
+        .arg("-e")
+        .arg("stderr");
+    cmd
 }
 
 /// The nginx binary, if nginx is installed.

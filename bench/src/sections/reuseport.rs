@@ -99,14 +99,7 @@ fn start_nginx(bin: &std::path::Path, n: u32) -> Result<(Server, SocketAddr, std
         "worker_connections 1024;",
         "keepalive_requests 1000000000; keepalive_timeout 75s;",
     )?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg("stderr");
-    let server = Server::start(cmd, "nginx")?;
+    let server = Server::start(nginx::command(bin, &dir, &conf), "nginx")?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let end = Instant::now() + Duration::from_secs(10);
     loop {
@@ -283,19 +276,12 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     for _ in 0..plan.tput_reps {
         for t in &mut targets {
             let s = spec(t.addr, plan.tput_secs);
-            let running = on_cpus(&client_cpus(t.place), || load::start(&s))?;
-            std::thread::sleep(Duration::from_secs_f64(plan.tput_secs / 2.0));
-            let workers = workers_of(t);
-            if !workers.is_empty() {
-                t.spread.push(
-                    workers
-                        .iter()
-                        .map(|&w| procfs::established_tcp(w))
-                        .collect(),
-                );
+            let (r, spread) = on_cpus(&client_cpus(t.place), || {
+                super::run_with_spread(&s, plan.tput_secs, || workers_of(t))
+            })?;
+            if !spread.is_empty() {
+                t.spread.push(spread);
             }
-            std::thread::sleep(Duration::from_secs_f64(plan.tput_secs / 2.0));
-            let r = running.finish();
             t.rates.push(r.rate());
             t.p99.push(r.hist.quantile(0.99) as f64);
             t.failed += r.failed_total();
