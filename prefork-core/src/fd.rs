@@ -16,6 +16,10 @@
 //!   it, and each fd can be adopted once: a cloned context cannot produce two owners of one fd.
 //!   Declared fds are made close-on-exec again at worker start, so a worker's own children do not
 //!   inherit them.
+//! * A listener is either shared by every worker ([`InheritedListener::bind_tcp`]) or one worker
+//!   id's own socket of a [`ReuseportGroup`](crate::ReuseportGroup); the boot header says which
+//!   ([`InheritedListener::is_per_worker`], [`worker::is_per_worker_socket`](crate::worker::is_per_worker_socket)),
+//!   because a draining worker must keep accepting on its own socket, not on a shared one.
 
 use std::collections::BTreeSet;
 use std::fmt;
