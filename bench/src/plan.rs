@@ -41,6 +41,8 @@ pub struct Plan {
     pub storms: usize,
     /// §7 Cost of the serving layer: rounds of (new, old) runs, `tput_secs` each.
     pub layer_rounds: usize,
+    /// §9 Control: `status` round trips per master.
+    pub control_reps: usize,
 }
 
 impl Plan {
@@ -66,6 +68,7 @@ impl Plan {
                 storm: 20,
                 storms: 1,
                 layer_rounds: 3,
+                control_reps: 20,
             }
         } else {
             Plan {
@@ -87,6 +90,7 @@ impl Plan {
                 storm: 100,
                 storms: 3,
                 layer_rounds: 7,
+                control_reps: 200,
             }
         }
     }

@@ -330,12 +330,14 @@ impl RuntimeOptions {
 #[derive(Clone, Debug)]
 pub struct WorkerSet<W: WorkerContext> {
     workers: BTreeMap<W::Id, W>,
+    scale: Option<u32>,
 }
 
 impl<W: WorkerContext> Default for WorkerSet<W> {
     fn default() -> Self {
         WorkerSet {
             workers: BTreeMap::new(),
+            scale: None,
         }
     }
 }
@@ -392,6 +394,17 @@ impl<W: WorkerContext> WorkerSet<W> {
     /// The workers in id order.
     pub fn iter(&self) -> impl Iterator<Item = &W> {
         self.workers.values()
+    }
+
+    /// The runtime scale, when scaling is on ([`Settings::scale`](crate::Settings::scale)):
+    /// how many workers `update` should declare. `SIGTTIN`, `SIGTTOU` and the control socket
+    /// change it between calls; a reload keeps it.
+    pub fn scale(&self) -> Option<u32> {
+        self.scale
+    }
+
+    pub(crate) fn set_scale(&mut self, scale: Option<u32>) {
+        self.scale = scale;
     }
 
     pub(crate) fn into_map(self) -> BTreeMap<W::Id, W> {

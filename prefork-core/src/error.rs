@@ -91,6 +91,15 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Talking to a master's control socket failed (see [`control`](crate::control)).
+    #[error("{what}")]
+    Control {
+        /// What was being done, with the socket's path.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// A setting or a command-line value is out of range or contradicts another.
     #[error("invalid setting: {0}")]
     InvalidSetting(String),

@@ -382,7 +382,7 @@ pub(crate) fn bind_one(a: SocketAddr, reuse_port: bool) -> std::io::Result<TcpLi
 
 /// Removes a socket file at `path` that nobody listens on any more. Anything else there (a
 /// live socket, a file that is not a socket) is left alone, and `bind` then reports it.
-fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+pub(crate) fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(()); // nothing there
@@ -421,6 +421,14 @@ static MASTER_LISTENERS: Mutex<Vec<std::sync::Weak<OwnedFd>>> = Mutex::new(Vec::
 
 fn master_listeners() -> std::sync::MutexGuard<'static, Vec<std::sync::Weak<OwnedFd>>> {
     MASTER_LISTENERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The listening sockets this process made that are still open (not released), for status.
+pub(crate) fn master_listener_fds() -> Vec<Arc<OwnedFd>> {
+    master_listeners()
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect()
 }
 
 /// A stopping master lets go of every listening socket it made (the numbers stay valid, on

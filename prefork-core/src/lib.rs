@@ -131,7 +131,20 @@
 //! | `QUIT` | calls `on_quit` and keeps running (nginx and unicorn mean "graceful stop" by it; here `TERM` does that) |
 //! | `CHLD` | reaps every exited child, respawns what is desired |
 //! | a second `TERM`/`INT` | `SIGKILL` to every worker at once |
-//! | `USR1`, `USR2`, `ALRM`, `TTIN`, `TTOU`, real-time, … | logged and ignored: never fatal (see the master's `signals` module) |
+//! | `TTIN`, `TTOU` | scale up or down by one, with [`Settings::scale`] (see below); logged and ignored without it |
+//! | `USR1`, `USR2`, `ALRM`, real-time, … | logged and ignored: never fatal (see the master's `signals` module) |
+//! | one named by [`Settings::forward_signal`] | passed on to every live worker |
+//!
+//! # Seeing and steering a running master
+//!
+//! [`Settings::control_socket`] makes the master listen on a Unix socket (owner-only) for
+//! `status`, `reload` (answered when the reload finished, with its outcome), `scale`, `replace`,
+//! `stop` and `metrics` (Prometheus text); [`control`] has the protocol and a client, and the
+//! `prefork-ctl` program is that client on a command line. Every answer is a view of one status
+//! model, [`status::Status`], which [`Settings::status_file`] also writes to a file whenever it
+//! changes. [`Settings::scale`] makes the number of workers a runtime input of `update`
+//! ([`WorkerSet::scale`]): `TTIN`/`TTOU` and `scale` change it, only the ids that join or leave
+//! start or stop, and a reload keeps it.
 //!
 //! # Features
 //!
@@ -158,6 +171,7 @@
 #![deny(unsafe_code)]
 
 pub mod context;
+pub mod control;
 mod error;
 pub mod fd;
 mod launch;
@@ -172,6 +186,7 @@ pub mod scoreboard;
 mod settings;
 mod single;
 mod spawn;
+pub mod status;
 mod sys;
 pub mod systemd;
 pub mod worker;

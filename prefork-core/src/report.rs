@@ -9,7 +9,7 @@ use crate::context::WorkerContext;
 use crate::process::{ChildExit, Pid};
 
 /// Why a worker ended, as the master saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitReason {
     /// It had served and then died (by itself, or killed from outside).

@@ -1,6 +1,7 @@
 //! `Settings`: haskell-prefork's hooks, and the knobs of supervision.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::context::{WorkerContext, WorkerSet};
@@ -10,7 +11,11 @@ use crate::process::{Pid, Signal};
 use crate::readiness::Readiness;
 use crate::report::{ReloadReport, WorkerEnded};
 use crate::spawn::Spawner;
+use crate::status::ScaleStatus;
 use crate::systemd::Systemd;
+
+/// The scale bounds when [`Settings::scale`] is set and [`Settings::scale_bounds`] is not.
+pub const DEFAULT_SCALE_BOUNDS: (u32, u32) = (1, 1024);
 
 /// The `fork` callback of relaunch settings, its error made the library's.
 pub(crate) type ForkFn<W> = Box<dyn FnMut(&W, &Spawner<'_>) -> Result<Pid>>;
@@ -67,6 +72,10 @@ pub struct Settings<C, W: WorkerContext> {
     pub(crate) pool: PoolConfig,
     pub(crate) readiness: Readiness,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) control_socket: Option<PathBuf>,
+    pub(crate) status_file: Option<PathBuf>,
+    pub(crate) scale_initial: Option<u32>,
+    pub(crate) scale_bounds: (u32, u32),
     /// Signals the master passes on to every worker: (received, sent).
     pub(crate) forwards: Vec<(Signal, Signal)>,
     pub(crate) shutdown_delay: Duration,
@@ -88,6 +97,10 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("child_subreaper", &self.child_subreaper)
             .field("scoreboard", &self.scoreboard)
             .field("pool", &self.pool)
+            .field("control_socket", &self.control_socket)
+            .field("status_file", &self.status_file)
+            .field("scale", &self.scale_initial)
+            .field("scale_bounds", &self.scale_bounds)
             .field("forwards", &self.forwards)
             .finish_non_exhaustive()
     }
@@ -114,6 +127,10 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         pool: PoolConfig::default(),
         readiness: Readiness::Implicit,
         shutdown_timeout: Duration::from_secs(30),
+        control_socket: None,
+        status_file: None,
+        scale_initial: None,
+        scale_bounds: DEFAULT_SCALE_BOUNDS,
         forwards: Vec::new(),
         shutdown_delay: Duration::ZERO,
         systemd: Systemd::auto(),
@@ -373,6 +390,63 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
         self
     }
 
+    /// Turns on runtime scaling, starting at `initial`. The scale is an input to `update`:
+    /// it reads it with [`WorkerSet::scale`] and declares that many workers. `SIGTTIN` (+1),
+    /// `SIGTTOU` (−1) and the control socket's `scale N|+K|-K` change it and call `update`
+    /// again; only the ids that join start and only the ids that leave stop (gracefully), every
+    /// other worker is left alone. A reload (`SIGHUP`) keeps the current scale. A change outside
+    /// [`scale_bounds`](Self::scale_bounds) (default 1 ..= 1024) is refused with a reason.
+    ///
+    /// ```no_run
+    /// use prefork_core::{relaunch_settings, Spawner, WorkerContext, WorkerSet};
+    /// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, WorkerContext)]
+    /// # struct Worker { #[prefork(id)] id: u32 }
+    /// let settings = relaunch_settings(
+    ///     |set: &mut WorkerSet<Worker>| {
+    ///         let n = set.scale().unwrap_or(4);
+    ///         set.set((0..n).map(|id| Worker { id }));
+    ///         Some(())
+    ///     },
+    ///     |w: &Worker, spawner: &Spawner| spawner.fork_worker_process(w),
+    /// )
+    /// .scale(4)
+    /// .scale_bounds(1, 64);
+    /// # drop(settings);
+    /// ```
+    pub fn scale(mut self, initial: u32) -> Self {
+        self.scale_initial = Some(initial);
+        self
+    }
+
+    /// The smallest and largest scale a `TTIN`/`TTOU` or `scale` request may reach (default
+    /// 1 ..= 1024). Only meaningful with [`scale`](Self::scale); the initial scale itself is
+    /// not clamped (the program chose it).
+    pub fn scale_bounds(mut self, min: u32, max: u32) -> Self {
+        self.scale_bounds = (min, max.max(min));
+        self
+    }
+
+    /// Listens for commands on a Unix stream socket at `path` (mode 0600; only the master's
+    /// uid and root may connect): `status`, `reload`, `scale`, `replace`, `stop`, `metrics`.
+    /// The protocol and a client are in [`control`](crate::control); `prefork-ctl` is the
+    /// command-line client. A stale socket file left by a dead master is replaced; the master
+    /// removes its file when it exits; a live socket or any other file at `path` is an error
+    /// at start. The socket is served from the master's one loop, without a thread or a timer
+    /// (an idle master still makes no wake-up), and a slow or hostile client cannot hold it:
+    /// each request is at most 64 KiB and must arrive within 5 s.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Writes the [`Status`](crate::status::Status) as JSON to `path` whenever it changes
+    /// (written to a temporary file beside it, then renamed over it, so a reader never sees
+    /// half of one): for exec probes and humans.
+    pub fn status_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.status_file = Some(path.into());
+        self
+    }
+
     /// Whether the master keeps a scoreboard (default: yes): a shared-memory slot per worker
     /// for its heartbeats and request counts (see [`worker::heartbeat`](crate::worker::heartbeat)
     /// and [`worker::request_guard`](crate::worker::request_guard)). Without it those calls
@@ -546,7 +620,7 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// action ends a process. Signals the master gives a meaning of its own are refused with
     /// an error at start ([`run_master`](crate::run_master) returns
     /// [`Error::InvalidSetting`]): `HUP` (reload), `TERM` and `INT` (stop), `CHLD` (reaping),
-    /// `QUIT` (`on_quit`), `TTIN` and `TTOU` (reserved for runtime scaling), and those that cannot be caught or are faults (`KILL`, `STOP`,
+    /// `QUIT` (`on_quit`), `TTIN` and `TTOU` (runtime scaling), and those that cannot be caught or are faults (`KILL`, `STOP`,
     /// `SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`, `SYS`), as is a signal forwarded twice.
     pub fn forward_signal(mut self, received: Signal, sent: Signal) -> Self {
         self.forwards.push((received, sent));
@@ -556,6 +630,10 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     pub(crate) fn pool_config(&self) -> PoolConfig {
         let mut cfg = self.pool.clone();
         cfg.promote_when_ready = self.readiness == Readiness::Explicit;
+        let (min, max) = self.scale_bounds;
+        cfg.scale = self
+            .scale_initial
+            .map(|current| ScaleStatus { current, min, max });
         cfg
     }
 }

@@ -206,6 +206,35 @@ pub(crate) fn attach_reuseport_cbpf(
     Ok(())
 }
 
+/// This process's effective uid (`geteuid`).
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no argument, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A listening TCP socket's accept queue: (connections waiting, the queue's capacity), from
+/// `getsockopt(IPPROTO_TCP, TCP_INFO)`. For a socket in `LISTEN` the kernel reports them in
+/// `tcpi_unacked` and `tcpi_sacked` (`tcp_get_info` in `net/ipv4/tcp.c`, what `ss -lt` shows).
+/// `None` for a socket that is not a listening TCP socket.
+pub(crate) fn tcp_listen_queue(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
+    const TCP_LISTEN: u8 = 10; // include/net/tcp_states.h
+    // SAFETY: a zeroed tcp_info is a valid value of the plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, a local struct of that size,
+    // and stores the length it wrote in `len`; `fd` is borrowed, so it is open.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && info.tcpi_state == TCP_LISTEN).then_some((info.tcpi_unacked, info.tcpi_sacked))
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds (`clock_gettime`, answered by the vDSO: no system call).
 /// The clock is system-wide, so a worker's reading and its master's compare directly; it is
 /// the clock `std::time::Instant` reads.

@@ -1,5 +1,5 @@
-//! Reuseport mode, a smaller set on SIGHUP (`--workers-file`): the removed ids' sockets are
-//! drained, not dropped.
+//! Reuseport mode, a smaller set on SIGHUP (`--workers-file`) or by `SIGTTOU` (the control
+//! path's scale down): the removed ids' sockets are drained, not dropped.
 //!
 //! * Scaling 4 → 2 while a client opens a connection every millisecond loses none: no
 //!   refused connection, no reset, every response a 200. (Each connection sends its request at
@@ -82,6 +82,38 @@ fn scaling_down_while_connections_arrive_every_millisecond_loses_none() {
     assert_eq!(report.failed, 0, "lost connections: {:?}", report.errors);
     assert_eq!(report.non_200, 0, "non-200 responses: {:?}", report.errors);
     assert!(report.ok > 900, "the load really ran: {report:?}");
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.wait_exit(DEADLINE), 0);
+    assert!(zombies_of(m.pid().as_raw()).is_empty());
+}
+
+#[test]
+fn scaling_down_by_ttou_while_connections_arrive_every_millisecond_loses_none() {
+    let mut m = Master::start_program(
+        env!("CARGO_BIN_EXE_sample-warp-like"),
+        &["-p", "0", "-w", "4", "--threads", "1", "--reuseport"],
+    );
+    let addr = listening_addr(&m.stderr);
+    m.wait_workers(4, "id");
+    let load = Paced::start(addr, Duration::from_millis(1), Duration::from_secs(60));
+    wait_for(DEADLINE, "the load to get going", || {
+        (load.progress() > 300).then_some(())
+    });
+    for n in [3, 2] {
+        let before = load.progress();
+        m.signal(Signal::SIGTTOU);
+        m.wait_workers(n, "id");
+        wait_for(DEADLINE, &format!("{n} sockets listening"), || {
+            (listening_sockets(addr.port()) == n).then_some(())
+        });
+        wait_for(DEADLINE, "connections after the change", || {
+            (load.progress() > before + 300).then_some(())
+        });
+    }
+    let report = load.finish();
+    eprintln!("{report:?}");
+    assert_eq!(report.failed, 0, "lost connections: {:?}", report.errors);
+    assert_eq!(report.non_200, 0, "non-200 responses: {:?}", report.errors);
     m.signal(Signal::SIGTERM);
     assert_eq!(m.wait_exit(DEADLINE), 0);
     assert!(zombies_of(m.pid().as_raw()).is_empty());

@@ -2,7 +2,9 @@
 //! against.
 //!
 //! ```text
-//! bench-sleeper -w N [-p PORT]             a master keeping N workers (ids 0..N, argv `id=K`)
+//! bench-sleeper -w N [-p PORT] [--control PATH]
+//!                                           a master keeping N workers (ids 0..N, argv `id=K`),
+//!                                           with a control socket at PATH
 //! bench-sleeper --noop                      exits 0 at once (the floor's child)
 //! bench-sleeper --floor K [--gap-ms G]      fork + execve(`bench-sleeper --noop`) + waitpid, K
 //!                                           times in a row (asleep G ms before each); prints `floor_ns=<total>
@@ -47,6 +49,7 @@ struct Sleeper {
 struct Opts {
     workers: u32,
     port: u16,
+    control: Option<String>,
 }
 
 fn main() {
@@ -73,6 +76,7 @@ fn main() {
     }
     // A master or a worker: the master's argv in both (a worker's own argv is `id=K`).
     let opts = parse(prefork_core::args());
+    let control = opts.control.clone();
     if !prefork_core::is_worker() {
         init_tracing();
     }
@@ -102,12 +106,16 @@ fn main() {
         .ready_timeout(Duration::from_secs(60))
         .stop_timeout(Duration::from_secs(5))
         .shutdown_timeout(Duration::from_secs(5));
+    let settings = match control {
+        Some(path) => settings.control_socket(path),
+        None => settings,
+    };
     default_main(settings, serve)
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("bench-sleeper: {msg}");
-    eprintln!("usage: bench-sleeper -w N [-p PORT] | --noop | --floor K");
+    eprintln!("usage: bench-sleeper -w N [-p PORT] [--control PATH] | --noop | --floor K");
     std::process::exit(2)
 }
 
@@ -115,6 +123,7 @@ fn parse(args: Vec<String>) -> Opts {
     let mut o = Opts {
         workers: 1,
         port: 0,
+        control: None,
     };
     let mut it = args.into_iter().skip(1);
     while let Some(a) = it.next() {
@@ -130,6 +139,9 @@ fn parse(args: Vec<String>) -> Opts {
                     .next()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| usage("-p needs a port"))
+            }
+            "--control" => {
+                o.control = Some(it.next().unwrap_or_else(|| usage("--control needs a path")))
             }
             other => usage(&format!("unknown argument {other:?}")),
         }

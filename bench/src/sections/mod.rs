@@ -6,6 +6,7 @@
 //! stops the servers it started. A section that fails part-way keeps the rows it already
 //! added; the caller adds an error row after them.
 
+pub mod control;
 pub mod health;
 pub mod layer_cost;
 pub mod master_cost;

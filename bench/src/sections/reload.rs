@@ -59,7 +59,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     Ok(())
 }
 
-/// `plan.reloads` `SIGHUP`s to `sample-warp-like -w 2 --reuseport` under load (section 9).
+/// `plan.reloads` `SIGHUP`s to `sample-warp-like -w 2 --reuseport` under load (section 10).
 pub fn reuseport(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     let case = Case {
         label: "sample-warp-like -w 2 --reuseport",

@@ -1,4 +1,4 @@
-//! Section 9, reuseport groups: `sample-warp-like` with one shared listening socket and with
+//! Section 10, reuseport groups: `sample-warp-like` with one shared listening socket and with
 //! `--reuseport` (one `SO_REUSEPORT` socket per worker id, steered by the master's program, or
 //! by the kernel's own hash with `--no-steering`), beside a one-process server and nginx.
 //!
@@ -132,7 +132,7 @@ fn workers_of(t: &Target) -> Vec<i32> {
     }
 }
 
-/// Measures section 9.
+/// Measures section 10.
 pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     let cpus = all_cpus();
     let pinning = cpus.len() >= 2;

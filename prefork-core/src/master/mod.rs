@@ -3,10 +3,12 @@
 //! # The loop
 //!
 //! Everything the master learns arrives through one `poll`: the signal self-pipe
-//! ([`signals`]), the readiness socket ([`crate::readiness`]), and timers as the poll's
-//! timeout, which is the state machine's next deadline (none: it sleeps until something
-//! happens, so an idle master costs no CPU). After a wake-up it handles, in this order:
-//! readiness messages, reaping, `TERM`/`INT`, `QUIT`, `HUP`, stray signals, timers.
+//! ([`signals`]), the readiness socket ([`crate::readiness`]), the control socket and its
+//! clients ([`control`]), and timers as the poll's timeout, which is the state machine's next
+//! deadline, or a connected control client's (none: it sleeps until something happens, so an
+//! idle master costs no CPU). After a wake-up it handles, in this order: readiness messages,
+//! reaping, `TERM`/`INT`, `QUIT`, `HUP`, `TTIN`/`TTOU`, stray signals, timers, control
+//! requests, then what the pool reported (hooks, waiting control clients, the status file).
 //!
 //! Decisions (who to start, replace, retire, back off) are the pure state machine's
 //! ([`pool`]); this module only observes and acts. The state machine acts through
@@ -35,6 +37,7 @@
 //! `SIGTERM`/`SIGINT` sends `SIGKILL` at once. When the last child is reaped, `on_finish` runs
 //! and the master returns.
 
+mod control;
 mod pool;
 mod service;
 mod signals;
@@ -48,6 +51,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 
 use crate::context::{WorkerContext, WorkerSet};
+use crate::control::ScaleChange;
 use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::{Readiness, ReadinessSocket};
@@ -149,6 +153,18 @@ struct Master<C, W: WorkerContext> {
     board: Option<Board>,
     /// The service manager, if any (see [`crate::systemd`]).
     systemd: Link,
+    /// The control socket and the status file (see [`control`]).
+    control: control::Control,
+}
+
+/// What a reload request led to.
+enum ReloadStart<Id> {
+    /// The pool reconciles; it reports the end of this generation later.
+    Started(u64),
+    /// Already over: rejected by `update`, or a hook-only reload.
+    Finished(ReloadReport<Id>),
+    /// The master is stopping.
+    Stopping,
 }
 
 /// Runs the master until it is told to stop. `default_main` calls this in the master process;
@@ -161,6 +177,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
     let signals = MasterSignals::install(&forwarded)?;
     crate::systemd::prepare_master(settings.child_subreaper);
     let readiness = ReadinessSocket::new()?;
+    let control = control::Control::new(&settings)?;
     let board = match settings.scoreboard {
         true => Some(Board::new(settings.pool.health.beat_interval())?),
         false => None,
@@ -181,10 +198,12 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         holders: Holders::default(),
         board,
         systemd: Link::new(settings_systemd, Instant::now()),
+        control,
     };
     m.reap_all();
     let r = m.start().and_then(|()| {
         m.dispatch_events();
+        m.control_after_turn();
         m.run()
     });
     crate::fd::unlink_bound_unix_paths();
@@ -227,6 +246,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     fn start(&mut self) -> Result<()> {
         let mut set = WorkerSet::new();
+        set.set_scale(self.pool.scale().map(|s| s.current));
         let config = call_update(&mut self.settings.update_config, &mut set);
         if self.fork.is_some() && config.is_none() {
             return Err(Error::NoInitialConfig);
@@ -309,19 +329,28 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                         .unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(self.signals.fd(), PollFlags::POLLIN),
                 PollFd::new(self.readiness.master_end(), PollFlags::POLLIN),
             ];
+            self.control.poll_fds(&mut fds);
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(Error::sys("poll", e)),
             }
+            let control_events: Vec<PollFlags> = fds[2..]
+                .iter()
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                .collect();
+            drop(fds);
             let arrived = self.signals.take();
             self.step(&arrived);
+            self.serve_control(&control_events);
             self.dispatch_events();
             self.notify_turn();
+            self.control_after_turn();
         }
+        self.control.flush();
         self.reap_all();
         (self.settings.on_finish)(self.config.as_ref());
         tracing::info!(pid = std::process::id(), "master finished");
@@ -331,6 +360,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     /// Hands what the pool reported to the hooks.
     fn dispatch_events(&mut self) {
         for event in self.pool.take_events() {
+            self.control.observe(&event);
             match event {
                 PoolEvent::Ended(ended) => (self.settings.on_worker_exit)(&ended),
                 PoolEvent::Settled(report) => {
@@ -349,6 +379,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     } else {
                         tracing::info!(generation = report.generation, outcome = %what,
                             took_ms = report.took.as_millis() as u64, "reload finished");
+                        self.control.reload_finished(&report, Instant::now());
                         (self.settings.on_reload_finished)(&report);
                     }
                 }
@@ -366,7 +397,12 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             Phase::LameDuck { until, .. } => Some(until),
             _ => None,
         };
-        for t in [phase, self.systemd.next_deadline()].into_iter().flatten() {
+        let sources = [
+            phase,
+            self.systemd.next_deadline(),
+            self.control.next_deadline(),
+        ];
+        for t in sources.into_iter().flatten() {
             d = Some(d.map_or(t, |x| x.min(t)));
         }
         d
@@ -395,6 +431,16 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         if got(Signal::SIGHUP) {
             self.reload();
+        }
+        for (sig, by) in [(Signal::SIGTTIN, 1), (Signal::SIGTTOU, -1)] {
+            if got(sig) {
+                match self.rescale(ScaleChange::By(by)) {
+                    Ok(r) => {
+                        tracing::info!(signal = %sig, from = r.from, to = r.to, "scale changed")
+                    }
+                    Err(why) => tracing::warn!(signal = %sig, "scale unchanged: {why}"),
+                }
+            }
         }
         for &sig in arrived.iter().filter(|s| !signals::is_meaningful(**s)) {
             match self
@@ -619,6 +665,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 self.begin_stop(sig);
             }
             Phase::Running => {
+                self.control.stopping(Instant::now());
                 self.notify_stopping();
                 let now = Instant::now();
                 let delay = self.settings.shutdown_delay;
@@ -670,13 +717,15 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         tracing::debug!(released, "listening sockets released");
     }
 
-    fn reload(&mut self) {
+    fn reload(&mut self) -> ReloadStart<W::Id> {
         if !matches!(self.phase, Phase::Running) {
             tracing::info!("SIGHUP during shutdown: ignored");
-            return;
+            return ReloadStart::Stopping;
         }
         self.notify_reloading();
         let mut set = self.desired.clone();
+        // The runtime scale survives a reload (gunicorn#716 resets it; here it stays).
+        set.set_scale(self.pool.scale().map(|s| s.current));
         let Some(config) = call_update(&mut self.settings.update_config, &mut set) else {
             tracing::warn!(
                 workers = self.live().len(),
@@ -688,8 +737,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 took: std::time::Duration::ZERO,
             };
             self.notify_settled(&report);
+            self.control.reload_finished(&report, Instant::now());
             (self.settings.on_reload_finished)(&report);
-            return;
+            return ReloadStart::Finished(report);
         };
         self.config = Some(config);
         if self.fork.is_some() {
@@ -710,6 +760,15 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         self.call_update_server();
         if self.fork.is_none() {
             self.notify_ready_now();
+        }
+        match self.pool.settling_generation() {
+            Some(g) if self.fork.is_some() => ReloadStart::Started(g),
+            // Settled already (nothing to replace), or hook-only: over at once.
+            _ => ReloadStart::Finished(ReloadReport {
+                generation: self.pool.generation(),
+                outcome: ReloadOutcome::Complete,
+                took: std::time::Duration::ZERO,
+            }),
         }
     }
 }

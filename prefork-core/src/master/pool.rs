@@ -30,6 +30,12 @@
 //! * **Removed ids** are retired; **new ids** are spawned. A removed id's workers are reported
 //!   to the driver as `removing` before their stop signal, so that the id's own sockets (a
 //!   reuseport group's) stop receiving connections first.
+//! * **Scaling** ([`Pool::plan_scale`], [`Pool::rescale`]) is a change of the desired set that
+//!   only adds and removes ids: new ids start, removed ids retire through the same path as on a
+//!   reload, and every other worker is left alone (no replacement, no backoff reset). A scale
+//!   outside its bounds is refused with a reason. A reload keeps the scale.
+//! * **Replacing one id** ([`Pool::replace`]) asks for the same rolling, readiness-gated
+//!   replacement a reload makes, for that id only.
 //! * **Shutdown** freezes the pool: no spawn, no promotion, no signal. What runs is the driver's
 //!   to signal (once) and reap, so no worker gets its stop signal twice.
 //! * **Adaptive pool** (when [`PoolConfig::spare`] is set): the desired set is the list of
@@ -70,10 +76,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::context::WorkerContext;
+use crate::control::ScaleChange;
 use crate::error::Error;
 use crate::process::{ChildExit, Pid, Signal};
 use crate::report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason, WorkerEnded};
 use crate::scoreboard::Observation;
+use crate::status::ScaleStatus;
 
 /// What the pool tells its driver, besides acting: drained with [`Pool::take_events`].
 #[derive(Debug)]
@@ -86,8 +94,6 @@ pub(crate) enum PoolEvent<W: WorkerContext> {
 }
 
 /// A worker's state, for status views.
-// Read by the status views of the control socket.
-#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WorkerState {
     /// Started, not ready yet.
@@ -99,8 +105,6 @@ pub(crate) enum WorkerState {
 }
 
 /// One worker, for status views.
-// Read by the status views of the control socket.
-#[allow(dead_code)]
 #[derive(Clone, Debug)]
 pub(crate) struct WorkerView<Id> {
     pub id: Id,
@@ -131,8 +135,6 @@ impl<Id> WorkerView<Id> {
 }
 
 /// One id, for status views.
-// Read by the status views of the control socket.
-#[allow(dead_code)]
 #[derive(Clone, Debug)]
 pub(crate) struct SlotView<Id> {
     pub id: Id,
@@ -141,6 +143,24 @@ pub(crate) struct SlotView<Id> {
     /// Failed starts (since the id joined the set).
     pub failed_starts: u64,
     pub last_exit: Option<(ChildExit, ExitReason, Instant)>,
+}
+
+/// Where a replacement asked for by [`Pool::replace`] stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ReplaceProgress {
+    /// Still starting (or retrying).
+    Pending,
+    /// A new worker took over.
+    Done(Pid),
+    /// The pool gave up on it (several failed starts in a row), or it was called off.
+    Failed(String),
+}
+
+/// What a scale change did: ids that joined the set, ids that left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ScaleDiff<Id> {
+    pub started: Vec<Id>,
+    pub removed: Vec<Id>,
 }
 
 /// What the state machine needs from the outside world.
@@ -223,6 +243,8 @@ pub(crate) struct PoolConfig {
     pub replace_unchanged: bool,
     /// A reload gives up on an id (reports it as failed) after this many failed starts.
     pub give_up_after: u32,
+    /// The runtime scale and its bounds, when scaling is on.
+    pub scale: Option<ScaleStatus>,
     pub health: HealthConfig,
     /// The adaptive pool's bounds, when it is on.
     pub spare: Option<SpareConfig>,
@@ -274,7 +296,6 @@ impl SpareConfig {
 }
 
 /// The adaptive pool, for status views and metrics.
-#[allow(dead_code)] // read by the status views once the adaptive pool is wired
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SpareView {
     /// Ids that run (or are starting).
@@ -300,6 +321,7 @@ impl Default for PoolConfig {
             max_parallel_replacements: usize::MAX,
             replace_unchanged: true,
             give_up_after: 3,
+            scale: None,
             health: HealthConfig::default(),
             spare: None,
         }
@@ -475,6 +497,12 @@ pub(crate) struct Pool<W: WorkerContext> {
     /// The generation whose outcome is not reported yet, and when it began.
     settling: Option<(u64, Instant)>,
     events: Vec<PoolEvent<W>>,
+    /// The runtime scale, when scaling is on.
+    scale: Option<ScaleStatus>,
+    /// Workers started so far.
+    spawns: u64,
+    /// Failed starts so far.
+    failed_starts: u64,
     /// The jitter draws' state (xorshift64*).
     rng: u64,
     /// The last scoreboard observation (for the master's own stall).
@@ -505,13 +533,16 @@ impl<W: WorkerContext> Pool<W> {
     pub fn new(mut cfg: PoolConfig) -> Self {
         cfg.max_parallel_replacements = cfg.max_parallel_replacements.max(1);
         Pool {
-            cfg,
             slots: BTreeMap::new(),
             retiring: BTreeMap::new(),
             generation: 0,
             shutting_down: false,
             settling: None,
             events: Vec::new(),
+            scale: cfg.scale,
+            spawns: 0,
+            failed_starts: 0,
+            cfg,
             rng: initial_seed(),
             last_observed: None,
             next_health_scan: None,
@@ -532,7 +563,6 @@ impl<W: WorkerContext> Pool<W> {
     }
 
     /// Workers replaced by each health rule so far (for the metrics).
-    #[allow(dead_code)] // the control socket's metrics
     pub fn replacements(&self) -> [(ReplaceReason, u64); 4] {
         ReplaceReason::ALL.map(|r| (r, self.replaced[r.index()]))
     }
@@ -588,7 +618,6 @@ impl<W: WorkerContext> Pool<W> {
     }
 
     /// Id by id, for status views.
-    #[allow(dead_code)] // the control socket's status
     pub fn slot_views(&self) -> Vec<SlotView<W::Id>> {
         self.slots
             .iter()
@@ -602,7 +631,6 @@ impl<W: WorkerContext> Pool<W> {
     }
 
     /// Every worker the pool knows, for status views.
-    #[allow(dead_code)] // the control socket's status
     pub fn worker_views(&self) -> Vec<WorkerView<W::Id>> {
         let view = |id: &W::Id, p: &Proc<W>, state| WorkerView {
             id: id.clone(),
@@ -639,6 +667,128 @@ impl<W: WorkerContext> Pool<W> {
     /// The reload generation: 0 at start, + 1 per reload.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The generation of the start or reload that has not finished yet, if one has not.
+    pub fn settling_generation(&self) -> Option<u64> {
+        self.settling.map(|(g, _)| g)
+    }
+
+    /// Workers started so far.
+    pub fn spawns(&self) -> u64 {
+        self.spawns
+    }
+
+    /// Failed starts so far (every id, including ids that left the set).
+    pub fn failed_starts(&self) -> u64 {
+        self.failed_starts
+    }
+
+    /// The runtime scale, when scaling is on.
+    pub fn scale(&self) -> Option<ScaleStatus> {
+        self.scale
+    }
+
+    /// The scale `change` asks for, or why it is refused (scaling off, stopping, out of
+    /// bounds). Changes nothing: the caller computes the new desired set with it and hands it
+    /// to [`rescale`](Self::rescale).
+    pub fn plan_scale(&self, change: ScaleChange) -> Result<u32, String> {
+        let Some(s) = self.scale else {
+            return Err("scaling is not enabled (Settings::scale)".into());
+        };
+        if self.shutting_down {
+            return Err("the master is stopping".into());
+        }
+        let want = change.apply(s.current);
+        if want < i64::from(s.min) || want > i64::from(s.max) {
+            return Err(format!(
+                "scale {want} is outside the bounds {}..={} (now {})",
+                s.min, s.max, s.current
+            ));
+        }
+        Ok(want as u32)
+    }
+
+    /// Applies a scale change: `desired` is the set `update` made for `scale`. Ids that left
+    /// it retire (gracefully, as removed ids do on a reload), new ids start; ids that stay keep
+    /// their worker and their context (a reload applies a changed one).
+    pub fn rescale(
+        &mut self,
+        scale: u32,
+        desired: BTreeMap<W::Id, W>,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) -> ScaleDiff<W::Id> {
+        if let Some(s) = &mut self.scale {
+            s.current = scale;
+        }
+        let removed = self.retire_left(&desired, now, ops);
+        let mut started = Vec::new();
+        for (id, ctx) in desired {
+            if !self.slots.contains_key(&id) {
+                let encoded = encode_for_diff(&ctx);
+                self.slots.insert(id.clone(), Slot::new(ctx, encoded));
+                started.push(id);
+            }
+        }
+        self.pump(now, ops, false);
+        self.check_settled(now);
+        ScaleDiff { started, removed }
+    }
+
+    /// A rolling replacement of `id`'s worker: a new one starts beside it and takes over once
+    /// ready, as on a reload. Returns the pid being replaced, or why it cannot be.
+    pub fn replace(
+        &mut self,
+        id: &W::Id,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) -> Result<Pid, String> {
+        if self.shutting_down {
+            return Err("the master is stopping".into());
+        }
+        let Some(slot) = self.slots.get_mut(id) else {
+            return Err(format!("no worker has the id {id:?}"));
+        };
+        let Some(old) = slot.current.as_ref().map(|p| p.pid) else {
+            return Err(format!(
+                "id {id:?} has no running worker to replace (it is starting or waiting to retry)"
+            ));
+        };
+        if !slot.wants_replacement && slot.next.is_none() {
+            slot.wants_replacement = true;
+            slot.replace_backoff.reset();
+            tracing::info!(worker_id = ?id, pid = %old, "replacing one worker");
+            self.pump(now, ops, false);
+        }
+        Ok(old)
+    }
+
+    /// Where the replacement of `old`, `id`'s worker when [`replace`](Self::replace) was
+    /// called, stands.
+    pub fn replace_progress(&self, id: &W::Id, old: Pid) -> ReplaceProgress {
+        let Some(slot) = self.slots.get(id) else {
+            return ReplaceProgress::Failed(format!("id {id:?} left the desired set"));
+        };
+        if self.shutting_down {
+            return ReplaceProgress::Failed("the master is stopping".into());
+        }
+        let failed = |b: &Backoff| {
+            (b.failures >= self.cfg.give_up_after).then(|| {
+                slot.last_failure
+                    .clone()
+                    .unwrap_or_else(|| "its replacement failed to start".into())
+            })
+        };
+        let pending = slot.wants_replacement || slot.next.is_some();
+        match slot.current.as_ref().map(|p| p.pid) {
+            _ if pending => failed(&slot.replace_backoff)
+                .map_or(ReplaceProgress::Pending, ReplaceProgress::Failed),
+            Some(pid) if pid != old => ReplaceProgress::Done(pid),
+            Some(_) => ReplaceProgress::Failed("the replacement was called off by a reload".into()),
+            None => failed(&slot.start_backoff)
+                .map_or(ReplaceProgress::Pending, ReplaceProgress::Failed),
+        }
     }
 
     /// A reload without a declared set (hook-only settings): only the generation moves.
@@ -683,22 +833,7 @@ impl<W: WorkerContext> Pool<W> {
         now: Instant,
         ops: &mut impl Processes<W>,
     ) {
-        let generation = self.generation;
-        // Ids that left the set.
-        let gone: Vec<W::Id> = self
-            .slots
-            .keys()
-            .filter(|id| !desired.contains_key(id))
-            .cloned()
-            .collect();
-        for id in gone {
-            if let Some(slot) = self.slots.remove(&id) {
-                tracing::info!(worker_id = ?id, generation, "worker left the desired set");
-                for p in [slot.current, slot.next].into_iter().flatten() {
-                    self.retire(id.clone(), p, ExitReason::Removed, now, ops);
-                }
-            }
-        }
+        self.retire_left(&desired, now, ops);
         for (id, ctx) in desired {
             let encoded = encode_for_diff(&ctx);
             match self.slots.get_mut(&id) {
@@ -724,6 +859,31 @@ impl<W: WorkerContext> Pool<W> {
             }
         }
         self.clamp_active(now, ops);
+    }
+
+    /// Ids that are not in `desired` leave: their workers retire as removed. Returns them.
+    fn retire_left(
+        &mut self,
+        desired: &BTreeMap<W::Id, W>,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) -> Vec<W::Id> {
+        let gone: Vec<W::Id> = self
+            .slots
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            if let Some(slot) = self.slots.remove(id) {
+                tracing::info!(worker_id = ?id, generation = self.generation,
+                    "worker left the desired set");
+                for p in [slot.current, slot.next].into_iter().flatten() {
+                    self.retire(id.clone(), p, ExitReason::Removed, now, ops);
+                }
+            }
+        }
+        gone
     }
 
     /// Starts what is due: first spawns of empty slots, then replacements within the budget.
@@ -808,6 +968,7 @@ impl<W: WorkerContext> Pool<W> {
             });
             match ops.spawn(&ctx, generation, max_requests) {
                 Ok(pid) => {
+                    self.spawns += 1;
                     tracing::debug!(worker_id = ?id, %pid, generation, replacement = into_next, "worker spawned");
                     let p = Proc {
                         pid,
@@ -843,6 +1004,7 @@ impl<W: WorkerContext> Pool<W> {
                     };
                     let delay = b.fail(&self.cfg, now);
                     slot.failed_starts += 1;
+                    self.failed_starts += 1;
                     slot.last_failure = Some(e.report().to_string());
                     if !at_start {
                         tracing::error!(worker_id = ?id, generation, error = %e.report(), attempt = b.failures,
@@ -1023,11 +1185,13 @@ impl<W: WorkerContext> Pool<W> {
         }
         let served = p.served(now, window) || (p.ready_at.is_some() && !ended_by_itself(how));
         let mut respawned = false;
+        let mut failed = 0;
         let reason = if shutting_down {
             tracing::info!(worker_id = ?id, %pid, status = %how, "worker exited");
             ExitReason::Shutdown
         } else if !was_current {
             Self::failed_start(slot, cfg, &id, &p, how, now, true);
+            failed += 1;
             ExitReason::FailedStart
         } else if let Some(next) = slot.next.take() {
             // The replacement takes over the slot right away.
@@ -1049,9 +1213,11 @@ impl<W: WorkerContext> Pool<W> {
             ExitReason::Crashed
         } else {
             Self::failed_start(slot, cfg, &id, &p, how, now, false);
+            failed += 1;
             ExitReason::FailedStart
         };
         slot.last_exit = Some((how, reason, now));
+        self.failed_starts += failed;
         if respawned {
             // Respawn first: a log write must not delay it.
             self.pump(now, ops, false);
@@ -1222,7 +1388,6 @@ impl<W: WorkerContext> Pool<W> {
     }
 
     /// The adaptive pool, for status views and metrics (`None` when it is off).
-    #[allow(dead_code)] // read by the status views once the adaptive pool is wired
     pub fn spare_view(&self) -> Option<SpareView> {
         self.cfg.spare.map(|config| SpareView {
             active: self.active,

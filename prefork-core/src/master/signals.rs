@@ -13,7 +13,8 @@
 //! | `TERM`, `INT` | graceful stop; a second one `SIGKILL`s what is left |
 //! | `QUIT` | `on_quit` (haskell-prefork), the master keeps running |
 //! | `CHLD` | reap |
-//! | `USR1`, `USR2`, `ALRM`, `VTALRM`, `PROF`, `IO`, `PWR`, `STKFLT`, `XCPU`, `XFSZ`, `ABRT`, `TTIN`, `TTOU`, real-time | logged and ignored: a stray `kill -USR1` copied from an nginx set-up must not take the service down (their default action would end the master, and every worker with it) |
+//! | `TTIN`, `TTOU` | scale up or down by one (with [`Settings::scale`](crate::Settings::scale); without it, logged and ignored). Several of one kind that arrive before the master handles the first count once, as signals do |
+//! | `USR1`, `USR2`, `ALRM`, `VTALRM`, `PROF`, `IO`, `PWR`, `STKFLT`, `XCPU`, `XFSZ`, `ABRT`, real-time | logged and ignored: a stray `kill -USR1` copied from an nginx set-up must not take the service down (their default action would end the master, and every worker with it) |
 //! | `PIPE` | ignored (a write to a closed pipe returns `EPIPE`) |
 //! | a signal named by `Settings::forward_signal` | sent on to every live worker (as the signal the setting maps it to) |
 //!
@@ -38,16 +39,18 @@ use crate::error::{Error, Result};
 use crate::process::Signal;
 
 /// The signals with a meaning of their own.
-const MEANINGFUL: [Signal; 5] = [
+const MEANINGFUL: [Signal; 7] = [
     Signal::SIGHUP,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
     Signal::SIGCHLD,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
 ];
 
 /// Signals whose default action would end the master, and that it logs and ignores.
-const STRAY: [Signal; 13] = [
+const STRAY: [Signal; 11] = [
     Signal::SIGUSR1,
     Signal::SIGUSR2,
     Signal::SIGALRM,
@@ -59,8 +62,6 @@ const STRAY: [Signal; 13] = [
     Signal::SIGXCPU,
     Signal::SIGXFSZ,
     Signal::SIGABRT,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
 ];
 
 /// The master's signal inbox.
@@ -117,7 +118,7 @@ pub(crate) fn reserved(sig: Signal) -> Option<&'static str> {
         Signal::SIGTERM | Signal::SIGINT => "the master stops on it",
         Signal::SIGCHLD => "the master reaps its workers on it",
         Signal::SIGQUIT => "the master calls on_quit on it",
-        Signal::SIGTTIN | Signal::SIGTTOU => "it is reserved for runtime scaling",
+        Signal::SIGTTIN | Signal::SIGTTOU => "the master scales on it (Settings::scale)",
         Signal::SIGKILL | Signal::SIGSTOP => "it cannot be caught",
         Signal::SIGSEGV
         | Signal::SIGBUS

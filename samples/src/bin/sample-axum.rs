@@ -4,6 +4,7 @@
 //! ```text
 //! sample-axum -p PORT -w WORKERS [--hang-timeout SECS] [--max-requests N]
 //!             [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N] [--debug-endpoints]
+//!             [--control PATH] [--status-file PATH]
 //!             [--reuseport]
 //! ```
 //!
@@ -40,12 +41,18 @@ struct Cli {
     /// TCP port to listen on, on 127.0.0.1 (0: any free port, shown on stderr).
     #[arg(short, long, default_value_t = 3000)]
     port: u16,
-    /// Number of worker processes.
+    /// Number of worker processes (at start: TTIN, TTOU and `prefork-ctl scale` change it).
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
     /// One SO_REUSEPORT socket per worker id instead of one shared socket.
     #[arg(long)]
     reuseport: bool,
+    /// Serve the control socket at PATH (for `prefork-ctl -s PATH`).
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
+    /// Write the status as JSON to PATH whenever it changes.
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     health: HealthArgs,
 }
@@ -107,13 +114,17 @@ fn main() {
         port,
         workers,
         reuseport,
+        control,
+        status_file,
         health,
     } = Cli::parse_from(prefork_core::args());
     samples::init_tracing();
 
-    // The desired workers, at start and on every SIGHUP.
+    // The desired workers, at start, on every SIGHUP, and on every scale change (the scale
+    // starts at WORKERS).
     let update = move |set: &mut WorkerSet<Worker>| {
-        set.set((0..workers).map(|id| Worker { id, listener: None }));
+        let n = set.scale().unwrap_or(workers);
+        set.set((0..n).map(|id| Worker { id, listener: None }));
         Some(())
     };
     // The socket is bound once, in the master, and inherited by every worker (or, with
@@ -151,9 +162,17 @@ fn main() {
         })
     };
     // A new worker takes over once prefork_http::serve says it accepts.
-    let settings = health
+    let mut settings = health
         .apply(relaunch_settings(update, fork))
-        .readiness(Readiness::Explicit);
+        .readiness(Readiness::Explicit)
+        .scale(workers)
+        .scale_bounds(1, 1024);
+    if let Some(path) = control {
+        settings = settings.control_socket(path);
+    }
+    if let Some(path) = status_file {
+        settings = settings.status_file(path);
+    }
     default_main(settings, move |w: Worker| {
         let app = app(w.id, health.debug_endpoints);
         prefork_http::serve(w.listener, app, prefork_http::Options::default())

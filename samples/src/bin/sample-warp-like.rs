@@ -6,6 +6,7 @@
 //!                  [--user NAME] [--group NAME] [--hang-timeout SECS] [--max-requests N]
 //!                  [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N]
 //!                  [--debug-endpoints] [--no-scoreboard]
+//!                  [--control PATH] [--status-file PATH]
 //!                  [--reuseport [--no-steering]] [--workers-file PATH]
 //! ```
 //!
@@ -34,6 +35,10 @@
 //!   readiness, once its accept loop runs) before its predecessor is told to stop, and the old
 //!   one drains, so a reload drops no request.
 //! * `kill -TERM <master>`: every worker drains and exits, then the master exits 0.
+//! * `kill -TTIN <master>` / `kill -TTOU <master>`: one worker more (id `WORKERS`, …) or one
+//!   fewer (the highest id drains and exits); a reload keeps the new number.
+//! * `--control PATH`: `prefork-ctl -s PATH status | reload | scale N | replace ID | stop |
+//!   metrics`.
 //! * `--hang-timeout 2 --threads 1 --debug-endpoints`, then `curl localhost:PORT/block?ms=600000`:
 //!   the worker stops beating; about two seconds later the master starts its replacement, sends
 //!   it `SIGABRT`, and logs one `worker hung` line. `--max-requests`, `--max-age` and
@@ -52,7 +57,7 @@
 //! * Runtime threads: `--threads N` gives each worker N. Without it `ps` still shows `-N` as the
 //!   worker count (the Haskell sample's `+RTS -N5 -RTS` for `-w 5`), but the runtime gets the
 //!   worker's share of the CPUs, `max(1, CPUs / WORKERS)` and at most N: more threads than
-//!   cores only cost context switches (BENCHMARKS.md, section 9).
+//!   cores only cost context switches (BENCHMARKS.md, section 10).
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -108,6 +113,12 @@ struct Cli {
     /// The signal that asks a worker to stop and drain (TERM, USR1, QUIT, …).
     #[arg(long, value_name = "SIG", default_value = "TERM")]
     stop_signal: Signal,
+    /// Serve the control socket at PATH (for `prefork-ctl -s PATH`).
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
+    /// Write the status as JSON to PATH whenever it changes.
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<std::path::PathBuf>,
     /// Seconds the workers keep serving new connections after SIGTERM before they drain.
     #[arg(long, value_name = "SECS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_SECS))]
@@ -170,9 +181,11 @@ fn main() {
     let workers_file = cli.workers_file.clone();
 
     let (user, group, fdstore) = (cli.user.clone(), cli.group.clone(), cli.fdstore);
+    // The scale starts at WORKERS; TTIN/TTOU and `prefork-ctl scale` change it, and a reload
+    // keeps it.
     let update = move |set: &mut WorkerSet<Worker>| {
         let n = match &workers_file {
-            None => workers,
+            None => set.scale().unwrap_or(workers),
             Some(path) => match read_workers(path) {
                 Ok(n) => n,
                 Err(e) => {
@@ -211,16 +224,24 @@ fn main() {
         })
     };
     let debug = cli.health.debug_endpoints;
-    let settings = cli
+    let mut settings = cli
         .health
         .apply(relaunch_settings(update, fork))
         .readiness(Readiness::Explicit)
+        .scale(workers)
+        .scale_bounds(1, 1024)
         .shutdown_delay(Duration::from_secs(cli.shutdown_delay))
         .stop_signal(cli.stop_signal)
         .ready_timeout(Duration::from_secs(20))
         // Longer than a worker's own drain deadline, so it exits by itself.
         .stop_timeout(drain_timeout.saturating_add(Duration::from_secs(5)))
         .shutdown_timeout(drain_timeout.saturating_add(Duration::from_secs(5)));
+    if let Some(path) = &cli.control {
+        settings = settings.control_socket(path);
+    }
+    if let Some(path) = &cli.status_file {
+        settings = settings.status_file(path);
+    }
     default_main(settings, move |w: Worker| {
         // The worker's logs carry its id; prefork_http::serve logs `serving` once it accepts
         // (and has told the master it is ready), then `stop requested: draining`, `drained`.

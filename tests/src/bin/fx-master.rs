@@ -6,7 +6,8 @@
 //!            [--default-settings] [--mode-of ID=MODE]... [--once PATH] [--nonblocking]
 //!            [--port N] [--stop-signal SIG] [--mode-file PATH] [--shutdown-delay-ms N]
 //!            [--subreaper] [--user NAME] [--group NAME] [--groups LIST] [--extend-ms N]
-//!            [--ready-delay-ms N]`
+//!            [--ready-delay-ms N] [--control PATH] [--status-file PATH] [--scale]
+//!            [--scale-bounds MIN,MAX]`
 //!
 //! Modes (what each worker does): `serve` (accept on the inherited listener, answer
 //! `pid <pid> id <id> gen <generation>` per connection; explicit readiness after the listener is
@@ -34,6 +35,10 @@
 //! wrapping a blocking std listener. `--port N` binds 127.0.0.1:N instead of an ephemeral port
 //! (the kernel keeps an explicitly bound port through a `shutdown` of the listener; an
 //! ephemeral one is released).
+//!
+//! `--control PATH` serves the control socket at PATH, `--status-file PATH` writes the status
+//! file; `--scale` turns runtime scaling on, starting at `--workers` (`update` declares
+//! `set.scale()` workers), within `--scale-bounds` (default 1,1024).
 //!
 //! It prints `listening on 127.0.0.1:PORT` once it bound its socket, `hook <name>` for each
 //! hook call with `--hooks`, and workers print `worker <id> started pid <pid> gen <g> at <ms>` and
@@ -139,6 +144,10 @@ struct Opts {
     once: Option<String>,
     nonblocking: bool,
     port: u16,
+    control: Option<String>,
+    status_file: Option<String>,
+    scale: bool,
+    scale_bounds: Option<(u64, u64)>,
     mode_file: Option<String>,
     shutdown_delay_ms: Option<u64>,
     subreaper: bool,
@@ -205,6 +214,14 @@ fn parse() -> Result<Opts, String> {
             "--once" => o.once = Some(val()?),
             "--nonblocking" => o.nonblocking = true,
             "--port" => o.port = num(val()?)? as u16,
+            "--control" => o.control = Some(val()?),
+            "--status-file" => o.status_file = Some(val()?),
+            "--scale" => o.scale = true,
+            "--scale-bounds" => {
+                let v = val()?;
+                let (a, b) = v.split_once(',').ok_or("--scale-bounds MIN,MAX")?;
+                o.scale_bounds = Some((num(a.into())?, num(b.into())?));
+            }
             "--mode-file" => o.mode_file = Some(val()?),
             "--shutdown-delay-ms" => o.shutdown_delay_ms = Some(num(val()?)?),
             "--subreaper" => o.subreaper = true,
@@ -384,7 +401,10 @@ fn main() {
         };
         relaunch_settings(
             move |set: &mut WorkerSet<Fx>| {
-                let n = desired_count(&o2)?;
+                let n = match set.scale() {
+                    Some(n) => n,
+                    None => desired_count(&o2)?,
+                };
                 set.set((0..n).map(|id| Fx {
                     id,
                     mode: mode_for(id),
@@ -428,6 +448,18 @@ fn main() {
     }
     if let Some(sig) = o.stop_signal {
         settings = settings.stop_signal(sig);
+    }
+    if let Some(p) = &o.control {
+        settings = settings.control_socket(p);
+    }
+    if let Some(p) = &o.status_file {
+        settings = settings.status_file(p);
+    }
+    if o.scale {
+        settings = settings.scale(o.workers);
+    }
+    if let Some((min, max)) = o.scale_bounds {
+        settings = settings.scale_bounds(min as u32, max as u32);
     }
     if let Some(r) = o.readiness {
         settings = settings.readiness(r);

@@ -1,5 +1,6 @@
 use super::*;
 use crate::report::{ExitReason, ReloadOutcome, ReloadReport};
+use crate::status::ScaleStatus;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1210,5 +1211,133 @@ fn worker_views_carry_what_the_scoreboard_showed() {
     assert_eq!((v.requests, v.in_flight, v.memory), (42, 3, Some(5 << 20)));
     assert_eq!(v.max_requests, Some(1000));
     assert_eq!(v.heartbeat_age(t0 + secs(1)), Some(ms(100)));
+}
+
+/// Scaling on, 5 ids running and ready, bounds 1..=8.
+fn scaled(n: u32) -> (Pool<W>, Fake, Instant) {
+    let cfg = PoolConfig {
+        scale: Some(ScaleStatus {
+            current: n,
+            min: 1,
+            max: 8,
+        }),
+        ..explicit()
+    };
+    running(n, cfg)
+}
+
+#[test]
+fn scale_requests_outside_the_bounds_are_refused_with_a_reason() {
+    let (p, _, _) = scaled(5);
+    assert_eq!(p.plan_scale(ScaleChange::To(7)), Ok(7));
+    assert_eq!(p.plan_scale(ScaleChange::By(3)), Ok(8));
+    assert_eq!(p.plan_scale(ScaleChange::By(-4)), Ok(1));
+    let e = p.plan_scale(ScaleChange::By(4)).unwrap_err();
+    assert!(e.contains("9 is outside the bounds 1..=8"), "{e}");
+    let e = p.plan_scale(ScaleChange::By(-5)).unwrap_err();
+    assert!(e.contains("0 is outside"), "{e}");
+    assert!(p.plan_scale(ScaleChange::To(9)).is_err());
+    let (off, _, _) = running(2, explicit());
+    let e = off.plan_scale(ScaleChange::By(1)).unwrap_err();
+    assert!(e.contains("not enabled"), "{e}");
+}
+
+#[test]
+fn scaling_up_starts_only_the_new_ids_and_down_retires_only_the_removed_ones() {
+    let (mut p, mut f, t0) = scaled(5);
+    let before = p.current();
+    let t = t0 + ms(10);
+    let diff = p.rescale(7, set(0..7, 0), t, &mut f);
+    assert_eq!(diff.started, vec![5, 6]);
+    assert!(diff.removed.is_empty());
+    let spawned: Vec<u32> = f.spawned[5..].iter().map(|s| s.0).collect();
+    assert_eq!(spawned, vec![5, 6], "only the new ids start");
+    assert!(f.signals.is_empty(), "nobody is replaced or stopped");
+    for id in 0..5 {
+        assert_eq!(p.current()[&id], before[&id]);
+    }
+    assert_eq!(p.scale().map(|s| s.current), Some(7));
+    let new: Vec<Pid> = f.spawned[5..].iter().map(|s| s.1).collect();
+    for pid in new {
+        p.worker_ready(pid, t, &mut f);
+    }
+
+    // Down to 2: ids 2..=6 get their stop signal, through the removed-id path.
+    let cur = p.current();
+    let diff = p.rescale(2, set(0..2, 0), t + ms(10), &mut f);
+    assert_eq!(diff.removed, vec![2, 3, 4, 5, 6]);
+    assert!(diff.started.is_empty());
+    let stopped: Vec<Pid> = f.signals.iter().map(|s| s.0).collect();
+    assert_eq!(stopped, (2..7).map(|id| cur[&id]).collect::<Vec<_>>());
+    assert!(f.signals.iter().all(|s| s.1 == Signal::SIGTERM));
+    assert_eq!(f.spawned.len(), 7, "nothing starts");
+    // They drain and exit as removed workers.
+    for id in 2..7 {
+        assert!(p.exited(cur[&id], ChildExit::Exited(0), t + ms(20), &mut f));
+    }
+    let removed = p
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, PoolEvent::Ended(w) if w.reason == ExitReason::Removed))
+        .count();
+    assert_eq!(removed, 5);
+    assert_eq!(p.current().len(), 2);
+    assert_eq!(p.pids().len(), 2);
+}
+
+#[test]
+fn a_reload_keeps_the_scale_and_scaling_touches_no_backoff() {
+    let (mut p, mut f, t0) = scaled(3);
+    p.rescale(5, set(0..5, 0), t0, &mut f);
+    p.reload(set(0..5, 1), t0 + ms(5), &mut f);
+    assert_eq!(p.scale().map(|s| s.current), Some(5), "HUP keeps the scale");
+    assert_eq!(p.generation(), 1);
+}
+
+#[test]
+fn replacing_one_id_is_a_rolling_readiness_gated_replacement_of_that_id_only() {
+    let (mut p, mut f, t0) = running(3, explicit());
+    let before = p.current();
+    let t = t0 + ms(10);
+    let old = p.replace(&1, t, &mut f).unwrap();
+    assert_eq!(old, before[&1]);
+    assert_eq!(f.spawned.len(), 4, "one replacement starts");
+    assert_eq!(f.spawned[3].0, 1);
+    assert!(
+        f.signals.is_empty(),
+        "the old one serves until the new one is ready"
+    );
+    assert_eq!(p.replace_progress(&1, old), ReplaceProgress::Pending);
+    // Asking again while it is under way changes nothing.
+    assert_eq!(p.replace(&1, t, &mut f), Ok(old));
+    assert_eq!(f.spawned.len(), 4);
+    let new = f.spawned[3].1;
+    p.worker_ready(new, t + ms(5), &mut f);
+    assert_eq!(p.replace_progress(&1, old), ReplaceProgress::Done(new));
+    assert_eq!(f.signals, vec![(old, Signal::SIGTERM)]);
+    for id in [0, 2] {
+        assert_eq!(p.current()[&id], before[&id]);
+    }
+    assert!(p.replace(&9, t, &mut f).unwrap_err().contains("no worker"));
+}
+
+#[test]
+fn a_replacement_that_keeps_failing_is_given_up_and_the_old_worker_keeps_serving() {
+    let (mut p, mut f, t0) = running(1, explicit());
+    let old = p.current()[&0];
+    let mut t = t0 + ms(10);
+    p.replace(&0, t, &mut f).unwrap();
+    fail_replacements(&mut p, &mut f, &mut t, 2, old);
+    assert_eq!(p.replace_progress(&0, old), ReplaceProgress::Pending);
+    let bad = f.spawned.last().unwrap().1;
+    t += ms(1);
+    p.exited(bad, ChildExit::Exited(1), t, &mut f);
+    match p.replace_progress(&0, old) {
+        ReplaceProgress::Failed(why) => assert!(why.contains("exit status 1"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.current()[&0], old);
+    assert_eq!(p.failed_starts(), 3);
+    assert_eq!(p.spawns(), 4);
 }
 mod adaptive;
