@@ -25,6 +25,9 @@
 //!    versus off, and `strace -c` of a worker (a heartbeat is no system call).
 //! 9. **Control**: the control socket's `status` round trip with 16 and 1000 workers, and the
 //!    idle master's wake-ups with the control socket on.
+//! 10. **Reuseport groups**: the split of 64 connections over the workers, req/s and p99 of
+//!     `sample-warp-like` with a shared socket and with `--reuseport`, pinned and unpinned,
+//!     against one process and nginx; the thread-count default; reloads in reuseport mode.
 //!
 //! It prints a table and, for a full run (or with `--write`), replaces the generated section of
 //! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it.
@@ -88,6 +91,7 @@ const SECTIONS: &[(u8, &str, sections::Run)] = &[
     (7, "cost of the serving layer", sections::layer_cost::run),
     (8, "health checks", sections::health::run),
     (9, "control socket", sections::control::run),
+    (10, "reuseport groups", sections::reuseport::run),
 ];
 
 fn main() {

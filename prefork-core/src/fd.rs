@@ -16,6 +16,10 @@
 //!   it, and each fd can be adopted once: a cloned context cannot produce two owners of one fd.
 //!   Declared fds are made close-on-exec again at worker start, so a worker's own children do not
 //!   inherit them.
+//! * A listener is either shared by every worker ([`InheritedListener::bind_tcp`]) or one worker
+//!   id's own socket of a [`ReuseportGroup`](crate::ReuseportGroup); the boot header says which
+//!   ([`InheritedListener::is_per_worker`], [`worker::is_per_worker_socket`](crate::worker::is_per_worker_socket)),
+//!   because a draining worker must keep accepting on its own socket, not on a shared one.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -29,6 +33,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use socket2::{Domain, Socket, Type};
 
 use crate::error::{Error, Result};
+use crate::reuseport::MemberRef;
 
 /// The family of an inherited listening socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +71,8 @@ pub struct InheritedListener {
     /// the master keeps true before every spawn.
     nonblocking: bool,
     child_fd: Option<RawFd>,
+    /// In the master: the reuseport group and socket this is, if it is one.
+    member: Option<MemberRef>,
 }
 
 impl fmt::Debug for InheritedListener {
@@ -74,6 +81,9 @@ impl fmt::Debug for InheritedListener {
         d.field("kind", &self.kind);
         if let Some(m) = &self.master {
             d.field("master_fd", &m.as_raw_fd());
+        }
+        if self.member.is_some() {
+            d.field("per_worker", &true);
         }
         d.field("child_fd", &self.child_fd).finish()
     }
@@ -103,6 +113,7 @@ impl<'de> Deserialize<'de> for InheritedListener {
             master: None,
             nonblocking: false,
             child_fd: w.fd,
+            member: None,
         })
     }
 }
@@ -115,30 +126,7 @@ impl InheritedListener {
     /// [`DEFAULT_BACKLOG`], close-on-exec, and **non-blocking** (set once here, for every worker;
     /// see the module docs).
     pub fn bind_tcp(addr: impl ToSocketAddrs) -> Result<Self> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|source| Error::Listen {
-                addr: "the given address".into(),
-                source,
-            })?
-            .collect();
-        let mut last = None;
-        for &a in &addrs {
-            match bind_one(a) {
-                Ok(l) => return Ok(Self::tcp(l)),
-                Err(e) => last = Some((a, e)),
-            }
-        }
-        Err(match last {
-            Some((a, source)) => Error::Listen {
-                addr: a.to_string(),
-                source,
-            },
-            None => Error::Listen {
-                addr: "the given address".into(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind"),
-            },
-        })
+        Ok(Self::tcp(bind_first(addr, false)?))
     }
 
     /// Wraps a TCP listener of the master. Its blocking mode is left as it is.
@@ -175,14 +163,49 @@ impl InheritedListener {
 
     pub(crate) fn from_owned(kind: ListenerKind, fd: OwnedFd) -> Self {
         let nonblocking = is_nonblocking(fd.as_fd());
-        let fd = Arc::new(fd);
-        master_listeners().push(Arc::downgrade(&fd));
         InheritedListener {
             kind,
             nonblocking,
+            master: Some(Self::register_master_fd(fd)),
+            child_fd: None,
+            member: None,
+        }
+    }
+
+    /// Shares a socket of the master and records it, so that a stopping master lets go of it.
+    pub(crate) fn register_master_fd(fd: OwnedFd) -> Arc<OwnedFd> {
+        let fd = Arc::new(fd);
+        let mut list = master_listeners();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&fd));
+        fd
+    }
+
+    /// The master's side of a reuseport group's socket (non-blocking, TCP).
+    pub(crate) fn group_member(fd: Arc<OwnedFd>, member: MemberRef) -> Self {
+        InheritedListener {
+            kind: ListenerKind::Tcp,
+            nonblocking: is_nonblocking(fd.as_fd()),
             master: Some(fd),
             child_fd: None,
+            member: Some(member),
         }
+    }
+
+    /// In the master: the reuseport socket this is, if it is one.
+    pub(crate) fn member(&self) -> Option<&MemberRef> {
+        self.member.as_ref()
+    }
+
+    /// Whether this listener is a worker id's own socket (one of a
+    /// [`ReuseportGroup`](crate::ReuseportGroup)'s), rather than one shared by every worker. In
+    /// the master it says what the listener was made as; in a worker, what the boot header
+    /// said of its fd.
+    pub fn is_per_worker(&self) -> bool {
+        if self.master.is_some() {
+            return self.member.is_some();
+        }
+        self.child_fd.is_some_and(is_per_worker_fd)
     }
 
     /// The kind of socket.
@@ -225,11 +248,16 @@ impl InheritedListener {
         let sock = socket2::SockRef::from(&fd);
         if let Ok(false) = sock.is_listener() {
             match sock.listen(DEFAULT_BACKLOG) {
-                Ok(()) => tracing::error!(
-                    fd = fd.as_raw_fd(),
-                    "a shared listening socket had stopped listening (a worker shut it down?); \
-                     listening again"
-                ),
+                Ok(()) => {
+                    tracing::error!(
+                        fd = fd.as_raw_fd(),
+                        "a shared listening socket had stopped listening (a worker shut it \
+                         down?); listening again"
+                    );
+                    if let Some(m) = &self.member {
+                        m.relistened();
+                    }
+                }
                 Err(e) => tracing::error!(fd = fd.as_raw_fd(), error = %e,
                     "a shared listening socket stopped listening and cannot listen again"),
             }
@@ -309,9 +337,43 @@ impl InheritedListener {
     }
 }
 
-fn bind_one(a: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the first address of `addr` that can be bound (see [`bind_one`]); the error names the
+/// last one tried.
+pub(crate) fn bind_first(addr: impl ToSocketAddrs, reuse_port: bool) -> Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|source| Error::Listen {
+            addr: "the given address".into(),
+            source,
+        })?
+        .collect();
+    let mut last = None;
+    for &a in &addrs {
+        match bind_one(a, reuse_port) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    Err(match last {
+        Some((a, source)) => Error::Listen {
+            addr: a.to_string(),
+            source,
+        },
+        None => Error::Listen {
+            addr: "the given address".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind"),
+        },
+    })
+}
+
+/// A listening TCP socket on `a`: `SO_REUSEADDR` (and `SO_REUSEPORT` if asked), a backlog of
+/// [`DEFAULT_BACKLOG`], non-blocking.
+pub(crate) fn bind_one(a: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     sock.bind(&a.into())?;
     sock.listen(DEFAULT_BACKLOG)?;
     sock.set_nonblocking(true)?;
@@ -386,17 +448,26 @@ pub(crate) fn release_master_listeners() -> usize {
     n
 }
 
-/// fds declared by this worker's context, and those already adopted.
+/// fds declared by this worker's context, those already adopted, and those that are this
+/// worker id's own sockets.
 #[derive(Default)]
 pub(crate) struct Claims {
     declared: BTreeSet<RawFd>,
     taken: BTreeSet<RawFd>,
+    per_worker: BTreeSet<RawFd>,
 }
 
 static CLAIMS: Mutex<Claims> = Mutex::new(Claims {
     declared: BTreeSet::new(),
     taken: BTreeSet::new(),
+    per_worker: BTreeSet::new(),
 });
+
+/// In a worker: whether inherited fd `fd` is this worker id's own socket (the boot header
+/// says so).
+pub(crate) fn is_per_worker_fd(fd: RawFd) -> bool {
+    claimed_fds().per_worker.contains(&fd)
+}
 
 fn claimed_fds() -> std::sync::MutexGuard<'static, Claims> {
     CLAIMS.lock().unwrap_or_else(|p| p.into_inner())
@@ -406,6 +477,7 @@ fn claimed_fds() -> std::sync::MutexGuard<'static, Claims> {
 pub(crate) fn validate_declared(
     fds: &[(RawFd, ListenerKind)],
     nonblocking: &[RawFd],
+    per_worker: &[RawFd],
 ) -> Result<()> {
     let mut claims = claimed_fds();
     for &(fd, kind) in fds {
@@ -428,6 +500,9 @@ pub(crate) fn validate_declared(
             });
         }
         claims.declared.insert(fd);
+        if per_worker.contains(&fd) {
+            claims.per_worker.insert(fd);
+        }
     }
     Ok(())
 }

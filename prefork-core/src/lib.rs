@@ -64,7 +64,9 @@
 //!
 //! * [`WorkerContext`] (usually derived) is what a worker *is*: an [`id`](WorkerContext::id) the
 //!   master diffs by, argv for `ps`, [`RuntimeOptions`] (threads, CPU affinity, nice, rlimits,
-//!   environment) and the sockets it inherits ([`InheritedListener`]).
+//!   environment) and the sockets it inherits ([`InheritedListener`]): one shared by every
+//!   worker, or each id's own socket of a [`ReuseportGroup`] (`SO_REUSEPORT`, steered by the
+//!   master; balanced, and lossless on reload and on removal of an id: see [`reuseport`]).
 //! * [`relaunch_settings`] turns an `update` callback (fills a [`WorkerSet`]) and a `fork`
 //!   callback (calls [`Spawner::fork_worker_process`] on the [`Spawner`] the master hands it)
 //!   into [`Settings`]; [`default_settings`] is the bare hook set of haskell-prefork. Both take
@@ -179,6 +181,7 @@ mod process;
 pub mod protocol;
 pub mod readiness;
 mod report;
+pub mod reuseport;
 pub mod scoreboard;
 mod settings;
 mod single;
@@ -195,6 +198,7 @@ pub use master::run_master;
 pub use process::{ChildExit, Pid, Signal, UnknownSignal};
 pub use readiness::Readiness;
 pub use report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason, WorkerEnded};
+pub use reuseport::ReuseportGroup;
 pub use settings::{
     DEFAULT_SPARE_IDLE_TIMEOUT, DEFAULT_SPARE_INTERVAL, Settings, default_settings,
     relaunch_settings,

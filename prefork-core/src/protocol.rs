@@ -74,6 +74,10 @@ pub(crate) struct Header {
     pub fds: Vec<(RawFd, ListenerKind)>,
     /// The declared fds that the master keeps non-blocking, checked at boot.
     pub nonblocking: Vec<RawFd>,
+    /// The declared fds that are this worker id's own sockets (of a reuseport group), which a
+    /// draining worker keeps accepting on until their queue is empty. Absent: none.
+    #[serde(default)]
+    pub per_worker: Vec<RawFd>,
     pub threads: Option<usize>,
     pub master_args: Vec<String>,
     /// The master's pid, so the worker can re-arm its parent-death signal after the exec.

@@ -154,6 +154,58 @@ pub(crate) fn detach_fd(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// `SO_ATTACH_REUSEPORT_CBPF`: 51 in `asm-generic/socket.h`, which every architecture uses
+/// but mips, sparc, parisc and alpha (not wired here: the option is then unsupported).
+const SO_ATTACH_REUSEPORT_CBPF: Option<libc::c_int> = if cfg!(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)) {
+    None
+} else {
+    Some(51)
+};
+
+/// `setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, prog)`: makes the classic BPF
+/// program `prog` the socket-selection program of the `SO_REUSEPORT` group `fd` belongs to
+/// (replacing the group's previous one). The kernel checks the program (a bad one is
+/// `EINVAL`) and copies it: `prog` need not outlive the call.
+pub(crate) fn attach_reuseport_cbpf(
+    fd: BorrowedFd<'_>,
+    prog: &[libc::sock_filter],
+) -> io::Result<()> {
+    let Some(option) = SO_ATTACH_REUSEPORT_CBPF else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_ATTACH_REUSEPORT_CBPF is not wired for this architecture",
+        ));
+    };
+    let len = u16::try_from(prog.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        // The kernel only reads through this pointer (copy_from_user).
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fd` is a valid borrowed fd; `fprog` points at `len` initialised `sock_filter`s
+    // that live until the call returns, and its size is passed exactly. The kernel copies the
+    // program and keeps no pointer into this process.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// This process's effective uid (`geteuid`).
 pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid takes no argument, touches no memory and cannot fail.

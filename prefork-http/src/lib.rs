@@ -9,7 +9,10 @@
 //!   accept loop is about to run, it calls [`prefork_core::worker::ready`], so with
 //!   `Readiness::Explicit` the master retires the old worker only when this one accepts.
 //! * **It drains without the keep-alive race** when told to stop: it stops accepting at once
-//!   (connections still queued in the kernel go to its siblings, which share the socket),
+//!   on a shared socket (connections still queued in the kernel go to its siblings, which
+//!   share the socket), and on the worker id's own socket (a `ReuseportGroup`'s) after
+//!   [`Options::accept_linger`] and an empty queue (when the id was removed, nobody else will
+//!   accept what is queued there),
 //!   answers the next request on each keep-alive connection with `Connection: close`, closes
 //!   a connection that stayed silent for a grace period, lets requests in flight finish, and
 //!   returns by a drain deadline. Closing idle keep-alive connections at once instead, as a
@@ -192,8 +195,8 @@ where
 /// blocks until the drain is over.
 ///
 /// It takes over `SIGTERM`/`SIGINT` first (from then on they drain instead of killing), then
-/// builds a multi-threaded tokio runtime of [`prefork_core::worker::threads`] threads, or
-/// tokio's default when the context sets none, and runs [`serve_with_shutdown`] on it. Tasks
+/// builds a multi-threaded tokio runtime of [`Options::threads`] threads, else
+/// [`prefork_core::worker::threads`], or tokio's default when the context sets none, and runs [`serve_with_shutdown`] on it. Tasks
 /// the service spawned are given 200 ms to end once the drain is over.
 ///
 /// Errors: a listener that cannot be adopted or is blocking, no listener at all, the runtime
@@ -207,7 +210,7 @@ where
     let stop = stop::stopped()?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
-    if let Some(n) = prefork_core::worker::threads() {
+    if let Some(n) = options.threads.or_else(prefork_core::worker::threads) {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.build()?;
@@ -244,9 +247,11 @@ where
 ///    worker, or when the master does not wait for readiness);
 /// 3. connections are accepted and served, each in its own task, the service cloned per
 ///    connection and per request, as axum and hyper-util do;
-/// 4. when `shutdown` resolves, the listeners are closed and the drain runs as the
-///    [crate docs](crate) describe, within [`Options::drain_grace`] and
-///    [`Options::drain_timeout`]; the future then resolves with `Ok(())`.
+/// 4. when `shutdown` resolves, the shared listeners are closed, the worker's own ones
+///    ([`prefork_core::worker::is_per_worker_socket`]) once [`Options::accept_linger`] passed
+///    and their queue is empty, and the drain runs as the [crate docs](crate) describe, within
+///    [`Options::drain_grace`] and [`Options::drain_timeout`]; the future then resolves with
+///    `Ok(())`.
 ///
 /// A failed `accept` (a connection reset before it was accepted, out of fds) is logged and
 /// retried 10 ms later; a service that panics ends its connection only.
@@ -262,8 +267,13 @@ where
     B: HttpBody,
     F: Future<Output = ()>,
 {
+    let listeners = listeners.into_listeners()?;
+    // Which of them are this worker id's own sockets (a reuseport group's), kept while draining.
+    let own: Vec<bool> = listeners
+        .iter()
+        .map(|l| prefork_core::worker::is_per_worker_socket(l.raw_fd()))
+        .collect();
     let bound = listeners
-        .into_listeners()?
         .into_iter()
         .map(Bound::register)
         .collect::<io::Result<Vec<_>>>()?;
@@ -316,15 +326,54 @@ where
         }
     }
 
-    // Stop accepting at once: connections still in the kernel's queue go to the siblings.
-    drop(bound);
+    // Stop accepting on shared sockets at once: what their queues hold goes to the siblings.
+    // This worker's own sockets are kept a little longer (below).
+    let (kept, shared): (Vec<_>, Vec<_>) = bound.into_iter().zip(own).partition(|(_, o)| *o);
+    drop(shared);
     let started = Instant::now();
     drain.begin(started);
     tracing::info!(
         target: LOG_TARGET,
         connections = conns.len(),
+        own_sockets = kept.len(),
         "stop requested: draining"
     );
+    // A worker id's own socket: when the id was removed, nobody else will ever accept what is
+    // queued there (the master already steers new connections elsewhere). Keep accepting for
+    // the linger, then until the queue is empty.
+    let kept: Vec<Bound> = kept.into_iter().map(|(b, _)| b).collect();
+    if !kept.is_empty() {
+        let linger_end = started + options.accept_linger;
+        let mut accepted = 0usize;
+        let mut next = 0;
+        loop {
+            let past_linger = Instant::now() >= linger_end;
+            tokio::select! {
+                biased;
+                r = std::future::poll_fn(|cx| poll_accept_any(&kept, &mut next, cx)) => match r {
+                    Ok(a) => {
+                        accepted += 1;
+                        let svc = service.clone();
+                        let (builder, drain) = (Arc::clone(&builder), Arc::clone(&drain));
+                        conns.spawn(serve_accepted(a, svc, builder, drain, options.tcp_nodelay));
+                    }
+                    Err(e) => {
+                        accept_errors.record(&e);
+                        if past_linger {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                // Past the linger, an accept that is not ready at once means an empty queue.
+                () = tokio::time::sleep_until(linger_end), if !past_linger => {}
+                () = std::future::ready(()), if past_linger => break,
+                Some(r) = conns.join_next(), if !conns.is_empty() => log_join(r),
+            }
+        }
+        drop(kept);
+        tracing::debug!(target: LOG_TARGET, accepted, "own sockets closed");
+    }
     let all_done = async {
         while let Some(r) = conns.join_next().await {
             log_join(r);

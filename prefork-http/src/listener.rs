@@ -26,6 +26,17 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
+impl Listener {
+    /// Its fd number.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Listener::Tcp(t) => t.as_raw_fd(),
+            Listener::Unix(u) => u.as_raw_fd(),
+        }
+    }
+}
+
 /// Anything that can become one [`Listener`].
 ///
 /// Implemented for [`Listener`], [`InheritedListener`] (in a worker: adopts the inherited fd

@@ -40,6 +40,8 @@ pub struct Options {
     pub(crate) header_read_timeout: Option<Duration>,
     pub(crate) protocol: Protocol,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) accept_linger: Duration,
+    pub(crate) threads: Option<usize>,
 }
 
 impl Options {
@@ -47,6 +49,8 @@ impl Options {
     pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(1);
     /// The default [`drain_timeout`](Self::drain_timeout): 10 s.
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default [`accept_linger`](Self::accept_linger): 100 ms.
+    pub const DEFAULT_ACCEPT_LINGER: Duration = Duration::from_millis(100);
     /// The default [`header_read_timeout`](Self::header_read_timeout): 10 s.
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,11 +95,34 @@ impl Options {
         self.tcp_nodelay = nodelay;
         self
     }
+
+    /// How long a draining worker keeps accepting on its *own* listening sockets (a
+    /// `ReuseportGroup`'s, see [`prefork_core::worker::is_per_worker_socket`]) after it was
+    /// told to stop; it then accepts until their queue is empty, and closes them. (A socket
+    /// shared by every worker is closed at once: the siblings accept what it queued.)
+    ///
+    /// When the worker's id was removed, the master has already steered new connections away
+    /// from its socket; what is queued there, or completes its handshake within the linger, is
+    /// accepted and served, with `Connection: close`. Default
+    /// [`DEFAULT_ACCEPT_LINGER`](Self::DEFAULT_ACCEPT_LINGER).
+    pub fn accept_linger(mut self, linger: Duration) -> Self {
+        self.accept_linger = linger;
+        self
+    }
+
+    /// The number of runtime threads [`serve`](crate::serve) builds, overriding the context's
+    /// thread count ([`prefork_core::worker::threads`]); `None` (the default) keeps it, and
+    /// tokio's default (one per CPU) applies when the context sets none either. The async
+    /// entry points run in your runtime and ignore it.
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
 }
 
 impl Default for Options {
     /// A grace of 1 s, a drain deadline of 10 s, a header read timeout of 10 s, HTTP/1.1,
-    /// `TCP_NODELAY`.
+    /// `TCP_NODELAY`, an accept linger of 100 ms, the context's thread count.
     fn default() -> Self {
         Options {
             drain_grace: Self::DEFAULT_DRAIN_GRACE,
@@ -103,6 +130,8 @@ impl Default for Options {
             header_read_timeout: Some(Self::DEFAULT_HEADER_READ_TIMEOUT),
             protocol: Protocol::default(),
             tcp_nodelay: true,
+            accept_linger: Self::DEFAULT_ACCEPT_LINGER,
+            threads: None,
         }
     }
 }

@@ -22,3 +22,12 @@ pub mod warp;
 pub fn init_tracing() {
     prefork_core::log::init_default();
 }
+
+/// The runtime threads of one of `workers` workers that split the machine: `max(1, CPUs /
+/// workers)`, at most `workers` (the CPUs are those this process may run on, so a `taskset`
+/// or a cgroup limit counts). More threads than cores only add context switches: measured in
+/// BENCHMARKS.md, section 10.
+pub fn share_of_cpus(workers: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / workers.max(1)).max(1).min(workers.max(1))
+}

@@ -1,6 +1,8 @@
 //! Five SIGHUP reloads under a load of keep-alive connections sending back to back plus fresh
 //! connections: not one failed request, not one non-200 response; with the default stop
-//! signal and with `--stop-signal USR1` (the workers drain on exactly the configured signal).
+//! signal, with `--stop-signal USR1` (the workers drain on exactly the configured signal), and
+//! in reuseport mode (`--reuseport`: one socket per worker id, which an id's old and new worker
+//! share).
 //!
 //! The client may reconnect after a response that said `Connection: close` (that is how a
 //! draining worker hands its keep-alive clients over); it never retries a failed request.
@@ -25,6 +27,17 @@ fn five_reloads_with_usr1_as_the_stop_signal_lose_nothing() {
         log.iter()
             .any(|l| l.contains("retired worker exited") && l.contains("exit status 0")),
         "retired workers drained and exited 0"
+    );
+}
+
+#[test]
+fn five_reloads_in_reuseport_mode_lose_nothing() {
+    let m = five_reloads(&["--reuseport"]);
+    let log = m.stderr.all();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("stop requested: draining") && l.contains("own_sockets=1")),
+        "the workers drained their own sockets"
     );
 }
 

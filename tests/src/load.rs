@@ -210,6 +210,105 @@ fn run(
     r
 }
 
+/// Fresh connections opened at a steady pace: one every `interval`, each sending one
+/// `GET /` with `Connection: close` at once, its response read by a second thread. So while the
+/// reader waits, connections sit in the server's accept queues, which is where a listening
+/// socket that closes would lose them.
+#[derive(Debug)]
+pub struct Paced {
+    stop: Arc<AtomicBool>,
+    opened: Arc<AtomicU64>,
+    opener: JoinHandle<LoadReport>,
+    reader: JoinHandle<LoadReport>,
+}
+
+impl Paced {
+    /// Starts opening connections to `addr`, one per `interval`, for at most `max_time`.
+    pub fn start(addr: SocketAddr, interval: Duration, max_time: Duration) -> Paced {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, TcpStream)>();
+        let deadline = Instant::now() + max_time;
+        let opener = {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            std::thread::spawn(move || {
+                let mut r = LoadReport::default();
+                let mut next = Instant::now();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    n += 1;
+                    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                        Ok(mut s) => {
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                            match s.write_all(REQUEST_CLOSE) {
+                                Ok(()) => {
+                                    let _ = tx.send((n, s));
+                                }
+                                Err(e) => r.fail(format!("connection {n}: write: {e}")),
+                            }
+                        }
+                        Err(e) => r.fail(format!("connection {n}: connect: {e}")),
+                    }
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    // The pace: the next connection is due one interval after this one was.
+                    next += interval;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                r
+            })
+        };
+        let reader = std::thread::spawn(move || {
+            let mut r = LoadReport::default();
+            for (n, mut s) in rx {
+                let mut buf = Vec::new();
+                match s.read_to_end(&mut buf) {
+                    Ok(_) => match crate::parse_response(&buf) {
+                        Some((200, _, _)) => r.ok += 1,
+                        Some((status, _, _)) => {
+                            r.non_200 += 1;
+                            if r.errors.len() < 10 {
+                                r.errors.push(format!("connection {n}: status {status}"));
+                            }
+                        }
+                        None => r.fail(format!(
+                            "connection {n}: incomplete response ({} bytes)",
+                            buf.len()
+                        )),
+                    },
+                    Err(e) => r.fail(format!("connection {n}: read: {e}")),
+                }
+            }
+            r
+        });
+        Paced {
+            stop,
+            opened,
+            opener,
+            reader,
+        }
+    }
+
+    /// Connections opened (or attempted) so far.
+    pub fn progress(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Stops opening, waits for every response, and returns what was seen.
+    pub fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut r = LoadReport::default();
+        for t in [self.opener, self.reader] {
+            match t.join() {
+                Ok(part) => r.merge(part),
+                Err(_) => r.fail("a load thread panicked".into()),
+            }
+        }
+        r
+    }
+}
+
 /// `rounds` `SIGHUP` reloads of `m` under a load of 8 keep-alive and 2 fresh-connection clients
 /// on `addr`: after each signal, every worker of `workers` (id → pid, as
 /// [`Master::wait_workers`](crate::Master::wait_workers) returns it) is replaced and the load

@@ -13,6 +13,7 @@ pub mod master_cost;
 pub mod nginx;
 pub mod reload;
 pub mod respawn;
+pub mod reuseport;
 pub mod scale;
 pub mod startup;
 pub mod throughput;
@@ -32,6 +33,7 @@ use proc_kit::procfs;
 use crate::bins::Bins;
 use crate::clock;
 use crate::guard::{self, Line, Server};
+use crate::load;
 use crate::plan::Plan;
 use crate::report::{Row, Unit};
 
@@ -232,6 +234,31 @@ fn start_http_with(
     )?;
     http_ok(addr)?;
     Ok((server, addr))
+}
+
+/// One load run of `secs`: the report, and each of `workers()`'s ESTABLISHED connections
+/// sampled half-way (empty when it has no workers).
+fn run_with_spread(
+    spec: &load::Spec,
+    secs: f64,
+    workers: impl Fn() -> Vec<i32>,
+) -> Result<(load::Report, Vec<usize>)> {
+    let running = load::start(spec)?;
+    std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
+    let spread = workers()
+        .iter()
+        .map(|&w| procfs::established_tcp(w))
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
+    Ok((running.finish(), spread))
+}
+
+/// Connections per worker, run by run: `19/13, 31/1`.
+fn show_spread(runs: &[Vec<usize>]) -> String {
+    runs.iter()
+        .map(|v| v.iter().map(usize::to_string).collect::<Vec<_>>().join("/"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Per-process floors measured by `bench-sleeper --floor`, in ns.

@@ -17,17 +17,13 @@ use crate::plan::Plan;
 use crate::report::Unit;
 
 /// True for the argv of an nginx worker (its title).
-fn is_worker(a: &[String]) -> bool {
+pub fn is_worker(a: &[String]) -> bool {
     a.first().is_some_and(|x| x.starts_with("nginx: worker"))
 }
 
 /// Adds the nginx control rows to section 2 (a note only, when nginx is not installed).
 pub fn run(sec: &mut Section, plan: &Plan) -> Result<()> {
-    let Some(nginx) = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    else {
+    let Some(nginx) = binary() else {
         sec.note("Respawn: nginx is not installed, so the nginx control rows are absent.");
         return Ok(());
     };
@@ -43,25 +39,8 @@ pub fn run(sec: &mut Section, plan: &Plan) -> Result<()> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off;\nmaster_process on;\nworker_processes {n};\npid {pid};\n\
-                 error_log stderr notice;\nevents {{ worker_connections 256; }}\n\
-                 http {{ access_log off; server {{ listen 127.0.0.1:{port}; \
-                 location / {{ return 200 \"hello\"; }} }} }}\n",
-                pid = dir.join("nginx.pid").display()
-            ),
-        )?;
-        let mut cmd = Command::new(&nginx);
-        cmd.arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg("stderr");
-        let result = respawns(cmd, n, plan.respawn_samples);
+        let conf = write_conf(&dir, n, port, "worker_connections 256;", "")?;
+        let result = respawns(command(&nginx, &dir, &conf), n, plan.respawn_samples);
         let _ = std::fs::remove_dir_all(&dir);
         match result {
             Ok(seen) => {
@@ -82,6 +61,50 @@ pub fn run(sec: &mut Section, plan: &Plan) -> Result<()> {
          sets the title in the new worker)."
     ));
     Ok(())
+}
+
+/// Writes `dir/nginx.conf`: `n` workers answering `hello` on 127.0.0.1:`port`, in the
+/// foreground, logging errors to standard error; `events` and `http` add their directives.
+pub fn write_conf(
+    dir: &std::path::Path,
+    n: u32,
+    port: u16,
+    events: &str,
+    http: &str,
+) -> Result<PathBuf> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes {n};\npid {pid};\n\
+             error_log stderr notice;\nevents {{ {events} }}\n\
+             http {{ access_log off; {http} server {{ listen 127.0.0.1:{port}; \
+             location / {{ return 200 \"hello\"; }} }} }}\n",
+            pid = dir.join("nginx.pid").display()
+        ),
+    )?;
+    Ok(conf)
+}
+
+/// nginx in the foreground with prefix `dir` and configuration `conf`, logging to standard
+/// error.
+pub fn command(bin: &std::path::Path, dir: &std::path::Path, conf: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(conf)
+        .arg("-e")
+        .arg("stderr");
+    cmd
+}
+
+/// The nginx binary, if nginx is installed.
+pub fn binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
 }
 
 /// Starts nginx (`cmd`, configured for `n` workers), kills a worker `samples` times, and returns

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 
-use super::{Section, ns, start_axum, start_warp};
+use super::{Section, ns, start_axum, start_warp, start_warp_flags};
 use crate::bins::Bins;
 use crate::clock;
 use crate::guard::{Line, Server};
@@ -33,7 +33,7 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     let cases = [
         Case {
             label: "sample-warp-like -w 2",
-            threads: "2 runtime threads each",
+            threads: "1 runtime thread each: the default share of 2 CPUs",
             workers: 2,
             keepalive: 16,
             fresh: 4,
@@ -57,6 +57,19 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `plan.reloads` `SIGHUP`s to `sample-warp-like -w 2 --reuseport` under load (section 10).
+pub fn reuseport(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
+    let case = Case {
+        label: "sample-warp-like -w 2 --reuseport",
+        threads: "1 runtime thread each: the default share of 2 CPUs",
+        workers: 2,
+        keepalive: 16,
+        fresh: 4,
+        start: |b, w| start_warp_flags(b, w, None, &["--reuseport"]),
+    };
+    reload_under_load(sec, plan, bins, &case)
 }
 
 /// `plan.reloads` `SIGHUP`s to one sample under load: its rows and note.

@@ -106,21 +106,14 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
     // Interleaved repetitions, so a drift of the machine hits every target alike.
     for _ in 0..plan.tput_reps {
         for t in &mut targets {
-            let running = load::start(&spec(t.addr, plan.tput_secs))?;
-            std::thread::sleep(Duration::from_secs_f64(plan.tput_secs / 2.0));
-            let workers: Vec<i32> = procfs::workers_by_arg(t.server.pid(), "id")
-                .into_values()
-                .collect();
-            if !workers.is_empty() {
-                t.spread.push(
-                    workers
-                        .iter()
-                        .map(|&w| procfs::established_tcp(w))
-                        .collect(),
-                );
+            let master = t.server.pid();
+            let (r, spread) =
+                super::run_with_spread(&spec(t.addr, plan.tput_secs), plan.tput_secs, || {
+                    procfs::workers_by_arg(master, "id").into_values().collect()
+                })?;
+            if !spread.is_empty() {
+                t.spread.push(spread);
             }
-            std::thread::sleep(Duration::from_secs_f64(plan.tput_secs / 2.0));
-            let r = running.finish();
             t.rates.push(r.rate());
             t.p50.push(r.hist.quantile(0.50) as f64);
             t.p99.push(r.hist.quantile(0.99) as f64);
@@ -159,15 +152,10 @@ pub fn run(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
             p50s.push(format!("{} {:.0} µs", t.name, s.median / 1e3));
         }
         if !t.spread.is_empty() {
-            let shown: Vec<String> = t
-                .spread
-                .iter()
-                .map(|v| v.iter().map(usize::to_string).collect::<Vec<_>>().join("/"))
-                .collect();
             sec.note(format!(
                 "Throughput: connections per worker of {}, mid-run, per run: {}.",
                 t.name,
-                shown.join(", ")
+                super::show_spread(&t.spread)
             ));
         }
     }

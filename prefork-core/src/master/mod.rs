@@ -56,6 +56,7 @@ use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::{Readiness, ReadinessSocket};
 use crate::report::{ReloadOutcome, ReloadReport};
+use crate::reuseport::Holders;
 use crate::scoreboard::Board;
 use crate::settings::{ForkFn, Settings, UpdateFn};
 use crate::spawn::Spawner;
@@ -83,6 +84,7 @@ struct LiveProcesses<'a, W> {
     readiness: &'a ReadinessSocket,
     mode: Readiness,
     stop_signal: Signal,
+    holders: &'a Holders,
     board: Option<&'a Board>,
     /// Readiness messages read while spawning, for the caller to hand to the pool.
     ready: Vec<Pid>,
@@ -99,7 +101,8 @@ impl<W> Processes<W> for LiveProcesses<'_, W> {
             generation,
             self.board,
         )
-        .with_max_requests(max_requests);
+        .with_max_requests(max_requests)
+        .with_holders(self.holders);
         let r = (self.fork)(ctx, &spawner);
         // A long batch of spawns (a start or a reload of many workers) must not let the
         // readiness socket fill up: its senders would block in `worker::ready()`.
@@ -109,6 +112,10 @@ impl<W> Processes<W> for LiveProcesses<'_, W> {
 
     fn signal(&mut self, pid: Pid, sig: Signal) {
         send_signal(pid, sig);
+    }
+
+    fn removing(&mut self, pid: Pid) {
+        self.holders.removing(pid);
     }
 
     fn inspect(&mut self, pid: Pid) -> String {
@@ -140,6 +147,8 @@ struct Master<C, W: WorkerContext> {
     phase: Phase,
     signals: MasterSignals,
     readiness: ReadinessSocket,
+    /// Which worker holds which reuseport socket.
+    holders: Holders,
     /// The workers' heartbeats and request counts (see [`crate::scoreboard`]).
     board: Option<Board>,
     /// The service manager, if any (see [`crate::systemd`]).
@@ -186,6 +195,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         phase: Phase::Running,
         signals,
         readiness,
+        holders: Holders::default(),
         board,
         systemd: Link::new(settings_systemd, Instant::now()),
         control,
@@ -206,6 +216,7 @@ fn hook_spawner<'a, C, W: WorkerContext>(
     board: Option<&'a Board>,
     settings: &Settings<C, W>,
     pool: &Pool<W>,
+    holders: &'a Holders,
 ) -> Spawner<'a> {
     Spawner::new(
         readiness.worker_end(),
@@ -214,6 +225,7 @@ fn hook_spawner<'a, C, W: WorkerContext>(
         pool.generation(),
         board,
     )
+    .with_holders(holders)
 }
 
 impl<C: 'static, W: WorkerContext> Master<C, W> {
@@ -225,6 +237,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 self.board.as_ref(),
                 &self.settings,
                 &self.pool,
+                &self.holders,
             );
             let extra = (self.settings.update_server)(c, &spawner);
             self.adopt(extra);
@@ -516,6 +529,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     tracing::debug!(%pid, status = %how, "reaped a child the master did not start");
                 }
             }
+            if !matches!(self.phase, Phase::Stopping { .. }) {
+                // A removed id's reuseport socket closes with its last holder. (Once stopping,
+                // the master has let go of every socket already.)
+                self.holders.reaped(pid);
+            }
             if let Some(c) = &self.config {
                 (self.settings.cleanup_child)(c, pid);
             }
@@ -528,6 +546,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 self.board.as_ref(),
                 &self.settings,
                 &self.pool,
+                &self.holders,
             );
             let extra = (self.settings.on_child_finished)(c, &spawner);
             self.adopt(extra);
@@ -547,6 +566,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             readiness: &self.readiness,
             mode: self.settings.readiness,
             stop_signal: self.settings.pool.stop_signal,
+            holders: &self.holders,
             board: self.board.as_ref(),
             ready: Vec::new(),
             recycle: Vec::new(),

@@ -27,7 +27,9 @@
 //!   retired only once the next one took over: when it is ready (explicit readiness) or ready
 //!   and past the startup window (implicit). A next worker that fails is retried with backoff
 //!   while the current one keeps serving. At most `max_parallel_replacements` start at once.
-//! * **Removed ids** are retired; **new ids** are spawned.
+//! * **Removed ids** are retired; **new ids** are spawned. A removed id's workers are reported
+//!   to the driver as `removing` before their stop signal, so that the id's own sockets (a
+//!   reuseport group's) stop receiving connections first.
 //! * **Scaling** ([`Pool::plan_scale`], [`Pool::rescale`]) is a change of the desired set that
 //!   only adds and removes ids: new ids start, removed ids retire through the same path as on a
 //!   reload, and every other worker is left alone (no replacement, no backoff reset). A scale
@@ -167,6 +169,9 @@ pub(crate) trait Processes<W> {
     fn spawn(&mut self, ctx: &W, generation: u64, max_requests: Option<u64>) -> Result<Pid, Error>;
     /// Sends `sig` to `pid`. The pid has not been reaped yet, so it cannot be recycled.
     fn signal(&mut self, pid: Pid, sig: Signal);
+    /// `pid`'s id left the desired set and `pid` is about to be told to stop: its own sockets
+    /// (a reuseport group's) stop receiving new connections first.
+    fn removing(&mut self, pid: Pid);
     /// What the kernel says `pid` is doing, for a log line (best effort).
     fn inspect(&mut self, pid: Pid) -> String;
 }
@@ -1020,6 +1025,11 @@ impl<W: WorkerContext> Pool<W> {
         now: Instant,
         ops: &mut impl Processes<W>,
     ) {
+        // A removed id (a smaller set, an adaptive shrink): steer away from its own sockets
+        // before the stop signal, so the draining worker empties a queue that no longer grows.
+        if why == ExitReason::Removed {
+            ops.removing(proc.pid);
+        }
         // During shutdown the driver signals everything once (see `begin_shutdown`).
         if !self.shutting_down {
             ops.signal(proc.pid, self.cfg.stop_signal);

@@ -50,6 +50,7 @@ use crate::fd::ListenerKind;
 use crate::process::{Pid, Signal};
 use crate::protocol::{Header, ScoreboardGrant, WORKER_ENV};
 use crate::readiness::Readiness;
+use crate::reuseport::{Holders, MemberRef};
 use crate::scoreboard::Board;
 
 use argv::CStringArray;
@@ -77,6 +78,8 @@ pub struct Spawner<'a> {
     readiness: Readiness,
     stop_signal: Signal,
     generation: u64,
+    /// Where the master records which worker holds which reuseport socket.
+    holders: Option<&'a Holders>,
     board: Option<&'a Board>,
     max_requests: Option<u64>,
 }
@@ -99,6 +102,8 @@ pub(crate) struct Captured {
     pub fds: Vec<(RawFd, ListenerKind)>,
     /// The copies a worker must find non-blocking.
     pub nonblocking: Vec<RawFd>,
+    /// The copies that are the worker id's own sockets (a reuseport group's).
+    pub per_worker: Vec<RawFd>,
     /// The context's thread count.
     pub threads: Option<usize>,
 }
@@ -116,9 +121,16 @@ impl<'a> Spawner<'a> {
             readiness,
             stop_signal,
             generation,
+            holders: None,
             board,
             max_requests: None,
         }
+    }
+
+    /// Where the master records which worker holds which reuseport socket.
+    pub(crate) fn with_holders(mut self, holders: &'a Holders) -> Self {
+        self.holders = Some(holders);
+        self
     }
 
     /// The request budget of the workers this spawner starts (drawn by the pool, jitter
@@ -141,6 +153,7 @@ impl<'a> Spawner<'a> {
             generation: 0,
             board: None,
             max_requests: None,
+            holders: None,
         }
     }
 
@@ -218,6 +231,7 @@ impl<'a> Spawner<'a> {
             readiness_fd: Some(fds.readiness_target),
             fds: fds.declared,
             nonblocking: fds.nonblocking,
+            per_worker: fds.per_worker,
             threads: opts.threads,
             master_pid: Pid::this().as_raw(),
             master_args: crate::launch::launch()
@@ -247,6 +261,9 @@ impl<'a> Spawner<'a> {
         let pid = plan.spawn().map_err(spawn_err)?;
         drop(context_pipe);
         drop(fds.keep_alive);
+        if let Some(h) = self.holders {
+            h.spawned(pid, fds.members);
+        }
         Ok(pid)
     }
 }
@@ -270,6 +287,7 @@ fn capture<W: WorkerContext>(
     let mut ctx = ctx.clone();
     let mut fds = Vec::new();
     let mut nonblocking = Vec::new();
+    let mut per_worker = Vec::new();
     let mut failed = None;
     ctx.visit_fds(&mut |l| {
         let Some(fd) = l.master_shared() else {
@@ -286,6 +304,9 @@ fn capture<W: WorkerContext>(
                 if l.must_be_nonblocking() {
                     nonblocking.push(n);
                 }
+                if l.member().is_some() {
+                    per_worker.push(n);
+                }
                 l.set_child_fd(n);
             }
             Err(e) => failed = Some(Error::sys("cannot copy a listening socket", e)),
@@ -298,6 +319,7 @@ fn capture<W: WorkerContext>(
         context: ctx.encode()?,
         fds,
         nonblocking,
+        per_worker,
         threads: ctx.runtime_options().threads,
     });
     Ok(Pid::this())
@@ -313,6 +335,10 @@ struct FdLayout {
     declared: Vec<(RawFd, ListenerKind)>,
     /// Declared sockets a worker must find non-blocking.
     nonblocking: Vec<RawFd>,
+    /// Declared sockets that are the worker id's own (reuseport group members).
+    per_worker: Vec<RawFd>,
+    /// Their groups' records, to note the new holder.
+    members: Vec<MemberRef>,
     readiness_target: RawFd,
     scoreboard_target: Option<RawFd>,
 }
@@ -330,6 +356,8 @@ impl FdLayout {
             keep_alive: Vec::new(),
             declared: Vec::new(),
             nonblocking: Vec::new(),
+            per_worker: Vec::new(),
+            members: Vec::new(),
             readiness_target: 0,
             scoreboard_target: None,
         };
@@ -344,6 +372,10 @@ impl FdLayout {
                     layout.declared.push((target, l.kind()));
                     if l.must_be_nonblocking() {
                         layout.nonblocking.push(target);
+                    }
+                    if let Some(m) = l.member() {
+                        layout.per_worker.push(target);
+                        layout.members.push(m.clone());
                     }
                     l.set_child_fd(target);
                 }

@@ -112,7 +112,7 @@ fn read_boot(master: i32) -> Result<Boot> {
         )));
     }
     rearm_parent_death(master)?;
-    crate::fd::validate_declared(&header.fds, &header.nonblocking)?;
+    crate::fd::validate_declared(&header.fds, &header.nonblocking, &header.per_worker)?;
     let readiness = match header.readiness_fd {
         None => None,
         Some(fd) if fd <= 2 || header.fds.iter().any(|(d, _)| *d == fd) => {

@@ -131,6 +131,18 @@ pub fn inherited_fds() -> Vec<i32> {
     }
 }
 
+/// Whether inherited fd `fd` is this worker id's own listening socket (a
+/// [`ReuseportGroup`](crate::ReuseportGroup)'s, which the worker's successor inherits too),
+/// rather than one shared by every worker. The boot header says so.
+///
+/// A draining worker drops a shared socket at once (its siblings accept what is queued), but
+/// keeps accepting on its own socket until the queue stayed empty for a moment: when its id
+/// was removed, no other worker will ever accept what is queued there. `false` outside a
+/// worker.
+pub fn is_per_worker_socket(fd: i32) -> bool {
+    crate::fd::is_per_worker_fd(fd)
+}
+
 /// The master's command-line arguments (without the program name) in a worker, this process's
 /// own elsewhere.
 ///
@@ -257,7 +269,9 @@ where
     F: FnOnce(W) -> R,
     R: WorkerExit,
 {
-    if let Err(e) = crate::fd::validate_declared(&captured.fds, &captured.nonblocking) {
+    if let Err(e) =
+        crate::fd::validate_declared(&captured.fds, &captured.nonblocking, &captured.per_worker)
+    {
         fail_boot(&e.report().to_string());
     }
     let _ = SINGLE.set(Single {

@@ -5,7 +5,11 @@
 //! sample-axum -p PORT -w WORKERS [--hang-timeout SECS] [--max-requests N]
 //!             [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N] [--debug-endpoints]
 //!             [--control PATH] [--status-file PATH]
+//!             [--reuseport]
 //! ```
+//!
+//! With `--reuseport` each worker id gets its own `SO_REUSEPORT` socket (a `ReuseportGroup`),
+//! which balances connections over the workers; reloads stay lossless.
 //!
 //! `GET /` answers `hello`, `GET /id` the id of the worker that answered, `GET /stream` a body
 //! streamed in three chunks. The health flags are `sample-warp-like`'s (see
@@ -23,8 +27,8 @@ use axum::extract::RawQuery;
 use axum::{Router, body::Body, routing::get};
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, ListenerKind, Readiness, Spawner, WorkerContext, WorkerSet, default_main,
-    relaunch_settings,
+    InheritedListener, ListenerKind, Readiness, ReuseportGroup, Spawner, WorkerContext, WorkerSet,
+    default_main, relaunch_settings,
 };
 use samples::debug;
 use samples::health::HealthArgs;
@@ -40,6 +44,9 @@ struct Cli {
     /// Number of worker processes (at start: TTIN, TTOU and `prefork-ctl scale` change it).
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
+    /// One SO_REUSEPORT socket per worker id instead of one shared socket.
+    #[arg(long)]
+    reuseport: bool,
     /// Serve the control socket at PATH (for `prefork-ctl -s PATH`).
     #[arg(long, value_name = "PATH")]
     control: Option<std::path::PathBuf>,
@@ -106,6 +113,7 @@ fn main() {
     let Cli {
         port,
         workers,
+        reuseport,
         control,
         status_file,
         health,
@@ -119,24 +127,33 @@ fn main() {
         set.set((0..n).map(|id| Worker { id, listener: None }));
         Some(())
     };
-    // The socket is bound once, in the master, and inherited by every worker.
+    // The socket is bound once, in the master, and inherited by every worker (or, with
+    // --reuseport, each id's own socket is made once and inherited by each worker of the id).
     let mut shared: Option<InheritedListener> = None;
+    let mut group: Option<ReuseportGroup> = None;
     let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<_> {
-        let listener = match &shared {
-            Some(l) => l.clone(),
-            None => {
-                // The socket systemd passed, if it passed one; else a new one.
-                let l = match InheritedListener::from_systemd("http", ListenerKind::Tcp)? {
-                    Some(l) => l,
-                    None => InheritedListener::bind_tcp(("127.0.0.1", port))?,
-                };
-                // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "sample-axum: listening on http://{}",
-                    l.local_addr()?
-                );
-                shared.insert(l).clone()
+        let listener = if reuseport {
+            let g = match &group {
+                Some(g) => g,
+                None => {
+                    let g = ReuseportGroup::bind_tcp(("127.0.0.1", port))?;
+                    announce(g.local_addr());
+                    group.insert(g)
+                }
+            };
+            g.listener(u64::from(w.id))?
+        } else {
+            match &shared {
+                Some(l) => l.clone(),
+                None => {
+                    // The socket systemd passed, if it passed one; else a new one.
+                    let l = match InheritedListener::from_systemd("http", ListenerKind::Tcp)? {
+                        Some(l) => l,
+                        None => InheritedListener::bind_tcp(("127.0.0.1", port))?,
+                    };
+                    announce(l.local_addr()?);
+                    shared.insert(l).clone()
+                }
             }
         };
         spawner.fork_worker_process(&Worker {
@@ -160,4 +177,9 @@ fn main() {
         let app = app(w.id, health.debug_endpoints);
         prefork_http::serve(w.listener, app, prefork_http::Options::default())
     })
+}
+
+fn announce(addr: std::net::SocketAddr) {
+    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
+    let _ = writeln!(std::io::stderr(), "sample-axum: listening on http://{addr}");
 }

@@ -7,6 +7,7 @@
 //!                  [--max-requests-jitter N] [--max-age SECS] [--max-memory-mb N]
 //!                  [--debug-endpoints] [--no-scoreboard]
 //!                  [--control PATH] [--status-file PATH]
+//!                  [--reuseport [--no-steering]] [--workers-file PATH]
 //! ```
 //!
 //! The master binds `127.0.0.1:PORT` (`--host` for another address) once (lazily, in the `fork`
@@ -46,14 +47,25 @@
 //! A stopping worker drops its listener, then drains its keep-alive connections without the
 //! keep-alive race, within `--drain-grace` and `--drain-timeout`: `prefork_http::serve` does
 //! the serving and the drain; the application is [`samples::warp::App`].
+//!
+//! * `--reuseport`: each worker id gets a socket of its own (a `ReuseportGroup`), so the kernel
+//!   spreads connections evenly over the workers; a reload still loses nothing (an id's old and
+//!   new worker share its socket), and so does a smaller set (the master steers new connections
+//!   away from a removed id's socket, and its worker empties the queue before it exits).
+//! * `--workers-file PATH`: the number of workers is read from PATH at start and on every
+//!   `SIGHUP` (instead of `-w`), so `echo 2 > PATH; kill -HUP <master>` scales down.
+//! * Runtime threads: `--threads N` gives each worker N. Without it `ps` still shows `-N` as the
+//!   worker count (the Haskell sample's `+RTS -N5 -RTS` for `-w 5`), but the runtime gets the
+//!   worker's share of the CPUs, `max(1, CPUs / WORKERS)` and at most N: more threads than
+//!   cores only cost context switches (BENCHMARKS.md, section 10).
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use clap::Parser;
 use prefork_core::{
-    InheritedListener, ListenerKind, Pid, Readiness, RuntimeOptions, Signal, Spawner,
-    WorkerContext, WorkerSet, default_main, relaunch_settings,
+    InheritedListener, ListenerKind, Pid, Readiness, ReuseportGroup, RuntimeOptions, Signal,
+    Spawner, WorkerContext, WorkerSet, default_main, relaunch_settings,
 };
 use prefork_http::Options;
 use samples::health::HealthArgs;
@@ -76,9 +88,20 @@ struct Cli {
     /// Number of worker processes.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
-    /// Runtime threads per worker (default: WORKERS, as the Haskell sample's `-N`).
+    /// Runtime threads per worker (default: `ps` shows `-N` WORKERS, as the Haskell sample,
+    /// and the runtime gets max(1, CPUs / WORKERS) threads, at most WORKERS).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
+    /// One SO_REUSEPORT socket per worker id instead of one shared socket.
+    #[arg(long)]
+    reuseport: bool,
+    /// With --reuseport: let the kernel's hash choose the socket instead of the master's
+    /// steering program (for measurement; a removed id's queued connections can be reset).
+    #[arg(long, requires = "reuseport")]
+    no_steering: bool,
+    /// Read the number of workers from this file at start and on every SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    workers_file: Option<std::path::PathBuf>,
     /// Seconds a stopping worker leaves a silent keep-alive connection open before closing it.
     #[arg(long, value_name = "SECS", default_value_t = Options::DEFAULT_DRAIN_GRACE.as_secs(),
           value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_SECS))]
@@ -150,17 +173,30 @@ fn main() {
     samples::init_tracing();
     let (host, port) = (cli.host, cli.port);
     let workers = cli.workers;
-    let cap = cli.threads.unwrap_or(workers) as usize;
+    let explicit_threads = cli.threads;
     let drain_timeout = Duration::from_secs(cli.drain_timeout);
     let options = Options::default()
         .drain_grace(Duration::from_secs(cli.drain_grace))
         .drain_timeout(drain_timeout);
+    let workers_file = cli.workers_file.clone();
 
     let (user, group, fdstore) = (cli.user.clone(), cli.group.clone(), cli.fdstore);
     // The scale starts at WORKERS; TTIN/TTOU and `prefork-ctl scale` change it, and a reload
     // keeps it.
     let update = move |set: &mut WorkerSet<Worker>| {
-        let n = set.scale().unwrap_or(workers);
+        let n = match &workers_file {
+            None => set.scale().unwrap_or(workers),
+            Some(path) => match read_workers(path) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e,
+                        "cannot read the number of workers; keeping the running set");
+                    return None;
+                }
+            },
+        };
+        // `-N` shows the worker count unless --threads says otherwise (see the module docs).
+        let cap = explicit_threads.unwrap_or(n) as usize;
         set.set((0..n).map(|id| Worker {
             id,
             listener: None,
@@ -170,13 +206,18 @@ fn main() {
         }));
         Some(())
     };
-    // The socket is made once, on the first fork, and kept here for every later one.
-    let mut shared: Option<InheritedListener> = None;
+    // The socket (or the group of sockets) is made once, on the first fork, and kept here.
+    let mut listen = Listen {
+        host,
+        port,
+        fdstore,
+        reuseport: cli.reuseport,
+        steering: !cli.no_steering,
+        shared: None,
+        group: None,
+    };
     let fork = move |w: &Worker, spawner: &Spawner| -> prefork_core::Result<Pid> {
-        let listener = match &shared {
-            Some(l) => l.clone(),
-            None => shared.insert(open_listener((host, port), fdstore)?).clone(),
-        };
+        let listener = listen.listener(w.id)?;
         spawner.fork_worker_process(&Worker {
             listener: Some(listener),
             ..w.clone()
@@ -205,12 +246,70 @@ fn main() {
         // The worker's logs carry its id; prefork_http::serve logs `serving` once it accepts
         // (and has told the master it is ready), then `stop requested: draining`, `drained`.
         let _span = tracing::info_span!("worker", id = w.id).entered();
+        let threads = match explicit_threads {
+            Some(_) => None, // the context's count, as asked
+            None => Some(samples::share_of_cpus(w.cap)),
+        };
+        let options = options.clone().threads(threads);
         if debug {
-            prefork_http::serve(w.listener, DebugApp, options.clone())
+            prefork_http::serve(w.listener, DebugApp, options)
         } else {
-            prefork_http::serve(w.listener, App, options.clone())
+            prefork_http::serve(w.listener, App, options)
         }
     })
+}
+
+/// The master's listening socket(s), made on the first fork.
+struct Listen {
+    host: std::net::IpAddr,
+    port: u16,
+    fdstore: bool,
+    reuseport: bool,
+    steering: bool,
+    shared: Option<InheritedListener>,
+    group: Option<ReuseportGroup>,
+}
+
+impl Listen {
+    /// The socket worker `id` inherits: the shared one, or the id's own in the group.
+    fn listener(&mut self, id: u32) -> prefork_core::Result<InheritedListener> {
+        if self.reuseport {
+            let group = match &self.group {
+                Some(g) => g,
+                None => {
+                    let g =
+                        ReuseportGroup::bind_tcp((self.host, self.port))?.steering(self.steering);
+                    announce(g.local_addr());
+                    self.group.insert(g)
+                }
+            };
+            return group.listener(u64::from(id));
+        }
+        Ok(match &self.shared {
+            Some(l) => l.clone(),
+            None => self
+                .shared
+                .insert(open_listener((self.host, self.port), self.fdstore)?)
+                .clone(),
+        })
+    }
+}
+
+fn announce(addr: std::net::SocketAddr) {
+    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
+    let _ = writeln!(
+        std::io::stderr(),
+        "sample-warp-like: listening on http://{addr}"
+    );
+}
+
+/// The worker count in `path`: one number, 1 to 1024.
+fn read_workers(path: &std::path::Path) -> Result<u32, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("{:?} is not a number from 1 to 1024", text.trim())),
+    }
 }
 
 /// The socket systemd passed (socket activation, or the fd store of a previous master), or a

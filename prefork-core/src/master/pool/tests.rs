@@ -24,6 +24,8 @@ struct Fake {
     /// The `tag` of each spawned context, in spawn order.
     tags: Vec<u32>,
     signals: Vec<(Pid, Signal)>,
+    /// Every call, in order: `spawn <pid>`, `signal <pid>`, `removing <pid>`.
+    calls: Vec<String>,
     fail_spawns: bool,
     /// Spawns and signals in the order they happened.
     acts: Vec<Act>,
@@ -55,7 +57,11 @@ impl Processes<W> for Fake {
     }
     fn signal(&mut self, pid: Pid, sig: Signal) {
         self.signals.push((pid, sig));
+        self.calls.push(format!("signal {pid}"));
         self.acts.push(Act::Signal(pid, sig));
+    }
+    fn removing(&mut self, pid: Pid) {
+        self.calls.push(format!("removing {pid}"));
     }
     fn inspect(&mut self, _pid: Pid) -> String {
         "wchan=fake".into()
@@ -789,6 +795,43 @@ fn exit_reasons_say_why_a_worker_ended() {
         views[0].last_exit,
         Some((ChildExit::Exited(2), ExitReason::FailedStart, _))
     ));
+}
+
+#[test]
+fn a_removed_id_is_reported_removing_before_its_stop_signal_and_a_replaced_one_never() {
+    let (mut p, mut f, t0) = running(4, explicit());
+    let before = p.current();
+    f.calls.clear();
+    // A smaller set: ids 2 and 3 leave, 0 and 1 are replaced.
+    p.reload(set(0..2, 0), t0 + ms(10), &mut f);
+    let (gone2, gone3) = (before[&2], before[&3]);
+    assert_eq!(
+        f.calls,
+        vec![
+            format!("removing {gone2}"),
+            format!("signal {gone2}"),
+            format!("removing {gone3}"),
+            format!("signal {gone3}"),
+        ],
+        "each removed worker: removing, then its stop signal; nothing for the kept ids yet"
+    );
+    // The replacements take over: the old workers of ids 0 and 1 are retired, not removed.
+    f.calls.clear();
+    let news: Vec<Pid> = f.spawned.iter().skip(4).map(|s| s.1).collect();
+    for pid in news {
+        p.worker_ready(pid, t0 + ms(20), &mut f);
+    }
+    assert!(
+        f.calls.iter().all(|c| !c.starts_with("removing")),
+        "{:?}",
+        f.calls
+    );
+    assert_eq!(
+        f.calls.len(),
+        2,
+        "two replaced workers told to stop: {:?}",
+        f.calls
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

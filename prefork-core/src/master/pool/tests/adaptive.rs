@@ -179,6 +179,17 @@ fn it_starts_in_id_order_and_retires_the_highest_ids_one_per_scan() {
     assert_eq!(ended.len(), before - 3);
     assert!(ended.iter().all(|r| *r == ExitReason::Removed));
     assert!(w.f.signals.iter().all(|s| s.1 == Signal::SIGTERM));
+    // And each was reported `removing` (its own sockets leave the steering) right before it.
+    for (pid, _) in &w.f.signals {
+        let at = w.f.calls.iter().position(|c| *c == format!("signal {pid}"));
+        let removing = at.and_then(|i| i.checked_sub(1)).map(|i| &w.f.calls[i]);
+        assert_eq!(
+            removing,
+            Some(&format!("removing {pid}")),
+            "{:?}",
+            w.f.calls
+        );
+    }
 }
 
 #[test]
