@@ -133,6 +133,16 @@ fn a_broken_deploy_is_reported_incomplete_with_the_failed_ids() {
     let dir = TempDir::new("broken-async");
     let bin = dir.path().join("fx-async");
     std::fs::copy(BIN, &bin).unwrap();
+    // Another test thread may be between fork and exec with the copy's write fd inherited for
+    // a moment (exec would then fail with ETXTBSY): wait until the copy runs.
+    wait_until(
+        DEADLINE,
+        "the copied binary can be executed",
+        || match Command::new(&bin).arg("--no-such-flag").output() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => false,
+            _ => true,
+        },
+    );
     let m = Master::start_program(&bin, &["--workers", "2", "--hooks"]);
     m.stdout
         .wait_line(DEADLINE, |l| l == "pool-ready gen=0 outcome=complete");
