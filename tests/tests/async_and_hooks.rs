@@ -135,14 +135,10 @@ fn a_broken_deploy_is_reported_incomplete_with_the_failed_ids() {
     std::fs::copy(BIN, &bin).unwrap();
     // Another test thread may be between fork and exec with the copy's write fd inherited for
     // a moment (exec would then fail with ETXTBSY): wait until the copy runs.
-    wait_until(
-        DEADLINE,
-        "the copied binary can be executed",
-        || match Command::new(&bin).arg("--no-such-flag").output() {
-            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => false,
-            _ => true,
-        },
-    );
+    wait_until(DEADLINE, "the copied binary can be executed", || {
+        let run = Command::new(&bin).arg("--no-such-flag").output();
+        !matches!(run, Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY))
+    });
     let m = Master::start_program(&bin, &["--workers", "2", "--hooks"]);
     m.stdout
         .wait_line(DEADLINE, |l| l == "pool-ready gen=0 outcome=complete");
