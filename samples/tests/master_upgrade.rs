@@ -668,6 +668,44 @@ fn a_sighup_sent_during_an_upgrade_is_acted_on_after_it() {
     stop(up);
 }
 
+#[test]
+fn a_second_sigusr2_during_an_upgrade_is_refused_and_does_not_kill_the_master() {
+    let mut up = start("upgrade-usr2-twice", &[]);
+    let master = up.m.pid();
+    let v1 = fresh_copy(up.dir.path(), "v1");
+    install(&v1, &up.bin);
+    let from = exe_id(master).unwrap();
+    let mark = up.m.stderr.all().len();
+    up.m.signal(Signal::SIGUSR2);
+    // The second one reaches the master while it execs: SIGUSR2's default action would
+    // terminate the new image before it installed its handlers.
+    wait_exec(&up.m, from);
+    up.m.signal(Signal::SIGUSR2);
+    let new = upgraded(&up.m, 1, &up.workers);
+    assert!(up.m.running(), "the second SIGUSR2 did not kill the master");
+    // A reload as a point of order: had the second USR2 been queued instead of refused, its
+    // upgrade would have begun by the time this reload is over.
+    up.m.signal(Signal::SIGHUP);
+    let after = up.m.wait_replaced(&new);
+    for pid in after.values() {
+        wait_serving(&up.m, *pid);
+    }
+    assert!(up.m.running());
+    assert_eq!(count(&up.m, UPGRADED), 1, "the second SIGUSR2 was refused");
+    let said: Vec<String> = up.m.stderr.all()[mark..]
+        .iter()
+        .filter(|l| (l.starts_with("master ") && l.contains("SIGUSR2")) || l.contains(REFUSED))
+        .cloned()
+        .collect();
+    eprintln!("what the master said about the second SIGUSR2: {said:#?}");
+    assert!(
+        !said.is_empty(),
+        "the refusal of the second SIGUSR2 is logged (a line naming SIGUSR2 or saying {REFUSED:?})"
+    );
+    up.workers = after;
+    stop(up);
+}
+
 /// Starts a master, sends USR2 with a new binary deployed, `when` sends TERM; the master
 /// exits 0 (not killed by a signal), and every worker is gone. Returns the master's log.
 fn term_during_upgrade(tag: &str, when: &str) -> Vec<String> {

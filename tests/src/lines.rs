@@ -84,12 +84,16 @@ impl Lines {
             }
             let now = Instant::now();
             if now >= end || (g.1 && found.len() < n) {
-                panic!(
+                let msg = format!(
                     "wanted {n} matching line(s), saw {} (stream closed: {}); all lines:\n{}",
                     found.len(),
                     g.1,
                     g.0.join("\n")
                 );
+                // Not while holding the lock: a poisoned mutex would make every later look at
+                // the lines (a diagnosis printed on the way out) panic again.
+                drop(g);
+                panic!("{msg}");
             }
             g = c.wait_timeout(g, end - now).unwrap().0;
         }
