@@ -404,6 +404,8 @@ pub(crate) fn frozen_memfd(name: &std::ffi::CStr, bytes: &[u8]) -> io::Result<Ow
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
+    // Read from the start by whoever gets it (a child's standard input shares this offset).
+    std::io::Seek::rewind(&mut file)?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: F_ADD_SEALS changes only the file's seals; no memory is passed.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
