@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::status::{ReloadStatus, Status};
+use crate::status::{ReloadStatus, Status, UpgradeStatus};
 
 /// The largest request the master reads (64 KiB); a longer one is refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -75,6 +75,9 @@ pub enum Command {
     },
     /// The status as Prometheus text.
     Metrics,
+    /// Upgrade the master in place, as `SIGUSR2`; the answer comes when it has ended (for a
+    /// successful upgrade: when every worker of the new code took over).
+    Upgrade,
 }
 
 /// A change of the runtime scale: `7`, `+2` or `-2` on a command line.
@@ -148,6 +151,11 @@ pub enum Response {
         /// Prometheus text.
         text: String,
     },
+    /// To `upgrade`, once it ended (refused and rolled back included).
+    Upgrade {
+        /// How it ended.
+        upgrade: UpgradeStatus,
+    },
     /// The request was refused, malformed, or failed.
     Error {
         /// Why, in one line.
@@ -183,7 +191,7 @@ pub struct ReplaceResult {
 /// 10 s (a `reload` or `replace` waits as long as the master takes: see [`request_timeout`]).
 pub fn request(path: impl AsRef<Path>, cmd: &Command) -> Result<Response> {
     let timeout = match cmd {
-        Command::Reload | Command::Replace { .. } => None,
+        Command::Reload | Command::Replace { .. } | Command::Upgrade => None,
         _ => Some(Duration::from_secs(10)),
     };
     request_timeout(path, cmd, timeout)
@@ -242,6 +250,7 @@ mod tests {
                 r#"{"cmd":"status","resources":false}"#,
             ),
             (Command::Reload, r#"{"cmd":"reload"}"#),
+            (Command::Upgrade, r#"{"cmd":"upgrade"}"#),
             (
                 Command::Scale {
                     change: ScaleChange::To(7),

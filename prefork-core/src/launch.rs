@@ -42,7 +42,9 @@ fn resolve_program(argv0: &OsStr) -> PathBuf {
             return p.to_path_buf();
         }
         if let Ok(cwd) = std::env::current_dir() {
-            return cwd.join(p);
+            // `./app` → `/srv/app`: `.` components dropped (lexically: a symlink in the path is
+            // kept, so a deploy that switches it is followed).
+            return cwd.join(p).components().collect();
         }
     }
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))

@@ -189,6 +189,7 @@ mod spawn;
 pub mod status;
 mod sys;
 pub mod systemd;
+mod upgrade;
 pub mod worker;
 
 pub use context::{Rlimit, RlimitResource, RuntimeOptions, WorkerContext, WorkerSet};
@@ -238,6 +239,9 @@ where
     R: WorkerExit,
 {
     log::init_default();
+    // The check of an upgrade in place runs this binary with the state on standard input:
+    // it answers and exits here, before anything of the master or a worker starts.
+    upgrade::check_if_asked::<W>();
     match worker::role() {
         worker::Role::Worker(boot) => worker::run::<W, F, R>(boot, worker_fn),
         worker::Role::BadWorker(e) => worker::fail_boot(e),

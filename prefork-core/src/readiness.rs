@@ -75,6 +75,37 @@ impl ReadinessSocket {
         })
     }
 
+    /// Both ends' numbers (master, workers), for an upgrade's hand-over.
+    pub fn raw_fds(&self) -> [std::os::fd::RawFd; 2] {
+        [self.master_end.as_raw_fd(), self.worker_end.as_raw_fd()]
+    }
+
+    /// The socket an old master handed over (its running workers hold the other end): both
+    /// numbers made close-on-exec again, and checked to be a datagram socket pair.
+    pub fn adopt(fds: [std::os::fd::RawFd; 2]) -> Result<Self> {
+        for fd in fds {
+            crate::sys::set_cloexec_raw(fd)
+                .map_err(|e| Error::sys("the readiness socket of the old master is not open", e))?;
+            let ty = nix::sys::socket::getsockopt(&crate::sys::borrow_inherited(fd), sockopt::SockType)
+                .map_err(|e| Error::sys("the readiness socket of the old master is not a socket", e))?;
+            if ty != SockType::Datagram {
+                return Err(Error::InvalidSetting(
+                    "the readiness socket of the old master is not a datagram socket".into(),
+                ));
+            }
+        }
+        // Checked open above; the old image made them for this one, and nothing else in this
+        // process owns them.
+        let master_end = crate::sys::own_inherited(fds[0]);
+        let worker_end = crate::sys::own_inherited(fds[1]);
+        setsockopt(&master_end, sockopt::PassCred, &true)
+            .map_err(|e| Error::sys("cannot enable SO_PASSCRED on the readiness socket", e))?;
+        Ok(ReadinessSocket {
+            master_end,
+            worker_end,
+        })
+    }
+
     /// The end to poll.
     pub fn master_end(&self) -> BorrowedFd<'_> {
         self.master_end.as_fd()

@@ -41,7 +41,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -127,6 +127,63 @@ impl Board {
             table: RefCell::new(Table {
                 free: (0..SLOTS as u32).rev().collect(),
                 ..Table::default()
+            }),
+        })
+    }
+
+    /// The region and the slot table, for an upgrade's hand-over.
+    pub(crate) fn export(&self) -> crate::upgrade::BoardState {
+        crate::upgrade::BoardState {
+            fd: self.fd.as_raw_fd(),
+            slots: self
+                .table
+                .borrow()
+                .by_pid
+                .iter()
+                .map(|(pid, &slot)| (pid.as_raw(), slot))
+                .collect(),
+        }
+    }
+
+    /// The region an old master handed over (its workers keep writing their slots), with its
+    /// slot table.
+    pub(crate) fn adopt(state: &crate::upgrade::BoardState, beat_every: Option<Duration>) -> Result<Board> {
+        sys::set_cloexec_raw(state.fd)
+            .map_err(|e| Error::sys("the scoreboard of the old master is not open", e))?;
+        // Checked open; the old image made it for this one, and nothing else here owns it.
+        let fd = sys::own_inherited(state.fd);
+        if !sys::size_is_sealed(fd.as_fd()) {
+            return Err(Error::InvalidSetting(
+                "the scoreboard of the old master is not a sealed memfd".into(),
+            ));
+        }
+        let map =
+            SharedWords::map(fd.as_fd()).map_err(|e| Error::sys("cannot map the scoreboard", e))?;
+        let header_ok = block(map.words(), 0)
+            .is_some_and(|h| h[0].load(Ordering::Relaxed) == MAGIC && h[1].load(Ordering::Relaxed) == SLOTS as u64);
+        if !header_ok {
+            return Err(Error::InvalidSetting(
+                "the scoreboard of the old master has another layout".into(),
+            ));
+        }
+        let mut by_pid = BTreeMap::new();
+        for &(pid, slot) in &state.slots {
+            if (slot as usize) < SLOTS && pid > 0 {
+                by_pid.insert(Pid::from_raw(pid), slot);
+            }
+        }
+        let free = (0..SLOTS as u32)
+            .rev()
+            .filter(|s| !by_pid.values().any(|t| t == s))
+            .collect();
+        Ok(Board {
+            fd,
+            map,
+            beat_every,
+            table: RefCell::new(Table {
+                free,
+                by_pid,
+                warned_full: false,
             }),
         })
     }

@@ -79,6 +79,7 @@ pub struct Settings<C, W: WorkerContext> {
     /// Signals the master passes on to every worker: (received, sent).
     pub(crate) forwards: Vec<(Signal, Signal)>,
     pub(crate) shutdown_delay: Duration,
+    pub(crate) upgrade_check_timeout: Duration,
     pub(crate) systemd: Systemd,
     pub(crate) child_subreaper: bool,
     pub(crate) scoreboard: bool,
@@ -93,6 +94,7 @@ impl<C, W: WorkerContext> fmt::Debug for Settings<C, W> {
             .field("readiness", &self.readiness)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("shutdown_delay", &self.shutdown_delay)
+            .field("upgrade_check_timeout", &self.upgrade_check_timeout)
             .field("systemd", &self.systemd)
             .field("child_subreaper", &self.child_subreaper)
             .field("scoreboard", &self.scoreboard)
@@ -133,6 +135,7 @@ pub fn default_settings<C: 'static, W: WorkerContext>() -> Settings<C, W> {
         scale_bounds: DEFAULT_SCALE_BOUNDS,
         forwards: Vec::new(),
         shutdown_delay: Duration::ZERO,
+        upgrade_check_timeout: Duration::from_secs(10),
         systemd: Systemd::auto(),
         child_subreaper: false,
         scoreboard: true,
@@ -345,6 +348,17 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// `SIGHUP` is ignored from the first stop signal on.
     pub fn shutdown_delay(mut self, d: Duration) -> Self {
         self.shutdown_delay = d;
+        self
+    }
+
+    /// How long the binary at the program path may take to pass its check before an upgrade
+    /// in place (`SIGUSR2`, `prefork-ctl upgrade`; default 10 s). The check runs the binary as
+    /// a child with the hand-over state on its standard input: it must start (parse its
+    /// command line, build its settings) and reach [`default_main`](crate::default_main),
+    /// which decodes the state and exits 0. A slower or failing check refuses the upgrade and
+    /// the master keeps its code. See [`crate::upgrade`](crate#upgrading-the-master-in-place).
+    pub fn upgrade_check_timeout(mut self, d: Duration) -> Self {
+        self.upgrade_check_timeout = d;
         self
     }
 

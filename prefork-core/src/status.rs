@@ -186,6 +186,41 @@ pub struct MasterStatus {
     pub last_reload: Option<ReloadStatus>,
     /// Counters since the master started.
     pub counters: Counters,
+    /// The last upgrade of the master in place (`SIGUSR2`, `prefork-ctl upgrade`) that ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upgrade: Option<UpgradeStatus>,
+}
+
+/// An upgrade of the master in place that ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeStatus {
+    /// How it ended.
+    pub outcome: UpgradeResult,
+    /// Why it was refused or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended (for `upgraded`: when the new code's workers all took over).
+    pub finished_at: Timestamp,
+    /// The generation the master runs after it.
+    pub generation: u64,
+    /// The master's pid (the same before and after).
+    pub pid: i32,
+}
+
+/// How an upgrade in place ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeResult {
+    /// The master runs the new binary and every worker was replaced by one of the new code
+    /// (or the roll ended incomplete: see the last reload).
+    Upgraded,
+    /// The new binary failed its check (or could not be executed); nothing changed.
+    Refused,
+    /// The new binary could not adopt the state and the old one came back; its workers kept
+    /// serving.
+    RolledBack,
 }
 
 /// The adaptive pool's state and bounds.
@@ -290,6 +325,12 @@ pub struct Counters {
     /// [`Settings::hang_timeout`]: crate::Settings::hang_timeout
     #[serde(default)]
     pub replaced: ReplacedCounts,
+    /// Upgrades in place that ended `upgraded`.
+    #[serde(default)]
+    pub upgrades_ok: u64,
+    /// Upgrades in place refused (failed check) or rolled back.
+    #[serde(default)]
+    pub upgrades_failed: u64,
 }
 
 /// Workers replaced by each health rule.

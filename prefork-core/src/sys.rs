@@ -369,3 +369,69 @@ impl Drop for SharedWords {
 pub(crate) fn become_child_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
+
+/// Sets or clears `FD_CLOEXEC` on an fd this process owns (an upgrade keeps the master's fds
+/// open across its own `execve`, and makes them close-on-exec again if the exec fails).
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD change only the fd table entry's close-on-exec flag.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A memfd holding `bytes`, sealed against any change (write, shrink, grow, more seals),
+/// close-on-exec.
+pub(crate) fn frozen_memfd(name: &std::ffi::CStr, bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Write;
+    // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just returned by memfd_create: open, and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    // Read from the start by whoever gets it (a child's standard input shares this offset).
+    std::io::Seek::rewind(&mut file)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS changes only the file's seals; no memory is passed.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
+}
+
+/// Whether `fd` is a memfd sealed against writes (what [`frozen_memfd`] makes).
+pub(crate) fn is_frozen(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: F_GET_SEALS reads the file's seals; no memory is passed.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_WRITE != 0
+}
+
+/// Blocks every signal in the calling thread; returns the mask it replaced.
+pub(crate) fn block_all_signals() -> io::Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))
+        .map_err(io::Error::from)?;
+    Ok(old)
+}
+
+/// Puts back a signal mask that [`block_all_signals`] returned.
+pub(crate) fn restore_signal_mask(old: &nix::sys::signal::SigSet) {
+    use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None);
+}

@@ -7,6 +7,7 @@
 //! prefork-ctl -s PATH replace ID
 //! prefork-ctl -s PATH stop [--fast]
 //! prefork-ctl -s PATH metrics
+//! prefork-ctl -s PATH upgrade             exit 0: upgraded; 1: refused or rolled back (why on stderr)
 //! ```
 //!
 //! The master must have been started with a control socket
@@ -23,7 +24,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use prefork_core::control::{self, Command, Response, ScaleChange};
-use prefork_core::status::{ReloadResult, ReloadStatus, Status, Timestamp, WorkerStatus};
+use prefork_core::status::{
+    ReloadResult, ReloadStatus, Status, Timestamp, UpgradeResult, UpgradeStatus, WorkerStatus,
+};
 
 /// Talks to a running prefork master over its control socket.
 #[derive(Debug, Parser)]
@@ -73,6 +76,9 @@ enum Cmd {
     },
     /// Print the metrics in the Prometheus text format.
     Metrics,
+    /// Upgrade the master in place (as SIGUSR2) to the binary now at its path, and wait until
+    /// every worker runs the new code: exit 0 when upgraded, 1 when refused or rolled back.
+    Upgrade,
 }
 
 /// Runs `prefork-ctl` with `args` (the program name first), writing what it prints to `out`
@@ -121,6 +127,7 @@ fn execute(cli: &Cli, out: &mut dyn Write) -> Result<bool, String> {
         Cmd::Replace { id } => (Command::Replace { id: id.clone() }, false),
         Cmd::Stop { fast } => (Command::Stop { fast: *fast }, false),
         Cmd::Metrics => (Command::Metrics, false),
+        Cmd::Upgrade => (Command::Upgrade, false),
     };
     let response = match cli.timeout {
         Some(secs) if secs.is_finite() && secs > 0.0 => control::request_timeout(
@@ -200,7 +207,30 @@ fn execute(cli: &Cli, out: &mut dyn Write) -> Result<bool, String> {
             print(out, &text)?;
             Ok(true)
         }
+        Response::Upgrade { upgrade } => {
+            print(out, &format!("upgrade: {}\n", upgrade_line(&upgrade)))?;
+            match upgrade.outcome {
+                UpgradeResult::Upgraded => Ok(true),
+                UpgradeResult::Refused => Err(format!(
+                    "upgrade refused: {}",
+                    upgrade.reason.as_deref().unwrap_or("no reason given")
+                )),
+                UpgradeResult::RolledBack => Err(format!(
+                    "upgrade rolled back: {}",
+                    upgrade.reason.as_deref().unwrap_or("no reason given")
+                )),
+            }
+        }
     }
+}
+
+fn upgrade_line(u: &UpgradeStatus) -> String {
+    let outcome = match u.outcome {
+        UpgradeResult::Upgraded => "upgraded",
+        UpgradeResult::Refused => "refused",
+        UpgradeResult::RolledBack => "rolled back",
+    };
+    format!("{outcome}; master pid {}, generation {}", u.pid, u.generation)
 }
 
 /// `3m12s`, `41s`, `850ms`.
@@ -275,6 +305,17 @@ fn table(s: &Status) -> String {
         c.reloads_incomplete,
         c.reloads_rejected
     );
+    if let Some(u) = &m.last_upgrade {
+        o.insert_str(
+            o.len() - 1,
+            &format!(
+                "last upgrade: {}, {} ago{}\n",
+                upgrade_line(u),
+                human(u.finished_at.age_at(now)),
+                u.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            ),
+        );
+    }
     let with_res = s.workers.iter().any(|w| w.resources.is_some());
     // Scoreboard columns only when a worker counts requests or beats.
     let with_reqs = s.workers.iter().any(|w| w.requests > 0 || w.in_flight > 0);

@@ -46,7 +46,9 @@ use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason};
 use crate::settings::Settings;
+use crate::upgrade::{BookState, ControlState};
 use crate::status::{
+    UpgradeResult, UpgradeStatus,
     AdaptiveStatus, Counters, FailedId, LastExit, ListenerStatus, MasterState, MasterStatus,
     ReloadResult, ReloadStatus, Resources, Status, Timestamp, WorkerState, WorkerStatus,
 };
@@ -76,6 +78,9 @@ struct Book {
     started_wall: SystemTime,
     last_reload: Option<ReloadStatus>,
     counters: Counters,
+    last_upgrade: Option<UpgradeStatus>,
+    /// When the upgrade under way started.
+    upgrade_started: Option<SystemTime>,
 }
 
 impl Book {
@@ -96,6 +101,8 @@ pub(super) enum Wait {
     Reload(u64),
     /// The replacement of this id's worker `old`.
     Replace { id: String, old: Pid },
+    /// The end of the upgrade under way.
+    Upgrade,
 }
 
 /// What the master does with a request.
@@ -109,12 +116,16 @@ enum Outcome {
 impl Control {
     /// Binds the control socket if the settings ask for one.
     pub fn new<C, W: WorkerContext>(settings: &Settings<C, W>) -> Result<Control> {
-        let socket = match &settings.control_socket {
-            Some(path) => Some(ControlSocket::bind(path)?),
-            None => None,
-        };
-        Ok(Control {
-            socket,
+        let mut c = Control::new_unbound(settings);
+        if let Some(path) = &settings.control_socket {
+            c.socket = Some(ControlSocket::bind(path)?);
+        }
+        Ok(c)
+    }
+
+    fn new_unbound<C, W: WorkerContext>(settings: &Settings<C, W>) -> Control {
+        Control {
+            socket: None,
             status_file: settings.status_file.clone(),
             written: Vec::new(),
             book: Book {
@@ -122,8 +133,151 @@ impl Control {
                 started_wall: SystemTime::now(),
                 last_reload: None,
                 counters: Counters::default(),
+                last_upgrade: None,
+                upgrade_started: None,
             },
-        })
+        }
+    }
+
+    /// The control socket (with the clients waiting for the upgrade) and the book, for an
+    /// upgrade's hand-over.
+    pub fn export(&self) -> (Option<ControlState>, BookState) {
+        let socket = self.socket.as_ref().map(|s| ControlState {
+            fd: s.listener.as_raw_fd(),
+            path: s.path.clone(),
+            ident: s.ident,
+            clients: s
+                .clients
+                .iter()
+                .filter(|c| matches!(c.phase, ClientPhase::Waiting(Wait::Upgrade)))
+                .map(|c| c.stream.as_raw_fd())
+                .collect(),
+        });
+        let unix_ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64)
+        };
+        let book = BookState {
+            started_unix_ms: unix_ms(self.book.started_wall),
+            uptime_ms: self.book.started.elapsed().as_millis() as u64,
+            counters: serde_json::to_value(&self.book.counters).unwrap_or_default(),
+            last_reload: serde_json::to_value(&self.book.last_reload).unwrap_or_default(),
+            last_upgrade: serde_json::to_value(&self.book.last_upgrade).unwrap_or_default(),
+            upgrade_started_unix_ms: self.book.upgrade_started.and_then(unix_ms),
+        };
+        (socket, book)
+    }
+
+    /// The control socket and the book an old master handed over. The socket is kept when
+    /// this image's settings name the same path (its clients waiting for the upgrade with
+    /// it); otherwise it is closed (and its file removed) and the settings' socket is bound.
+    pub fn adopt<C, W: WorkerContext>(
+        settings: &Settings<C, W>,
+        state: Option<&ControlState>,
+        book: &BookState,
+    ) -> Result<Control> {
+        let mut control = Control::new_unbound(settings);
+        let from_ms = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        if let Some(ms) = book.started_unix_ms {
+            control.book.started_wall = from_ms(ms);
+        }
+        control.book.started = Instant::now()
+            .checked_sub(Duration::from_millis(book.uptime_ms))
+            .unwrap_or_else(Instant::now);
+        control.book.counters = serde_json::from_value(book.counters.clone()).unwrap_or_default();
+        control.book.last_reload = serde_json::from_value(book.last_reload.clone()).unwrap_or(None);
+        control.book.last_upgrade =
+            serde_json::from_value(book.last_upgrade.clone()).unwrap_or(None);
+        control.book.upgrade_started = book.upgrade_started_unix_ms.map(from_ms);
+        let mut kept = None;
+        if let Some(st) = state {
+            let fds = std::iter::once(st.fd).chain(st.clients.iter().copied());
+            let open: Vec<bool> = fds.map(|fd| crate::sys::set_cloexec_raw(fd).is_ok()).collect();
+            // Each number was checked open and handed over for this image only: one owner.
+            let listener = open[0].then(|| UnixListener::from(crate::sys::own_inherited(st.fd)));
+            let clients: Vec<UnixStream> = st
+                .clients
+                .iter()
+                .zip(&open[1..])
+                .filter(|(_, ok)| **ok)
+                .map(|(&fd, _)| UnixStream::from(crate::sys::own_inherited(fd)))
+                .collect();
+            match (listener, &settings.control_socket) {
+                (Some(listener), Some(path)) if *path == st.path => {
+                    kept = Some(ControlSocket::adopt(listener, st, clients)?);
+                }
+                (listener, _) => {
+                    drop(listener);
+                    if std::fs::symlink_metadata(&st.path)
+                        .is_ok_and(|m| Some((m.dev(), m.ino())) == st.ident)
+                    {
+                        let _ = std::fs::remove_file(&st.path);
+                    }
+                    for c in clients {
+                        let mut c = c;
+                        let _ = std::io::Write::write_all(
+                            &mut c,
+                            b"{\"result\":\"error\",\"error\":\"the new master has no control socket at this path\"}\n",
+                        );
+                    }
+                }
+            }
+        }
+        control.socket = match (kept, &settings.control_socket) {
+            (Some(s), _) => Some(s),
+            (None, Some(path)) => Some(ControlSocket::bind(path)?),
+            (None, None) => None,
+        };
+        Ok(control)
+    }
+
+    /// An upgrade began: remembered for its status.
+    pub fn upgrade_started(&mut self) {
+        self.book.upgrade_started = Some(SystemTime::now());
+    }
+
+    /// An upgrade ended: remembered, counted, and told to the clients waiting for it.
+    pub fn upgrade_ended(
+        &mut self,
+        outcome: UpgradeResult,
+        reason: Option<String>,
+        generation: u64,
+        now: Instant,
+    ) {
+        let started = self.book.upgrade_started.take().unwrap_or_else(SystemTime::now);
+        let status = UpgradeStatus {
+            outcome,
+            reason,
+            started_at: Timestamp::from(started),
+            finished_at: self.book.wall(now),
+            generation,
+            pid: std::process::id() as i32,
+        };
+        match outcome {
+            UpgradeResult::Upgraded => self.book.counters.upgrades_ok += 1,
+            UpgradeResult::Refused | UpgradeResult::RolledBack => {
+                self.book.counters.upgrades_failed += 1
+            }
+        }
+        self.book.last_upgrade = Some(status.clone());
+        if let Some(s) = &mut self.socket {
+            let waiting: Vec<u64> = s
+                .clients
+                .iter()
+                .filter(|c| matches!(c.phase, ClientPhase::Waiting(Wait::Upgrade)))
+                .map(|c| c.id)
+                .collect();
+            for id in waiting {
+                s.respond(
+                    id,
+                    &Response::Upgrade {
+                        upgrade: status.clone(),
+                    },
+                    now,
+                );
+            }
+        }
     }
 
     /// Adds the fds to poll: the listener, then each client.
@@ -348,6 +502,19 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             Command::Metrics => Outcome::Reply(Response::Metrics {
                 text: self.status(false, true).to_prometheus(),
             }),
+            Command::Upgrade => {
+                tracing::info!(client, "upgrade requested on the control socket");
+                match self.begin_upgrade() {
+                    Ok(()) => Outcome::Wait(Wait::Upgrade),
+                    Err(why) => {
+                        tracing::warn!("upgrade refused: {why}");
+                        Outcome::Reply(error(&format!("upgrade refused: {why}")))
+                    }
+                }
+            }
+            Command::Reload if self.upgrade_checking() => Outcome::Reply(error(
+                "an upgrade of the master is being checked; reload once it has ended",
+            )),
             Command::Reload => {
                 tracing::info!(client, "reload requested on the control socket");
                 match self.reload() {
@@ -612,6 +779,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 ready,
                 last_reload: book.last_reload.clone(),
                 counters,
+                last_upgrade: book.last_upgrade.clone(),
             },
             workers,
             listeners: listeners(),
@@ -756,6 +924,38 @@ impl ClientPhase {
 }
 
 impl ControlSocket {
+    /// The socket an old master handed over, with the clients waiting for the upgrade.
+    fn adopt(
+        listener: UnixListener,
+        st: &ControlState,
+        clients: Vec<UnixStream>,
+    ) -> Result<ControlSocket> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::sys("cannot make the control socket non-blocking", e))?;
+        let mut s = ControlSocket {
+            listener,
+            path: st.path.clone(),
+            ident: st.ident,
+            uid: crate::sys::effective_uid(),
+            clients: Vec::new(),
+            next_id: 0,
+            accept_paused_until: None,
+        };
+        for stream in clients {
+            s.next_id += 1;
+            s.clients.push(Client {
+                id: s.next_id,
+                stream,
+                phase: ClientPhase::Waiting(Wait::Upgrade),
+                done: false,
+            });
+        }
+        tracing::info!(path = %st.path.display(), waiting = s.clients.len(),
+            "kept the old master's control socket");
+        Ok(s)
+    }
+
     fn bind(path: &Path) -> Result<ControlSocket> {
         let listen_err = |source| Error::Listen {
             addr: path.display().to_string(),

@@ -41,6 +41,7 @@ mod control;
 mod pool;
 mod service;
 mod signals;
+mod upgrade;
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
@@ -155,6 +156,12 @@ struct Master<C, W: WorkerContext> {
     systemd: Link,
     /// The control socket and the status file (see [`control`]).
     control: control::Control,
+    /// An upgrade in place under way (see [`crate::upgrade`]).
+    upgrade: upgrade::UpgradePhase,
+    /// Upgrades in place this master made (the same pid throughout).
+    upgrades: u64,
+    /// A `SIGHUP` that arrived while an upgrade was being checked: acted on after it.
+    hup_deferred: bool,
 }
 
 /// What a reload request led to.
@@ -171,43 +178,94 @@ enum ReloadStart<Id> {
 /// call it yourself only to wrap it.
 pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) -> Result<()> {
     let _ = crate::launch::launch();
+    // An upgrade in place: this image was exec'd by the old one, whose state it adopts.
+    let handover = crate::upgrade::take_handover();
     settings.check_scoreboard()?;
     signals::check_forwards(&settings.forwards)?;
     let forwarded: Vec<Signal> = settings.forwards.iter().map(|&(from, _)| from).collect();
+    let fork = settings.fork.take();
+    let (pieces, adopted) = match &handover {
+        None => (fresh_pieces(&settings)?, None),
+        Some(h) => match upgrade::adopt(&mut settings, h) {
+            Ok(mut p) => {
+                let adopted = p.adopted.take();
+                (p, Some(adopted))
+            }
+            Err(why) if h.rolled_back.is_none() => {
+                tracing::error!("upgrade: the new binary cannot adopt the state ({why}); \
+                    rolling back to the old binary");
+                return Err(crate::upgrade::exec_rollback(h, &why));
+            }
+            Err(why) => {
+                return Err(Error::InvalidSetting(format!(
+                    "the old binary, back after a failed upgrade, cannot adopt its own state \
+                     either: {why}"
+                )));
+            }
+        },
+    };
+    drop(handover);
+    // Handlers first, then the mask emptied: signals that waited across an upgrade's exec are
+    // delivered to the handlers.
     let signals = MasterSignals::install(&forwarded)?;
     crate::systemd::prepare_master(settings.child_subreaper);
-    let readiness = ReadinessSocket::new()?;
-    let control = control::Control::new(&settings)?;
-    let board = match settings.scoreboard {
-        true => Some(Board::new(settings.pool.health.beat_interval())?),
-        false => None,
-    };
-    let fork = settings.fork.take();
-    let pool = Pool::new(settings.pool_config());
     let settings_systemd = settings.systemd;
     let mut m = Master {
         settings,
         fork,
-        config: None,
-        desired: WorkerSet::new(),
-        pool,
-        unmanaged: BTreeSet::new(),
+        config: pieces.config,
+        desired: pieces.desired,
+        pool: pieces.pool,
+        unmanaged: pieces.unmanaged,
         phase: Phase::Running,
         signals,
-        readiness,
+        readiness: pieces.readiness,
         holders: Holders::default(),
-        board,
+        board: pieces.board,
         systemd: Link::new(settings_systemd, Instant::now()),
-        control,
+        control: pieces.control,
+        upgrade: upgrade::UpgradePhase::Idle,
+        upgrades: pieces.upgrades,
+        hup_deferred: false,
     };
     m.reap_all();
-    let r = m.start().and_then(|()| {
+    let started = match adopted.flatten() {
+        Some(adopted) => {
+            m.after_adoption(adopted);
+            Ok(())
+        }
+        None => m.start(),
+    };
+    let r = started.and_then(|()| {
         m.dispatch_events();
         m.control_after_turn();
         m.run()
     });
     crate::fd::unlink_bound_unix_paths();
     r
+}
+
+/// A master's own pieces, made new (not adopted from an upgrade).
+fn fresh_pieces<C: 'static, W: WorkerContext>(
+    settings: &Settings<C, W>,
+) -> Result<upgrade::Pieces<C, W>> {
+    let readiness = ReadinessSocket::new()?;
+    let control = control::Control::new(settings)?;
+    let board = match settings.scoreboard {
+        true => Some(Board::new(settings.pool.health.beat_interval())?),
+        false => None,
+    };
+    Ok(upgrade::Pieces {
+        pool: Pool::new(settings.pool_config()),
+        readiness,
+        board,
+        control,
+        unmanaged: BTreeSet::new(),
+        config: None,
+        desired: WorkerSet::new(),
+        upgrades: 0,
+        adopted: None,
+    })
 }
 
 /// The spawner the hooks get (fields borrowed apart from the hooks themselves).
@@ -381,6 +439,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                             took_ms = report.took.as_millis() as u64, "reload finished");
                         self.control.reload_finished(&report, Instant::now());
                         (self.settings.on_reload_finished)(&report);
+                        self.upgrade_settled(report.generation);
                     }
                 }
             }
@@ -401,6 +460,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             phase,
             self.systemd.next_deadline(),
             self.control.next_deadline(),
+            self.upgrade_deadline(),
         ];
         for t in sources.into_iter().flatten() {
             d = Some(d.map_or(t, |x| x.min(t)));
@@ -417,6 +477,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         if got(Signal::SIGCHLD) {
             self.reap_all();
         }
+        if got(Signal::SIGTERM) || got(Signal::SIGINT) {
+            self.cancel_upgrade_check();
+        }
         if got(Signal::SIGTERM) {
             self.stop(Signal::SIGTERM);
         }
@@ -430,7 +493,18 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
         }
         if got(Signal::SIGHUP) {
-            self.reload();
+            if self.upgrade_checking() {
+                tracing::info!("SIGHUP during the upgrade's check: acted on after it");
+                self.hup_deferred = true;
+            } else {
+                self.reload();
+            }
+        }
+        if got(Signal::SIGUSR2) && !self.settings.forwards.iter().any(|&(f, _)| f == Signal::SIGUSR2) {
+            tracing::info!("SIGUSR2: upgrading the master in place");
+            if let Err(why) = self.begin_upgrade() {
+                tracing::warn!("upgrade refused: {why}");
+            }
         }
         for (sig, by) in [(Signal::SIGTTIN, 1), (Signal::SIGTTOU, -1)] {
             if got(sig) {
@@ -463,6 +537,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
         }
         let now = Instant::now();
+        self.upgrade_tick(now);
         self.drive(|pool, ops| pool.tick(now, ops));
         if let Some(memory) = self.pool.health_scan_due(now) {
             self.observe(None, memory);
@@ -508,6 +583,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                     break;
                 }
             };
+            if self.upgrade_reaped(pid, how) {
+                continue;
+            }
             reaped += 1;
             tracing::debug!(%pid, status = %how, "child reaped");
             if let Some(b) = &self.board {

@@ -1756,5 +1756,6 @@ fn backoff(cfg: &PoolConfig, failures: u32) -> Duration {
         .min(cfg.backoff_max)
 }
 
+mod handover;
 #[cfg(test)]
 mod tests;

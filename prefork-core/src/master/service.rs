@@ -68,6 +68,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
     }
 
+    /// In a master exec'd by an upgrade: it is reloading (the old image said so).
+    pub(super) fn systemd_resume_reloading(&mut self) {
+        self.systemd.resume_reloading();
+    }
+
     /// `SIGTERM`/`SIGINT`, before anything else: `STOPPING=1`.
     pub(super) fn notify_stopping(&mut self) {
         if self.systemd.active() {

@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::process::Signal;
 
 /// The signals with a meaning of their own.
-const MEANINGFUL: [Signal; 7] = [
+const MEANINGFUL: [Signal; 8] = [
     Signal::SIGHUP,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -47,12 +47,12 @@ const MEANINGFUL: [Signal; 7] = [
     Signal::SIGCHLD,
     Signal::SIGTTIN,
     Signal::SIGTTOU,
+    Signal::SIGUSR2,
 ];
 
 /// Signals whose default action would end the master, and that it logs and ignores.
-const STRAY: [Signal; 11] = [
+const STRAY: [Signal; 10] = [
     Signal::SIGUSR1,
-    Signal::SIGUSR2,
     Signal::SIGALRM,
     Signal::SIGVTALRM,
     Signal::SIGPROF,
@@ -74,7 +74,6 @@ impl MasterSignals {
     /// Clears what the master inherited (mask, ignores) and installs its handlers, for its own
     /// signals and for `forwarded` ones.
     pub fn install(forwarded: &[Signal]) -> Result<Self> {
-        crate::sys::unblock_all_signals().map_err(Error::Signal)?;
         crate::sys::reset_inherited_ignores(&[libc::SIGPIPE]);
         crate::sys::ignore_sigpipe();
         let (read, write) = UnixStream::pair().map_err(Error::Signal)?;
@@ -89,6 +88,9 @@ impl MasterSignals {
             .chain(realtime);
         let delivery =
             SignalDelivery::with_pipe(read, write, SignalOnly, all).map_err(Error::Signal)?;
+        // Only now, with every handler in place: a signal that was pending (blocked by the
+        // parent, or across an upgrade's exec) reaches a handler, never a default action.
+        crate::sys::unblock_all_signals().map_err(Error::Signal)?;
         Ok(MasterSignals { delivery })
     }
 

@@ -154,6 +154,12 @@ pub(crate) fn init() {
     }
 }
 
+/// Every fd number the service manager passed (adopted or not): an upgrade in place keeps them
+/// open, and the new image finds them again through `LISTEN_FDS` (same pid).
+pub(crate) fn passed_fds() -> Vec<RawFd> {
+    passed().iter().map(|p| p.fd).collect()
+}
+
 /// The names of the fds the service manager passed to this process, in fd order (adopted or
 /// not). Empty when it is not socket-activated.
 pub fn passed_names() -> Vec<String> {

@@ -190,6 +190,14 @@ impl Link {
         self.enter(State::Reloading, &["RELOADING=1", &mono], summary, now);
     }
 
+    /// In a master exec'd by an upgrade: the old image said `RELOADING=1`; this one says
+    /// `READY=1` when its roll settles.
+    pub fn resume_reloading(&mut self) {
+        if self.active() {
+            self.state = State::Reloading;
+        }
+    }
+
     /// A reload that has no pool to settle (hook-only settings) or a start with nothing to
     /// wait for: `READY=1` now.
     pub fn ready_now(&mut self, summary: Summary, now: Instant) {

@@ -40,7 +40,7 @@
 //! a master needs: `sd-notify` cannot reach an abstract (`@name`) socket and needs another
 //! dependency to pass fds; `libsystemd` brings a second `nix` and a dozen crates.
 
-mod activation;
+pub(crate) mod activation;
 mod link;
 mod notify;
 

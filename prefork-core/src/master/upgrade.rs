@@ -1,0 +1,436 @@
+//! The master's side of an upgrade in place (see [`crate::upgrade`] for the whole story):
+//! the check child, the hand-over and the exec in the old image; the adoption, the roll and
+//! the rollback in the new one.
+//!
+//! The loop is never blocked: the check is a child like any other, reaped by the loop's
+//! `waitpid`, with a deadline in the loop's timeout; its answer is read once it has exited.
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::process::{ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use std::collections::BTreeSet;
+
+use super::control::Control;
+use super::pool::Pool;
+use super::{Master, Phase, later, send_signal};
+use crate::context::{WorkerContext, WorkerSet};
+use crate::readiness::ReadinessSocket;
+use crate::scoreboard::Board;
+use crate::settings::Settings;
+use crate::upgrade::Handover;
+use crate::process::{ChildExit, Pid, Signal};
+use crate::status::UpgradeResult;
+use crate::upgrade::{self as handover, State};
+
+/// Where an upgrade stands.
+#[derive(Debug, Default)]
+pub(super) enum UpgradePhase {
+    #[default]
+    Idle,
+    /// The check child runs.
+    Checking {
+        pid: Pid,
+        out: ChildStdout,
+        deadline: Instant,
+        /// Killed at its deadline: why the upgrade is refused once it is reaped.
+        timed_out: bool,
+    },
+    /// In the new image: the roll of generation `generation` replaces the old code's workers;
+    /// the upgrade ends when it settles.
+    Rolling { generation: u64 },
+}
+
+impl<C: 'static, W: WorkerContext> Master<C, W> {
+    /// `SIGUSR2` or `prefork-ctl upgrade`: starts the check of the binary at the program path.
+    /// `Err` says why an upgrade cannot start now (nothing changed).
+    pub(super) fn begin_upgrade(&mut self) -> Result<(), String> {
+        if !matches!(self.phase, Phase::Running) {
+            return Err("the master is stopping".into());
+        }
+        match self.upgrade {
+            UpgradePhase::Idle => {}
+            _ => return Err("an upgrade is under way already".into()),
+        }
+        if let Some(g) = self.pool.settling_generation() {
+            return Err(format!(
+                "generation {g} has not settled yet (a start, reload or scale is under way); \
+                 try again once it has"
+            ));
+        }
+        let state = self.handover_state()?;
+        let bytes = state.to_bytes().map_err(|e| e.to_string())?;
+        let request = crate::sys::frozen_memfd(c"prefork-upgrade-check", &bytes)
+            .map_err(|e| format!("cannot write the check request: {e}"))?;
+        let l = crate::launch::launch();
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(&l.path)
+            .arg0(&l.argv0)
+            .args(&l.args)
+            .env(handover::CHECK_ENV, "1")
+            .stdin(Stdio::from(request))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", l.path.display()))?;
+        let pid = Pid::from_raw(child.id() as i32);
+        let Some(out) = child.stdout else {
+            send_signal(pid, Signal::SIGKILL);
+            return Err("no pipe to the check".into());
+        };
+        // The child is reaped by the loop's waitpid(-1), like every other child (the handle
+        // is dropped, which neither waits nor kills).
+        let now = Instant::now();
+        let deadline = later(now, self.settings.upgrade_check_timeout);
+        self.upgrade = UpgradePhase::Checking {
+            pid,
+            out,
+            deadline,
+            timed_out: false,
+        };
+        self.control.upgrade_started();
+        self.notify_reloading();
+        tracing::info!(path = %l.path.display(), check_pid = %pid,
+            "upgrade: checking the new binary");
+        Ok(())
+    }
+
+    /// Whether an upgrade is being checked (the old image still runs).
+    pub(super) fn upgrade_checking(&self) -> bool {
+        matches!(self.upgrade, UpgradePhase::Checking { .. })
+    }
+
+    /// The deadline of the check under way, for the loop's timeout.
+    pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
+        match self.upgrade {
+            UpgradePhase::Checking {
+                deadline,
+                timed_out: false,
+                ..
+            } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// After a wake-up: a check past its deadline is killed (and judged when reaped).
+    pub(super) fn upgrade_tick(&mut self, now: Instant) {
+        if let UpgradePhase::Checking {
+            pid,
+            deadline,
+            timed_out,
+            ..
+        } = &mut self.upgrade
+            && !*timed_out
+            && now >= *deadline
+        {
+            *timed_out = true;
+            send_signal(*pid, Signal::SIGKILL);
+        }
+    }
+
+    /// A stop signal during the check: the check is called off (the stop goes on at once).
+    pub(super) fn cancel_upgrade_check(&mut self) {
+        if let UpgradePhase::Checking { pid, .. } = self.upgrade {
+            send_signal(pid, Signal::SIGKILL);
+            self.upgrade = UpgradePhase::Idle;
+            tracing::warn!("upgrade refused: the master is stopping");
+            self.control.upgrade_ended(
+                UpgradeResult::Refused,
+                Some("the master is stopping".into()),
+                self.pool.generation(),
+                Instant::now(),
+            );
+        }
+    }
+
+    /// `pid` was reaped: if it is the check, judges it, and hands over if it passed. Returns
+    /// whether it was the check (or a check that was called off).
+    pub(super) fn upgrade_reaped(&mut self, pid: Pid, how: ChildExit) -> bool {
+        let UpgradePhase::Checking { pid: check, .. } = self.upgrade else {
+            return false;
+        };
+        if check != pid {
+            return false;
+        }
+        let UpgradePhase::Checking { out, timed_out, .. } = std::mem::take(&mut self.upgrade)
+        else {
+            return true;
+        };
+        let answer = read_answer(out);
+        let verdict = if timed_out {
+            Err(format!(
+                "the new binary did not pass its check within {} ms (killed)",
+                self.settings.upgrade_check_timeout.as_millis()
+            ))
+        } else if how != ChildExit::Exited(0) {
+            Err(format!("the new binary failed its check ({how})"))
+        } else if !answer.starts_with(handover::CHECK_ACK) {
+            Err(format!(
+                "the new binary exited 0 without acknowledging the check (is it a prefork \
+                 program of a version that upgrades?); it said {:?}",
+                answer.lines().next().unwrap_or("")
+            ))
+        } else {
+            tracing::info!(answer = answer.trim(), "upgrade: the new binary passed its check");
+            self.hand_over()
+        };
+        if let Err(why) = verdict {
+            self.refuse_upgrade(why);
+        }
+        true
+    }
+
+    fn refuse_upgrade(&mut self, why: String) {
+        tracing::warn!("upgrade refused: {why}; the master keeps its code, nothing changed");
+        self.upgrade = UpgradePhase::Idle;
+        if std::mem::take(&mut self.hup_deferred) {
+            tracing::info!("SIGHUP received during the upgrade's check: reloading now");
+            self.reload();
+        }
+        self.notify_ready_now();
+        self.control.upgrade_ended(
+            UpgradeResult::Refused,
+            Some(why),
+            self.pool.generation(),
+            Instant::now(),
+        );
+    }
+
+    /// Everything the new image needs.
+    fn handover_state(&self) -> Result<State, String> {
+        let listeners = crate::fd::export_listeners()?;
+        let (control, book) = self.control.export();
+        Ok(State {
+            version: handover::STATE_VERSION,
+            written_by: format!("prefork-core {}", env!("CARGO_PKG_VERSION")),
+            upgrades: self.upgrades,
+            pool: self.pool.export(Instant::now()),
+            unmanaged: self.unmanaged.iter().map(|p| p.as_raw()).collect(),
+            listeners,
+            readiness: self.readiness.raw_fds(),
+            board: self.board.as_ref().map(|b| b.export()),
+            control,
+            book,
+        })
+    }
+
+    /// Writes the state, keeps its fds open, blocks every signal and execs the new binary in
+    /// place. Returns only if that failed (everything is put back).
+    fn hand_over(&mut self) -> Result<(), String> {
+        let state = self.handover_state()?;
+        let bytes = state.to_bytes().map_err(|e| e.to_string())?;
+        let state_fd = crate::sys::frozen_memfd(c"prefork-upgrade-state", &bytes)
+            .map_err(|e| format!("cannot write the upgrade state: {e}"))?;
+        let old_exe = handover::open_own_exe()
+            .map_err(|e| format!("cannot open the running executable for a rollback: {e}"))?;
+        let mut fds: Vec<RawFd> = state.fds();
+        fds.extend([state_fd.as_raw_fd(), old_exe.as_raw_fd()]);
+        if let Err(e) = handover::set_inheritable(&fds, true) {
+            let _ = handover::set_inheritable(&fds, false);
+            return Err(format!("cannot keep the master's fds open across the exec: {e}"));
+        }
+        tracing::info!(
+            workers = self.pool.pids().len(),
+            state_bytes = bytes.len(),
+            generation = self.pool.generation(),
+            "upgrade: handing over to the new binary (exec in place)"
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // From here until the new image installed its handlers, every signal waits (the mask
+        // and the pending set survive execve): none is lost, and none can kill the master with
+        // its default action.
+        let old_mask = crate::sys::block_all_signals();
+        if self.hup_deferred {
+            // Pending (blocked) across the exec: the new image reloads once it runs.
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP);
+        }
+        let e = handover::exec_new(state_fd.as_fd(), old_exe.as_fd());
+        if let Ok(mask) = &old_mask {
+            crate::sys::restore_signal_mask(mask);
+        }
+        let _ = handover::set_inheritable(&fds, false);
+        drop((state_fd, old_exe));
+        // A SIGHUP raised for the new image is delivered now, to this one: hup_deferred is
+        // cleared so that it is not acted on twice.
+        self.hup_deferred = false;
+        Err(e.report().to_string())
+    }
+
+    /// In the new image, once the loop may run: the roll of every worker, or (back after a
+    /// rollback) the report of the failed upgrade.
+    pub(super) fn after_adoption(&mut self, adopted: Adopted) {
+        let workers = self.pool.pids().len();
+        if let Some(why) = adopted.rolled_back {
+            tracing::warn!(
+                "upgrade rolled back: the new binary could not adopt the state ({why}); \
+                 the old code runs on, {workers} worker(s) kept"
+            );
+            self.notify_ready_now();
+            self.control.upgrade_ended(
+                UpgradeResult::RolledBack,
+                Some(why),
+                self.pool.generation(),
+                Instant::now(),
+            );
+            return;
+        }
+        self.upgrades += 1;
+        tracing::info!(
+            pid = std::process::id(),
+            workers,
+            from = adopted.written_by,
+            upgrades = self.upgrades,
+            "master upgraded in place"
+        );
+        self.systemd_resume_reloading();
+        if self.fork.is_some() {
+            let set = self.desired.clone();
+            self.drive(|pool, ops| pool.reload(set.into_map(), Instant::now(), ops));
+            tracing::info!(
+                generation = self.pool.generation(),
+                "upgrade: replacing every worker with the new code"
+            );
+        } else {
+            self.pool.advance_generation();
+        }
+        self.call_update_server();
+        match self.pool.settling_generation() {
+            Some(generation) if self.fork.is_some() => {
+                self.upgrade = UpgradePhase::Rolling { generation }
+            }
+            _ => self.finish_upgrade(),
+        }
+    }
+
+    /// In the new image: a generation settled; the upgrade ends if it was its roll.
+    pub(super) fn upgrade_settled(&mut self, generation: u64) {
+        if let UpgradePhase::Rolling { generation: g } = self.upgrade
+            && generation >= g
+        {
+            self.finish_upgrade();
+        }
+    }
+
+    fn finish_upgrade(&mut self) {
+        self.upgrade = UpgradePhase::Idle;
+        let closed = crate::fd::close_unclaimed_inherited();
+        if self.fork.is_none() {
+            self.notify_ready_now();
+        }
+        tracing::info!(
+            generation = self.pool.generation(),
+            closed_unused_sockets = closed,
+            "upgrade finished: every worker runs the new code"
+        );
+        self.control.upgrade_ended(
+            UpgradeResult::Upgraded,
+            None,
+            self.pool.generation(),
+            Instant::now(),
+        );
+    }
+}
+
+/// What the check child printed (it has exited: the pipe holds all of it, or a grandchild
+/// keeps it open and what is there is read without waiting).
+fn read_answer(out: ChildStdout) -> String {
+    let fd = OwnedFd::from(out);
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut buf = [0u8; 512];
+    let mut file = std::fs::File::from(fd);
+    let n = file.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// What the new image learnt from the hand-over, for after its loop's set-up.
+pub(super) struct Adopted {
+    /// Back in the old image after a failed upgrade: why it failed.
+    pub rolled_back: Option<String>,
+    /// Who wrote the state.
+    pub written_by: String,
+}
+
+/// Everything [`adopt`] rebuilt.
+pub(super) struct Pieces<C, W: WorkerContext> {
+    pub pool: Pool<W>,
+    pub readiness: ReadinessSocket,
+    pub board: Option<Board>,
+    pub control: Control,
+    pub unmanaged: BTreeSet<Pid>,
+    pub config: Option<C>,
+    pub desired: WorkerSet<W>,
+    pub upgrades: u64,
+    /// Set when adopted from an upgrade's hand-over.
+    pub adopted: Option<Adopted>,
+}
+
+/// In the new image, before the handlers are installed (the signals are still blocked, and a
+/// rollback exec keeps them so): the pool, the sockets and the book from the hand-over, and
+/// the configuration from this image's `update`. `Err` is a reason to roll back.
+pub(super) fn adopt<C: 'static, W: WorkerContext>(
+    settings: &mut Settings<C, W>,
+    h: &Handover,
+) -> Result<Pieces<C, W>, String> {
+    let state = h.state.as_ref().map_err(Clone::clone)?;
+    let now = Instant::now();
+    // Before `update` runs: it (or `fork`) may bind the sockets it had, and gets them back.
+    crate::fd::adopt_inherited(&state.listeners);
+    let mut set = WorkerSet::new();
+    let scale = state
+        .pool
+        .scale
+        .or(settings.pool_config().scale.map(|s| s.current));
+    set.set_scale(scale);
+    let config = super::call_update(&mut settings.update_config, &mut set);
+    if config.is_none() && h.rolled_back.is_none() {
+        return Err("the new code's update returned no configuration".into());
+    }
+    let desired = set.clone().into_map();
+    let pool = Pool::adopt(settings.pool_config(), &state.pool, &desired, now)?;
+    let unmanaged = state
+        .unmanaged
+        .iter()
+        .filter(|&&p| p > 0)
+        .map(|&p| Pid::from_raw(p))
+        .collect();
+    // The fds last: a failure before this point leaves every one open for a rollback.
+    let readiness = ReadinessSocket::adopt(state.readiness).map_err(|e| e.report().to_string())?;
+    let board = match (&state.board, settings.scoreboard) {
+        (Some(b), true) => Some(
+            Board::adopt(b, settings.pool.health.beat_interval())
+                .map_err(|e| e.report().to_string())?,
+        ),
+        (None, true) => Some(
+            Board::new(settings.pool.health.beat_interval()).map_err(|e| e.report().to_string())?,
+        ),
+        (Some(b), false) => {
+            if crate::sys::set_cloexec_raw(b.fd).is_ok() {
+                // Open, handed over for this image only, and not wanted by its settings.
+                drop(crate::sys::own_inherited(b.fd));
+            }
+            None
+        }
+        (None, false) => None,
+    };
+    let control = Control::adopt(settings, state.control.as_ref(), &state.book)
+        .map_err(|e| e.report().to_string())?;
+    Ok(Pieces {
+        pool,
+        readiness,
+        board,
+        control,
+        unmanaged,
+        config,
+        desired: set,
+        upgrades: state.upgrades,
+        adopted: Some(Adopted {
+            rolled_back: h.rolled_back.clone(),
+            written_by: state.written_by.clone(),
+        }),
+    })
+}
