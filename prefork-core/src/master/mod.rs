@@ -192,8 +192,10 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
                 (p, Some(adopted))
             }
             Err(why) if h.rolled_back.is_none() => {
-                tracing::error!("upgrade: the new binary cannot adopt the state ({why}); \
-                    rolling back to the old binary");
+                tracing::error!(
+                    "upgrade: the new binary cannot adopt the state ({why}); \
+                    rolling back to the old binary"
+                );
                 return Err(crate::upgrade::exec_rollback(h, &why));
             }
             Err(why) => {
@@ -500,7 +502,13 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 self.reload();
             }
         }
-        if got(Signal::SIGUSR2) && !self.settings.forwards.iter().any(|&(f, _)| f == Signal::SIGUSR2) {
+        if got(Signal::SIGUSR2)
+            && !self
+                .settings
+                .forwards
+                .iter()
+                .any(|&(f, _)| f == Signal::SIGUSR2)
+        {
             tracing::info!("SIGUSR2: upgrading the master in place");
             if let Err(why) = self.begin_upgrade() {
                 tracing::warn!("upgrade refused: {why}");
