@@ -952,6 +952,59 @@ fn a_new_image_that_cannot_adopt_rolls_back_to_the_old_one() {
 }
 
 #[test]
+fn after_a_rollback_the_next_upgrade_keeps_the_listening_socket() {
+    // The program path goes through a symlinked directory, `bin -> a`: the test hook names the
+    // file in `a`, so an upgrade fails to adopt while `bin` points there and goes through once
+    // `bin` points to `b`.
+    let dir = TempDir::new("upgrade-after-rollback");
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    std::fs::create_dir(root.join("a")).unwrap();
+    std::fs::create_dir(root.join("b")).unwrap();
+    let first = fresh_copy(&root.join("a"), "first");
+    move_over(&first, &root.join("a/sample-warp-like"));
+    std::os::unix::fs::symlink("a", root.join("bin")).unwrap();
+    let hook = root.join("a/sample-warp-like").display().to_string();
+    let program = root.join("bin/sample-warp-like");
+    let mut cmd = Command::new(&program);
+    cmd.args(["-p", "0", "-w", &WORKERS.to_string(), "--threads", "1"])
+        .env("PREFORK_TEST_UPGRADE_FAIL_ADOPT", &hook);
+    let mut m = Master::start(cmd);
+    let _diag = Diagnose(m.stderr.clone());
+    let addr = listening_addr(&m.stderr);
+    let workers = m.wait_workers(WORKERS, "id");
+    for pid in workers.values() {
+        wait_serving(&m, *pid);
+    }
+    let master = m.pid();
+    let old = exe_id(master).unwrap();
+    let load = start_load(addr);
+
+    // 1. Rolled back.
+    let v1 = fresh_copy(&root.join("a"), "v1");
+    move_over(&v1, &root.join("a/sample-warp-like"));
+    m.signal(Signal::SIGUSR2);
+    m.stderr.wait_line(DEADLINE, |l| l.contains(ROLLED_BACK));
+    assert_eq!(exe_id(master), Some(old));
+    assert_same_workers(&m, &workers, "after the rollback");
+
+    // 2. A good binary at the program path (`bin -> b`, switched atomically): the upgrade goes
+    //    through, and its new workers serve on the same socket.
+    let good = fresh_copy(&root.join("b"), "sample-warp-like");
+    std::os::unix::fs::symlink("b", root.join("bin.next")).unwrap();
+    std::fs::rename(root.join("bin.next"), root.join("bin")).unwrap();
+    m.signal(Signal::SIGUSR2);
+    let new = upgraded(&m, 1, &workers);
+    assert_eq!(exe_id(master), Some(file_id(&good)), "{}", exe_link(master));
+    assert_same_listener(&m, addr);
+    let report = finish_load(load, 2000);
+    assert_no_failure(&report);
+    assert_eq!(new.len(), WORKERS);
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.wait_exit(DEADLINE), 0);
+    drop(dir);
+}
+
+#[test]
 fn systemd_hears_reloading_then_ready_around_an_upgrade_from_the_same_pid() {
     let ns = NotifySocket::bind_path();
     let dir = TempDir::new("upgrade-notify");
