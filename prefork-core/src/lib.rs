@@ -94,7 +94,8 @@
 //! * **Fork, then exec, always.** A worker is a new execution of the program the master was
 //!   started from (`argv[0]`, made absolute at start), never a bare `fork` of the master: the
 //!   master may have threads, and a fresh image is what makes a code upgrade by `SIGHUP` work.
-//!   The master itself keeps running its old code.
+//!   The master itself keeps running its old code until it is upgraded in place (`SIGUSR2`,
+//!   below).
 //! * **The context travels on standard input**, as one JSON header line and the encoded
 //!   context; the marker variable `PREFORK_WORKER=master:<pid>` says "you are a worker" and is
 //!   removed before user code runs (see [`protocol`]).
@@ -132,19 +133,48 @@
 //! | `CHLD` | reaps every exited child, respawns what is desired |
 //! | a second `TERM`/`INT` | `SIGKILL` to every worker at once |
 //! | `TTIN`, `TTOU` | scale up or down by one, with [`Settings::scale`] (see below); logged and ignored without it |
-//! | `USR1`, `USR2`, `ALRM`, real-time, … | logged and ignored: never fatal (see the master's `signals` module) |
+//! | `USR2` | upgrades the master in place (below); unless [`Settings::forward_signal`] forwards it |
+//! | `USR1`, `ALRM`, real-time, … | logged and ignored: never fatal (see the master's `signals` module) |
 //! | one named by [`Settings::forward_signal`] | passed on to every live worker |
 //!
 //! # Seeing and steering a running master
 //!
 //! [`Settings::control_socket`] makes the master listen on a Unix socket (owner-only) for
 //! `status`, `reload` (answered when the reload finished, with its outcome), `scale`, `replace`,
-//! `stop` and `metrics` (Prometheus text); [`control`] has the protocol and a client, and the
+//! `stop`, `upgrade` and `metrics` (Prometheus text); [`control`] has the protocol and a client, and the
 //! `prefork-ctl` program is that client on a command line. Every answer is a view of one status
 //! model, [`status::Status`], which [`Settings::status_file`] also writes to a file whenever it
 //! changes. [`Settings::scale`] makes the number of workers a runtime input of `update`
 //! ([`WorkerSet::scale`]): `TTIN`/`TTOU` and `scale` change it, only the ids that join or leave
 //! start or stop, and a reload keeps it.
+//!
+//! # Upgrading the master in place
+//!
+//! `SIGHUP` deploys new code to the workers; `SIGUSR2` (or `prefork-ctl upgrade`, which
+//! answers when it has ended) deploys it to the master too, **with the same pid**, so a
+//! service manager never loses track of it and no connection is refused:
+//!
+//! 1. the binary now at the program path is run as a child in a check mode: it must reach
+//!    [`default_main`] and decode the master's state with its own context type within
+//!    [`Settings::upgrade_check_timeout`] (10 s), or the upgrade is refused and nothing
+//!    changes;
+//! 2. the master writes its state (workers, sockets, counters) to a sealed memfd, keeps exactly
+//!    the fds the new code needs open, blocks every signal, and execs the new binary in place;
+//! 3. the new image adopts the running workers (still its children, still serving), respawns
+//!    any that died during the exec, and replaces every worker, readiness-gated, as on
+//!    `SIGHUP`; the listening sockets are the same sockets ([`InheritedListener::bind_tcp`]
+//!    and [`bind_unix`](InheritedListener::bind_unix) return the handed-over socket of that
+//!    address);
+//! 4. if the new image cannot adopt the state (a context it cannot decode, no configuration
+//!    from `update`), it execs the old binary again, which takes its workers back.
+//!
+//! A signal sent meanwhile is not lost: `SIGHUP` during the check is acted on after the
+//! upgrade, `SIGTERM` calls the check off and stops. Under systemd (`Type=notify-reload`) the
+//! master says `RELOADING=1` when the upgrade starts and `READY=1` when it has ended, and
+//! `MAINPID` never changes. A context type may gain fields with `#[serde(default)]`; a field
+//! the old master's contexts lack without a default fails the check. A reuseport group cannot
+//! be handed over yet: the upgrade is refused (restart instead). The hand-over document has a
+//! version; a master reads its own version and older ones.
 //!
 //! # Features
 //!

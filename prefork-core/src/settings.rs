@@ -356,7 +356,7 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// a child with the hand-over state on its standard input: it must start (parse its
     /// command line, build its settings) and reach [`default_main`](crate::default_main),
     /// which decodes the state and exits 0. A slower or failing check refuses the upgrade and
-    /// the master keeps its code. See [`crate::upgrade`](crate#upgrading-the-master-in-place).
+    /// the master keeps its code. See [the crate docs](crate#upgrading-the-master-in-place).
     pub fn upgrade_check_timeout(mut self, d: Duration) -> Self {
         self.upgrade_check_timeout = d;
         self

@@ -597,6 +597,15 @@ impl Status {
         }
         head(
             &mut o,
+            "upgrades_total",
+            "counter",
+            "Upgrades of the master in place, by outcome (failed: refused or rolled back).",
+        );
+        for (label, n) in [("ok", c.upgrades_ok), ("failed", c.upgrades_failed)] {
+            let _ = writeln!(o, "prefork_upgrades_total{{outcome=\"{label}\"}} {n}");
+        }
+        head(
+            &mut o,
             "worker_exits_total",
             "counter",
             "Worker exits by reason.",

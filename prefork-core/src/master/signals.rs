@@ -14,7 +14,8 @@
 //! | `QUIT` | `on_quit` (haskell-prefork), the master keeps running |
 //! | `CHLD` | reap |
 //! | `TTIN`, `TTOU` | scale up or down by one (with [`Settings::scale`](crate::Settings::scale); without it, logged and ignored). Several of one kind that arrive before the master handles the first count once, as signals do |
-//! | `USR1`, `USR2`, `ALRM`, `VTALRM`, `PROF`, `IO`, `PWR`, `STKFLT`, `XCPU`, `XFSZ`, `ABRT`, real-time | logged and ignored: a stray `kill -USR1` copied from an nginx set-up must not take the service down (their default action would end the master, and every worker with it) |
+//! | `USR2` | upgrade the master in place (see [`crate::upgrade`]), unless a `forward_signal` names it |
+//! | `USR1`, `ALRM`, `VTALRM`, `PROF`, `IO`, `PWR`, `STKFLT`, `XCPU`, `XFSZ`, `ABRT`, real-time | logged and ignored: a stray `kill -USR1` copied from an nginx set-up must not take the service down (their default action would end the master, and every worker with it) |
 //! | `PIPE` | ignored (a write to a closed pipe returns `EPIPE`) |
 //! | a signal named by `Settings::forward_signal` | sent on to every live worker (as the signal the setting maps it to) |
 //!
@@ -25,8 +26,10 @@
 //!
 //! A parent may start the master with signals blocked or ignored (some runtimes and
 //! supervisors do). Blocked `CHLD`, `HUP` and `TERM` would mean a master that never reaps and
-//! never stops. So at start the master empties its signal mask and resets every inherited
-//! `SIG_IGN` to the default before installing its own handlers, as nginx and systemd do.
+//! never stops. So at start the master resets every inherited `SIG_IGN` to the default,
+//! installs its own handlers, and only then empties its signal mask, as nginx and systemd do.
+//! (In that order: a signal left pending by the parent, or across an upgrade's exec, reaches a
+//! handler, never a default action.)
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;

@@ -1341,3 +1341,4 @@ fn a_replacement_that_keeps_failing_is_given_up_and_the_old_worker_keeps_serving
     assert_eq!(p.spawns(), 4);
 }
 mod adaptive;
+mod handover;
