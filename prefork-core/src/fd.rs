@@ -687,15 +687,10 @@ pub(crate) fn export_listeners() -> std::result::Result<Vec<crate::upgrade::List
     for fd in master_listener_fds() {
         let sock = socket2::SockRef::from(&*fd);
         if sock.reuse_port().unwrap_or(false) {
-            return Err(
-                "a reuseport group cannot be handed over (restart the master instead)".into(),
-            );
+            return Err("a reuseport group cannot be handed over (restart the master instead)".into());
         }
         let local = sock.local_addr().ok();
-        let addr = local
-            .as_ref()
-            .and_then(|a| a.as_socket())
-            .map(|a| a.to_string());
+        let addr = local.as_ref().and_then(|a| a.as_socket()).map(|a| a.to_string());
         let path = local
             .as_ref()
             .and_then(|a| a.as_pathname())
@@ -767,7 +762,8 @@ fn claim_tcp(addrs: &[SocketAddr]) -> Option<InheritedListener> {
         let Some(got) = l.addr.as_deref().and_then(|s| s.parse::<SocketAddr>().ok()) else {
             return false;
         };
-        l.kind == ListenerKind::Tcp && (got == *a || (a.port() == 0 && got.ip() == a.ip()))
+        l.kind == ListenerKind::Tcp
+            && (got == *a || (a.port() == 0 && got.ip() == a.ip()))
     };
     let i = addrs
         .iter()

@@ -192,10 +192,8 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
                 (p, Some(adopted))
             }
             Err(why) if h.rolled_back.is_none() => {
-                tracing::error!(
-                    "upgrade: the new binary cannot adopt the state ({why}); \
-                    rolling back to the old binary"
-                );
+                tracing::error!("upgrade: the new binary cannot adopt the state ({why}); \
+                    rolling back to the old binary");
                 return Err(crate::upgrade::exec_rollback(h, &why));
             }
             Err(why) => {
@@ -502,13 +500,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 self.reload();
             }
         }
-        if got(Signal::SIGUSR2)
-            && !self
-                .settings
-                .forwards
-                .iter()
-                .any(|&(f, _)| f == Signal::SIGUSR2)
-        {
+        if got(Signal::SIGUSR2) && !self.settings.forwards.iter().any(|&(f, _)| f == Signal::SIGUSR2) {
             tracing::info!("SIGUSR2: upgrading the master in place");
             if let Err(why) = self.begin_upgrade() {
                 tracing::warn!("upgrade refused: {why}");
@@ -524,14 +516,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 }
             }
         }
-        // Stray signals, and forwarded ones (USR2 has a meaning unless it is forwarded).
-        let forwarded = |s: Signal| self.settings.forwards.iter().any(|&(f, _)| f == s);
-        let passing: Vec<Signal> = arrived
-            .iter()
-            .copied()
-            .filter(|&s| !signals::is_meaningful(s) || forwarded(s))
-            .collect();
-        for sig in passing {
+        for &sig in arrived.iter().filter(|s| !signals::is_meaningful(**s)) {
             match self
                 .settings
                 .forwards
