@@ -16,12 +16,12 @@ use super::control::Control;
 use super::pool::Pool;
 use super::{Master, Phase, later, send_signal};
 use crate::context::{WorkerContext, WorkerSet};
+use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::ReadinessSocket;
 use crate::scoreboard::Board;
 use crate::settings::Settings;
-use crate::upgrade::Handover;
-use crate::process::{ChildExit, Pid, Signal};
 use crate::status::UpgradeResult;
+use crate::upgrade::Handover;
 use crate::upgrade::{self as handover, State};
 
 /// Where an upgrade stands.
@@ -172,7 +172,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 answer.lines().next().unwrap_or("")
             ))
         } else {
-            tracing::info!(answer = answer.trim(), "upgrade: the new binary passed its check");
+            tracing::info!(
+                answer = answer.trim(),
+                "upgrade: the new binary passed its check"
+            );
             self.hand_over()
         };
         if let Err(why) = verdict {
@@ -228,7 +231,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         fds.extend([state_fd.as_raw_fd(), old_exe.as_raw_fd()]);
         if let Err(e) = handover::set_inheritable(&fds, true) {
             let _ = handover::set_inheritable(&fds, false);
-            return Err(format!("cannot keep the master's fds open across the exec: {e}"));
+            return Err(format!(
+                "cannot keep the master's fds open across the exec: {e}"
+            ));
         }
         tracing::info!(
             workers = self.pool.pids().len(),
