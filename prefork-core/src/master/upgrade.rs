@@ -403,27 +403,36 @@ pub(super) fn adopt<C: 'static, W: WorkerContext>(
         .filter(|&&p| p > 0)
         .map(|&p| Pid::from_raw(p))
         .collect();
-    // The fds last: a failure before this point leaves every one open for a rollback.
+    // The fds last: a failure before this point leaves every one open for a rollback. One
+    // after it leaks what was adopted already (never closes it), for the same reason.
     let readiness = ReadinessSocket::adopt(state.readiness).map_err(|e| e.report().to_string())?;
     let board = match (&state.board, settings.scoreboard) {
-        (Some(b), true) => Some(
-            Board::adopt(b, settings.pool.health.beat_interval())
-                .map_err(|e| e.report().to_string())?,
-        ),
-        (None, true) => Some(
-            Board::new(settings.pool.health.beat_interval()).map_err(|e| e.report().to_string())?,
-        ),
+        (Some(b), true) => Board::adopt(b, settings.pool.health.beat_interval()).map(Some),
+        (None, true) => Board::new(settings.pool.health.beat_interval()).map(Some),
         (Some(b), false) => {
             if crate::sys::set_cloexec_raw(b.fd).is_ok() {
                 // Open, handed over for this image only, and not wanted by its settings.
                 drop(crate::sys::own_inherited(b.fd));
             }
-            None
+            Ok(None)
         }
-        (None, false) => None,
+        (None, false) => Ok(None),
     };
-    let control = Control::adopt(settings, state.control.as_ref(), &state.book)
-        .map_err(|e| e.report().to_string())?;
+    let board = match board {
+        Ok(b) => b,
+        Err(e) => {
+            std::mem::forget(readiness);
+            return Err(e.report().to_string());
+        }
+    };
+    let control = match Control::adopt(settings, state.control.as_ref(), &state.book) {
+        Ok(c) => c,
+        Err(e) => {
+            std::mem::forget(readiness);
+            std::mem::forget(board);
+            return Err(e.report().to_string());
+        }
+    };
     Ok(Pieces {
         pool,
         readiness,
