@@ -616,6 +616,143 @@ impl<T: VisitFds> VisitFds for Vec<T> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Across an upgrade in place.
+
+/// The listening sockets to hand to the next image: every one this process made or adopted,
+/// and every socket the service manager passed. A reuseport group cannot be handed over yet:
+/// `Err` says so, and the upgrade is refused.
+pub(crate) fn export_listeners() -> std::result::Result<Vec<crate::upgrade::ListenerFd>, String> {
+    use crate::upgrade::ListenerFd;
+    let from_systemd = crate::systemd::activation::passed_fds();
+    let paths = bound_unix_paths().clone();
+    let mut out: Vec<ListenerFd> = Vec::new();
+    for fd in master_listener_fds() {
+        let sock = socket2::SockRef::from(&*fd);
+        if sock.reuse_port().unwrap_or(false) {
+            return Err(
+                "a reuseport group cannot be handed over (restart the master instead)".into(),
+            );
+        }
+        let local = sock.local_addr().ok();
+        let addr = local
+            .as_ref()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.to_string());
+        let path = local
+            .as_ref()
+            .and_then(|a| a.as_pathname())
+            .map(Path::to_path_buf);
+        let kind = if addr.is_some() {
+            ListenerKind::Tcp
+        } else {
+            ListenerKind::Unix
+        };
+        let path_ident = path.as_ref().and_then(|p| {
+            paths
+                .iter()
+                .find(|(q, _, _)| q == p)
+                .map(|&(_, dev, ino)| (dev, ino))
+        });
+        out.push(ListenerFd {
+            fd: fd.as_raw_fd(),
+            kind,
+            addr,
+            path,
+            path_ident,
+            from_systemd: from_systemd.contains(&fd.as_raw_fd()),
+        });
+    }
+    // Passed but not adopted (yet): kept open too, for the new code to adopt.
+    for fd in from_systemd {
+        if !out.iter().any(|l| l.fd == fd) {
+            out.push(ListenerFd {
+                fd,
+                kind: ListenerKind::Tcp,
+                addr: None,
+                path: None,
+                path_ident: None,
+                from_systemd: true,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Listening sockets an old image handed over, not yet claimed by this image's code. They
+/// are the master's listeners already (released at shutdown, shown by the status).
+static INHERITED: Mutex<Vec<(crate::upgrade::ListenerFd, InheritedListener)>> =
+    Mutex::new(Vec::new());
+
+fn inherited()
+-> std::sync::MutexGuard<'static, Vec<(crate::upgrade::ListenerFd, InheritedListener)>> {
+    INHERITED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// In the new image: the sockets the old one handed over, for [`InheritedListener::bind_tcp`]
+/// and [`InheritedListener::bind_unix`] to claim by address. Those the service manager passed
+/// come back through `LISTEN_FDS` instead.
+pub(crate) fn adopt_inherited(list: &[crate::upgrade::ListenerFd]) {
+    let mut table = inherited();
+    for l in list.iter().filter(|l| !l.from_systemd) {
+        // Close-on-exec again (workers get them only by dup2, as before); a number that is not
+        // open is left out.
+        if let Err(e) = crate::sys::set_cloexec_raw(l.fd) {
+            tracing::warn!(fd = l.fd, error = %e,
+                "a listening socket of the old master is not open; left out");
+            continue;
+        }
+        if let Some((dev, ino)) = l.path_ident
+            && let Some(path) = &l.path
+        {
+            bound_unix_paths().push((path.clone(), dev, ino));
+        }
+        // Checked open; the old image kept it open for this one, and the hand-over names each
+        // number once: this is its only owner.
+        let owned = crate::sys::own_inherited(l.fd);
+        table.push((l.clone(), InheritedListener::from_owned(l.kind, owned)));
+    }
+}
+
+/// Takes the handed-over TCP socket bound to one of `addrs` (for a port of 0, the first one
+/// on the same address: the old master's "any port" is the port it got).
+fn claim_tcp(addrs: &[SocketAddr]) -> Option<InheritedListener> {
+    let mut table = inherited();
+    let matches = |l: &crate::upgrade::ListenerFd, a: &SocketAddr| {
+        let Some(got) = l.addr.as_deref().and_then(|s| s.parse::<SocketAddr>().ok()) else {
+            return false;
+        };
+        l.kind == ListenerKind::Tcp && (got == *a || (a.port() == 0 && got.ip() == a.ip()))
+    };
+    let i = addrs
+        .iter()
+        .find_map(|a| table.iter().position(|(l, _)| matches(l, a)))?;
+    let (l, listener) = table.remove(i);
+    tracing::info!(fd = l.fd, addr = ?l.addr, "kept the old master's listening socket");
+    Some(listener)
+}
+
+/// Takes the handed-over Unix socket at `path`.
+fn claim_unix(path: &Path) -> Option<InheritedListener> {
+    let mut table = inherited();
+    let i = table
+        .iter()
+        .position(|(l, _)| l.kind == ListenerKind::Unix && l.path.as_deref() == Some(path))?;
+    let (l, listener) = table.remove(i);
+    tracing::info!(fd = l.fd, path = %path.display(), "kept the old master's listening socket");
+    Some(listener)
+}
+
+/// Closes the handed-over sockets this image's code did not claim; returns how many.
+pub(crate) fn close_unclaimed_inherited() -> usize {
+    let left = std::mem::take(&mut *inherited());
+    for (l, _) in &left {
+        tracing::info!(fd = l.fd, addr = ?l.addr, path = ?l.path,
+            "the new code did not use a listening socket of the old master; closed");
+    }
+    left.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,139 +808,4 @@ mod tests {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         assert!(check_listener(s.as_fd(), ListenerKind::Tcp).is_err());
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Across an upgrade in place.
-
-/// The listening sockets to hand to the next image: every one this process made or adopted,
-/// and every socket the service manager passed. A reuseport group cannot be handed over yet:
-/// `Err` says so, and the upgrade is refused.
-pub(crate) fn export_listeners() -> std::result::Result<Vec<crate::upgrade::ListenerFd>, String> {
-    use crate::upgrade::ListenerFd;
-    let from_systemd = crate::systemd::activation::passed_fds();
-    let paths = bound_unix_paths().clone();
-    let mut out: Vec<ListenerFd> = Vec::new();
-    for fd in master_listener_fds() {
-        let sock = socket2::SockRef::from(&*fd);
-        if sock.reuse_port().unwrap_or(false) {
-            return Err("a reuseport group cannot be handed over (restart the master instead)".into());
-        }
-        let local = sock.local_addr().ok();
-        let addr = local.as_ref().and_then(|a| a.as_socket()).map(|a| a.to_string());
-        let path = local
-            .as_ref()
-            .and_then(|a| a.as_pathname())
-            .map(Path::to_path_buf);
-        let kind = if addr.is_some() {
-            ListenerKind::Tcp
-        } else {
-            ListenerKind::Unix
-        };
-        let path_ident = path.as_ref().and_then(|p| {
-            paths
-                .iter()
-                .find(|(q, _, _)| q == p)
-                .map(|&(_, dev, ino)| (dev, ino))
-        });
-        out.push(ListenerFd {
-            fd: fd.as_raw_fd(),
-            kind,
-            addr,
-            path,
-            path_ident,
-            from_systemd: from_systemd.contains(&fd.as_raw_fd()),
-        });
-    }
-    // Passed but not adopted (yet): kept open too, for the new code to adopt.
-    for fd in from_systemd {
-        if !out.iter().any(|l| l.fd == fd) {
-            out.push(ListenerFd {
-                fd,
-                kind: ListenerKind::Tcp,
-                addr: None,
-                path: None,
-                path_ident: None,
-                from_systemd: true,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Listening sockets an old image handed over, not yet claimed by this image's code.
-static INHERITED: Mutex<Vec<crate::upgrade::ListenerFd>> = Mutex::new(Vec::new());
-
-fn inherited() -> std::sync::MutexGuard<'static, Vec<crate::upgrade::ListenerFd>> {
-    INHERITED.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// In the new image: the sockets the old one handed over, for [`InheritedListener::bind_tcp`]
-/// and [`InheritedListener::bind_unix`] to claim by address. Those the service manager passed
-/// come back through `LISTEN_FDS` instead.
-pub(crate) fn adopt_inherited(list: &[crate::upgrade::ListenerFd]) {
-    let mut table = inherited();
-    for l in list.iter().filter(|l| !l.from_systemd) {
-        // Close-on-exec again (workers get them only by dup2, as before); a number that is not
-        // open is left out.
-        match crate::sys::set_cloexec_raw(l.fd) {
-            Ok(()) => table.push(l.clone()),
-            Err(e) => tracing::warn!(fd = l.fd, error = %e,
-                "a listening socket of the old master is not open; left out"),
-        }
-    }
-}
-
-/// Takes the handed-over TCP socket bound to `a` (for a port of 0, the first one on the same
-/// address: the old master's "any port" is the port it got).
-fn claim_tcp(addrs: &[SocketAddr]) -> Option<InheritedListener> {
-    let mut table = inherited();
-    let matches = |l: &crate::upgrade::ListenerFd, a: &SocketAddr| {
-        let Some(got) = l.addr.as_deref().and_then(|s| s.parse::<SocketAddr>().ok()) else {
-            return false;
-        };
-        l.kind == ListenerKind::Tcp
-            && (got == *a || (a.port() == 0 && got.ip() == a.ip()))
-    };
-    let i = addrs
-        .iter()
-        .find_map(|a| table.iter().position(|l| matches(l, a)))?;
-    let l = table.remove(i);
-    tracing::info!(fd = l.fd, addr = ?l.addr, "kept the old master's listening socket");
-    // Handed over for this image, checked open, and removed from the table under its lock:
-    // this is its only owner.
-    Some(InheritedListener::from_owned(
-        ListenerKind::Tcp,
-        crate::sys::own_inherited(l.fd),
-    ))
-}
-
-/// Takes the handed-over Unix socket at `path`.
-fn claim_unix(path: &Path) -> Option<InheritedListener> {
-    let mut table = inherited();
-    let i = table
-        .iter()
-        .position(|l| l.kind == ListenerKind::Unix && l.path.as_deref() == Some(path))?;
-    let l = table.remove(i);
-    if let Some((dev, ino)) = l.path_ident {
-        bound_unix_paths().push((path.to_path_buf(), dev, ino));
-    }
-    tracing::info!(fd = l.fd, path = %path.display(), "kept the old master's listening socket");
-    // As in claim_tcp.
-    Some(InheritedListener::from_owned(
-        ListenerKind::Unix,
-        crate::sys::own_inherited(l.fd),
-    ))
-}
-
-/// Closes the handed-over sockets this image's code did not claim; returns how many.
-pub(crate) fn close_unclaimed_inherited() -> usize {
-    let left = std::mem::take(&mut *inherited());
-    for l in &left {
-        tracing::info!(fd = l.fd, addr = ?l.addr, path = ?l.path,
-            "the new code did not use a listening socket of the old master; closed");
-        // Unclaimed (taken out of the table under its lock): this is its only owner.
-        drop(crate::sys::own_inherited(l.fd));
-    }
-    left.len()
 }

@@ -86,8 +86,11 @@ impl ReadinessSocket {
         for fd in fds {
             crate::sys::set_cloexec_raw(fd)
                 .map_err(|e| Error::sys("the readiness socket of the old master is not open", e))?;
-            let ty = nix::sys::socket::getsockopt(&crate::sys::borrow_inherited(fd), sockopt::SockType)
-                .map_err(|e| Error::sys("the readiness socket of the old master is not a socket", e))?;
+            let ty =
+                nix::sys::socket::getsockopt(&crate::sys::borrow_inherited(fd), sockopt::SockType)
+                    .map_err(|e| {
+                        Error::sys("the readiness socket of the old master is not a socket", e)
+                    })?;
             if ty != SockType::Datagram {
                 return Err(Error::InvalidSetting(
                     "the readiness socket of the old master is not a datagram socket".into(),

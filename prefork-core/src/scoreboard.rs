@@ -147,7 +147,10 @@ impl Board {
 
     /// The region an old master handed over (its workers keep writing their slots), with its
     /// slot table.
-    pub(crate) fn adopt(state: &crate::upgrade::BoardState, beat_every: Option<Duration>) -> Result<Board> {
+    pub(crate) fn adopt(
+        state: &crate::upgrade::BoardState,
+        beat_every: Option<Duration>,
+    ) -> Result<Board> {
         sys::set_cloexec_raw(state.fd)
             .map_err(|e| Error::sys("the scoreboard of the old master is not open", e))?;
         // Checked open; the old image made it for this one, and nothing else here owns it.
@@ -159,8 +162,9 @@ impl Board {
         }
         let map =
             SharedWords::map(fd.as_fd()).map_err(|e| Error::sys("cannot map the scoreboard", e))?;
-        let header_ok = block(map.words(), 0)
-            .is_some_and(|h| h[0].load(Ordering::Relaxed) == MAGIC && h[1].load(Ordering::Relaxed) == SLOTS as u64);
+        let header_ok = block(map.words(), 0).is_some_and(|h| {
+            h[0].load(Ordering::Relaxed) == MAGIC && h[1].load(Ordering::Relaxed) == SLOTS as u64
+        });
         if !header_ok {
             return Err(Error::InvalidSetting(
                 "the scoreboard of the old master has another layout".into(),

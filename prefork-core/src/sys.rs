@@ -425,8 +425,12 @@ pub(crate) fn is_frozen(fd: BorrowedFd<'_>) -> bool {
 pub(crate) fn block_all_signals() -> io::Result<nix::sys::signal::SigSet> {
     use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
     let mut old = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))
-        .map_err(io::Error::from)?;
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )
+    .map_err(io::Error::from)?;
     Ok(old)
 }
 

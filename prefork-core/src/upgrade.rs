@@ -516,7 +516,10 @@ mod tests {
         assert_eq!(s.contexts().count(), 2);
         let newer = V1_MINIMAL.replace("\"version\":1", "\"version\":2");
         let e = State::from_bytes(newer.as_bytes()).unwrap_err();
-        assert!(e.contains("version 2, newer than this build reads (1)"), "{e}");
+        assert!(
+            e.contains("version 2, newer than this build reads (1)"),
+            "{e}"
+        );
         let e = State::from_bytes(b"garbage").unwrap_err();
         assert!(e.contains("not a state document"), "{e}");
         // Fields a later version adds are ignored by this one.

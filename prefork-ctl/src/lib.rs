@@ -230,7 +230,10 @@ fn upgrade_line(u: &UpgradeStatus) -> String {
         UpgradeResult::Refused => "refused",
         UpgradeResult::RolledBack => "rolled back",
     };
-    format!("{outcome}; master pid {}, generation {}", u.pid, u.generation)
+    format!(
+        "{outcome}; master pid {}, generation {}",
+        u.pid, u.generation
+    )
 }
 
 /// `3m12s`, `41s`, `850ms`.
@@ -312,7 +315,10 @@ fn table(s: &Status) -> String {
                 "last upgrade: {}, {} ago{}\n",
                 upgrade_line(u),
                 human(u.finished_at.age_at(now)),
-                u.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                u.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
             ),
         );
     }

@@ -46,12 +46,12 @@ use crate::error::{Error, Result};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::report::{ExitReason, ReloadOutcome, ReloadReport, ReplaceReason};
 use crate::settings::Settings;
-use crate::upgrade::{BookState, ControlState};
 use crate::status::{
-    UpgradeResult, UpgradeStatus,
     AdaptiveStatus, Counters, FailedId, LastExit, ListenerStatus, MasterState, MasterStatus,
-    ReloadResult, ReloadStatus, Resources, Status, Timestamp, WorkerState, WorkerStatus,
+    ReloadResult, ReloadStatus, Resources, Status, Timestamp, UpgradeResult, UpgradeStatus,
+    WorkerState, WorkerStatus,
 };
+use crate::upgrade::{BookState, ControlState};
 
 use super::pool::{PoolEvent, ReplaceProgress, WorkerState as PoolState};
 use super::{Master, Phase, ReloadStart, call_update};
@@ -193,7 +193,9 @@ impl Control {
         let mut kept = None;
         if let Some(st) = state {
             let fds = std::iter::once(st.fd).chain(st.clients.iter().copied());
-            let open: Vec<bool> = fds.map(|fd| crate::sys::set_cloexec_raw(fd).is_ok()).collect();
+            let open: Vec<bool> = fds
+                .map(|fd| crate::sys::set_cloexec_raw(fd).is_ok())
+                .collect();
             // Each number was checked open and handed over for this image only: one owner.
             let listener = open[0].then(|| UnixListener::from(crate::sys::own_inherited(st.fd)));
             let clients: Vec<UnixStream> = st
@@ -245,7 +247,11 @@ impl Control {
         generation: u64,
         now: Instant,
     ) {
-        let started = self.book.upgrade_started.take().unwrap_or_else(SystemTime::now);
+        let started = self
+            .book
+            .upgrade_started
+            .take()
+            .unwrap_or_else(SystemTime::now);
         let status = UpgradeStatus {
             outcome,
             reason,

@@ -178,6 +178,8 @@ enum ReloadStart<Id> {
 /// call it yourself only to wrap it.
 pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) -> Result<()> {
     let _ = crate::launch::launch();
+    // A program that calls run_master itself answers an upgrade's check here.
+    crate::upgrade::check_if_asked::<W>();
     // An upgrade in place: this image was exec'd by the old one, whose state it adopts.
     let handover = crate::upgrade::take_handover();
     settings.check_scoreboard()?;
@@ -192,8 +194,10 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
                 (p, Some(adopted))
             }
             Err(why) if h.rolled_back.is_none() => {
-                tracing::error!("upgrade: the new binary cannot adopt the state ({why}); \
-                    rolling back to the old binary");
+                tracing::error!(
+                    "upgrade: the new binary cannot adopt the state ({why}); \
+                    rolling back to the old binary"
+                );
                 return Err(crate::upgrade::exec_rollback(h, &why));
             }
             Err(why) => {
@@ -500,7 +504,13 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 self.reload();
             }
         }
-        if got(Signal::SIGUSR2) && !self.settings.forwards.iter().any(|&(f, _)| f == Signal::SIGUSR2) {
+        if got(Signal::SIGUSR2)
+            && !self
+                .settings
+                .forwards
+                .iter()
+                .any(|&(f, _)| f == Signal::SIGUSR2)
+        {
             tracing::info!("SIGUSR2: upgrading the master in place");
             if let Err(why) = self.begin_upgrade() {
                 tracing::warn!("upgrade refused: {why}");

@@ -16,7 +16,12 @@ fn adopted_workers_are_the_same_processes_and_the_roll_replaces_each_once_ready(
     let (mut p, mut f, t0) = running(3, explicit());
     // A crash and a respawn, so the counters have something to carry.
     let victim = p.current()[&1];
-    p.exited(victim, ChildExit::Signaled(Signal::SIGKILL), t0 + ms(10), &mut f);
+    p.exited(
+        victim,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t0 + ms(10),
+        &mut f,
+    );
     let respawned = p.current()[&1];
     p.worker_ready(respawned, t0 + ms(11), &mut f);
     let t1 = t0 + ms(2000);
@@ -33,7 +38,11 @@ fn adopted_workers_are_the_same_processes_and_the_roll_replaces_each_once_ready(
         views_before.iter().map(|v| v.restarts).collect::<Vec<_>>()
     );
     assert!(q.worker_views().iter().all(|v| v.ready_at.is_some()));
-    assert_eq!(q.settling_generation(), None, "adoption alone starts nothing");
+    assert_eq!(
+        q.settling_generation(),
+        None,
+        "adoption alone starts nothing"
+    );
 
     // The roll: a reload with the new code's contexts.
     let mut g = Fake {
@@ -43,7 +52,10 @@ fn adopted_workers_are_the_same_processes_and_the_roll_replaces_each_once_ready(
     q.reload(set(0..3, 1), t1, &mut g);
     assert_eq!(g.spawned.len(), 3, "every id gets a replacement");
     assert!(g.tags.iter().all(|&t| t == 1), "with the new contexts");
-    assert!(g.signals.is_empty(), "no old worker is stopped before its successor is ready");
+    assert!(
+        g.signals.is_empty(),
+        "no old worker is stopped before its successor is ready"
+    );
     for (_, pid, _) in g.spawned.clone() {
         q.worker_ready(pid, t1 + ms(5), &mut g);
     }
@@ -52,7 +64,10 @@ fn adopted_workers_are_the_same_processes_and_the_roll_replaces_each_once_ready(
     old.sort();
     let mut stopped_sorted = stopped.clone();
     stopped_sorted.sort();
-    assert_eq!(stopped_sorted, old, "each old worker stopped once, after its successor");
+    assert_eq!(
+        stopped_sorted, old,
+        "each old worker stopped once, after its successor"
+    );
     assert_eq!(settled(&mut q).len(), 1);
 }
 
@@ -65,7 +80,12 @@ fn a_worker_that_died_during_the_exec_is_respawned_with_the_new_context() {
         next_pid: 50,
         ..Fake::default()
     };
-    assert!(q.exited(dead, ChildExit::Signaled(Signal::SIGKILL), t0 + ms(5001), &mut g));
+    assert!(q.exited(
+        dead,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t0 + ms(5001),
+        &mut g
+    ));
     assert_eq!(g.spawned.len(), 1, "respawned at once (it had served)");
     assert_eq!(g.spawned[0].0, 0);
     assert_eq!(g.tags, vec![7], "with the desired context of the new code");
@@ -157,5 +177,8 @@ fn backoff_and_scale_cross_the_exec() {
     assert_eq!(q.scale().map(|s| s.current), Some(5));
     assert_eq!(q.failed_starts(), p.failed_starts());
     let retry = q.next_deadline().expect("the retry is still scheduled");
-    assert!(retry > t0 + ms(6), "not due at once: the backoff carried over");
+    assert!(
+        retry > t0 + ms(6),
+        "not due at once: the backoff carried over"
+    );
 }
