@@ -526,7 +526,14 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 }
             }
         }
-        for &sig in arrived.iter().filter(|s| !signals::is_meaningful(**s)) {
+        // Stray signals, and forwarded ones (USR2 has a meaning unless it is forwarded).
+        let forwarded = |s: Signal| self.settings.forwards.iter().any(|&(f, _)| f == s);
+        let passing: Vec<Signal> = arrived
+            .iter()
+            .copied()
+            .filter(|&s| !signals::is_meaningful(s) || forwarded(s))
+            .collect();
+        for sig in passing {
             match self
                 .settings
                 .forwards
