@@ -28,6 +28,10 @@
 //! 10. **Reuseport groups**: the split of 64 connections over the workers, req/s and p99 of
 //!     `sample-warp-like` with a shared socket and with `--reuseport`, pinned and unpinned,
 //!     against one process and nginx; the thread-count default; reloads in reuseport mode.
+//! 11. **Master upgrade in place**: 5 `SIGUSR2` upgrades of `sample-warp-like -w 4` under load
+//!     (failed requests, the time of each step, the master's pid and `/proc/<pid>/exe`
+//!     asserted), 10 in a row through the control socket (the master's fds and RSS), and
+//!     nginx's binary upgrade under the same load as a control.
 //!
 //! It prints a table and, for a full run (or with `--write`), replaces the generated section of
 //! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it.
@@ -59,7 +63,7 @@ use report::{Header, Verdict};
 use sections::Section;
 
 /// The benchmark of prefork: startup, respawn, reload under load, throughput, master cost,
-/// scale, health checks, control.
+/// scale, health checks, control, reuseport groups, master upgrade in place.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Cli {
@@ -92,6 +96,7 @@ const SECTIONS: &[(u8, &str, sections::Run)] = &[
     (8, "health checks", sections::health::run),
     (9, "control socket", sections::control::run),
     (10, "reuseport groups", sections::reuseport::run),
+    (11, "master upgrade in place", sections::upgrade::run),
 ];
 
 fn main() {
