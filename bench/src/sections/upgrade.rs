@@ -215,11 +215,13 @@ struct Steps {
 /// Waits for the end of the upgrade started at log line `mark`; fails with the line if it was
 /// refused or rolled back. Returns its steps and the `master upgraded in place` line.
 fn wait_upgrade(server: &Server, mark: usize) -> Result<(Steps, Line)> {
-    let end = server.log.wait_line(mark, STEP_TIMEOUT, "the upgrade's end", |l| {
-        l.text.contains("upgrade finished")
-            || l.text.contains("upgrade refused")
-            || l.text.contains("upgrade rolled back")
-    })?;
+    let end = server
+        .log
+        .wait_line(mark, STEP_TIMEOUT, "the upgrade's end", |l| {
+            l.text.contains("upgrade finished")
+                || l.text.contains("upgrade refused")
+                || l.text.contains("upgrade rolled back")
+        })?;
     if !end.text.contains("upgrade finished") {
         bail!("the upgrade did not happen: {}", end.text);
     }
@@ -416,22 +418,19 @@ fn in_a_row(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
                 up.pid
             ));
         }
-        let upgraded = server
-            .log
-            .wait_line(mark, STEP_TIMEOUT, "`master upgraded in place`", |l| {
-                l.text.contains("master upgraded in place")
-            })?;
+        let upgraded =
+            server
+                .log
+                .wait_line(mark, STEP_TIMEOUT, "`master upgraded in place`", |l| {
+                    l.text.contains("master upgraded in place")
+                })?;
         for p in violations(master, &deploy.path, new, Some(&upgraded), &mut server) {
             problems.push(format!("upgrade {u}: {p}"));
         }
         wait_drained(master)?;
         std::thread::sleep(Duration::from_millis(200));
         fds.push(procfs::fd_count(master).context("master gone")?);
-        rss.push(
-            procfs::status(master)
-                .context("master gone")?
-                .vm_rss_kb,
-        );
+        rss.push(procfs::status(master).context("master gone")?.vm_rss_kb);
     }
     http_ok(addr)?;
     let label = format!("sample-warp-like -w {WORKERS}");
@@ -474,9 +473,10 @@ fn in_a_row(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
             &[rl as f64],
             Unit::Kib,
         )
-        .target(format!("≤ after 1 + 5 % ({:.0} kB)", r1 as f64 * 1.05), |m| {
-            m <= r1 as f64 * 1.05
-        });
+        .target(
+            format!("≤ after 1 + 5 % ({:.0} kB)", r1 as f64 * 1.05),
+            |m| m <= r1 as f64 * 1.05,
+        );
     } else {
         sec.error(
             format!("upgrades in a row, {label}: fds and RSS"),
@@ -732,7 +732,9 @@ fn nginx_control(sec: &mut Section, plan: &Plan, bin: &Path) -> Result<()> {
         Unit::Count,
     );
     sec.row(
-        format!("control: nginx -w {WORKERS}, binary upgrade: USR2 → new master with its workers up"),
+        format!(
+            "control: nginx -w {WORKERS}, binary upgrade: USR2 → new master with its workers up"
+        ),
         &to_new,
         Unit::Time,
     );
