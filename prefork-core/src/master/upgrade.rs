@@ -40,6 +40,8 @@ pub(super) enum UpgradePhase {
     /// In the new image: the roll of generation `generation` replaces the old code's workers;
     /// the upgrade ends when it settles.
     Rolling { generation: u64 },
+    /// The check was called off (the master is stopping); its child is not reaped yet.
+    Cancelled { pid: Pid },
 }
 
 impl<C: 'static, W: WorkerContext> Master<C, W> {
@@ -133,7 +135,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     pub(super) fn cancel_upgrade_check(&mut self) {
         if let UpgradePhase::Checking { pid, .. } = self.upgrade {
             send_signal(pid, Signal::SIGKILL);
-            self.upgrade = UpgradePhase::Idle;
+            self.upgrade = UpgradePhase::Cancelled { pid };
             tracing::warn!("upgrade refused: the master is stopping");
             self.control.upgrade_ended(
                 UpgradeResult::Refused,
@@ -147,8 +149,13 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     /// `pid` was reaped: if it is the check, judges it, and hands over if it passed. Returns
     /// whether it was the check (or a check that was called off).
     pub(super) fn upgrade_reaped(&mut self, pid: Pid, how: ChildExit) -> bool {
-        let UpgradePhase::Checking { pid: check, .. } = self.upgrade else {
-            return false;
+        let check = match self.upgrade {
+            UpgradePhase::Checking { pid: check, .. } => check,
+            UpgradePhase::Cancelled { pid: check } if check == pid => {
+                self.upgrade = UpgradePhase::Idle;
+                return true;
+            }
+            _ => return false,
         };
         if check != pid {
             return false;
@@ -165,7 +172,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             ))
         } else if how != ChildExit::Exited(0) {
             Err(format!("the new binary failed its check ({how})"))
-        } else if !answer.starts_with(handover::CHECK_ACK) {
+        } else if !answer.lines().any(|l| l.starts_with(handover::CHECK_ACK)) {
             Err(format!(
                 "the new binary exited 0 without acknowledging the check (is it a prefork \
                  program of a version that upgrades?); it said {:?}",
@@ -346,10 +353,11 @@ fn read_answer(out: ChildStdout) -> String {
         &fd,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     );
-    let mut buf = [0u8; 512];
-    let mut file = std::fs::File::from(fd);
-    let n = file.read(&mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    // At most 64 KiB (a pipe's buffer): a program may print something of its own before it
+    // reaches default_main; the acknowledgement is its own line.
+    let mut buf = Vec::new();
+    let _ = std::fs::File::from(fd).take(64 << 10).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// What the new image learnt from the hand-over, for after its loop's set-up.
@@ -403,27 +411,36 @@ pub(super) fn adopt<C: 'static, W: WorkerContext>(
         .filter(|&&p| p > 0)
         .map(|&p| Pid::from_raw(p))
         .collect();
-    // The fds last: a failure before this point leaves every one open for a rollback.
+    // The fds last: a failure before this point leaves every one open for a rollback. One
+    // after it leaks what was adopted already (never closes it), for the same reason.
     let readiness = ReadinessSocket::adopt(state.readiness).map_err(|e| e.report().to_string())?;
     let board = match (&state.board, settings.scoreboard) {
-        (Some(b), true) => Some(
-            Board::adopt(b, settings.pool.health.beat_interval())
-                .map_err(|e| e.report().to_string())?,
-        ),
-        (None, true) => Some(
-            Board::new(settings.pool.health.beat_interval()).map_err(|e| e.report().to_string())?,
-        ),
+        (Some(b), true) => Board::adopt(b, settings.pool.health.beat_interval()).map(Some),
+        (None, true) => Board::new(settings.pool.health.beat_interval()).map(Some),
         (Some(b), false) => {
             if crate::sys::set_cloexec_raw(b.fd).is_ok() {
                 // Open, handed over for this image only, and not wanted by its settings.
                 drop(crate::sys::own_inherited(b.fd));
             }
-            None
+            Ok(None)
         }
-        (None, false) => None,
+        (None, false) => Ok(None),
     };
-    let control = Control::adopt(settings, state.control.as_ref(), &state.book)
-        .map_err(|e| e.report().to_string())?;
+    let board = match board {
+        Ok(b) => b,
+        Err(e) => {
+            std::mem::forget(readiness);
+            return Err(e.report().to_string());
+        }
+    };
+    let control = match Control::adopt(settings, state.control.as_ref(), &state.book) {
+        Ok(c) => c,
+        Err(e) => {
+            std::mem::forget(readiness);
+            std::mem::forget(board);
+            return Err(e.report().to_string());
+        }
+    };
     Ok(Pieces {
         pool,
         readiness,
