@@ -34,7 +34,9 @@
 //!     nginx's binary upgrade under the same load as a control.
 //!
 //! It prints a table and, for a full run (or with `--write`), replaces the generated section of
-//! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it.
+//! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it. A run of
+//! some sections (`--only`) replaces only their rows and notes there, and adds a line with the
+//! date and load average of their own run.
 //! `--quick` shrinks every count and duration, for a smoke run (then nothing is written unless
 //! `--write` is given). Every process it starts is owned by a guard that stops and reaps it on
 //! every path, errors and panics included.
@@ -138,24 +140,39 @@ fn run(cli: &Cli) -> Result<()> {
             sec.error(name, &format!("{e:#}"));
         }
         rows.append(&mut sec.rows);
-        notes.append(&mut sec.notes);
+        notes.extend(sec.notes.drain(..).map(|t| report::tag_note(n, &t)));
         eprintln!("bench: section {n} took {:.1} s", t.elapsed().as_secs_f64());
     }
 
     let odd = guard::unexpected_log_lines();
     if !odd.is_empty() {
-        notes.push(format!(
+        let text = format!(
             "Unexpected WARN/ERROR lines from the masters ({}): {}",
             odd.len(),
             odd.iter().take(10).cloned().collect::<Vec<_>>().join(" · ")
-        ));
+        );
+        // In a partial run, under its first section, so that re-running it replaces the note.
+        match cli.only.iter().min() {
+            Some(&n) => notes.push(report::tag_note(n, &text)),
+            None => notes.push(text),
+        }
     }
     let text = report::render(&header, started.elapsed(), &rows, &notes);
     println!("{text}");
     let write = cli.write || (!cli.quick && !cli.no_write);
     if write {
         let path = bins::workspace_root().join("BENCHMARKS.md");
-        report::write_section(&path, &text)?;
+        let ran: Vec<u8> = SECTIONS
+            .iter()
+            .map(|&(n, _, _)| n)
+            .filter(|&n| want(n))
+            .collect();
+        if ran.len() == SECTIONS.len() {
+            report::write_section(&path, &text)?;
+        } else {
+            // `--only`: the other sections' rows and notes already there are kept.
+            report::write_partial(&path, &header, started.elapsed(), &ran, &rows, &notes)?;
+        }
         eprintln!("bench: wrote {}", path.display());
     }
     if rows.iter().any(|r| r.verdict == Verdict::Error) {
