@@ -283,6 +283,21 @@ fn under_load(sec: &mut Section, plan: &Plan, bins: &Bins) -> Result<()> {
         for p in violations(master, &deploy.path, new, Some(&upgraded), &mut server) {
             problems.push(format!("upgrade {u}: {p}"));
         }
+        // The log's timestamps are the wall clock: a step of it would show as steps out of
+        // order, and then no time of this run is trusted.
+        let order = [
+            t0,
+            steps.passed,
+            steps.handing_over,
+            steps.upgraded,
+            steps.finished,
+        ];
+        if order.windows(2).any(|w| w[0] > w[1]) {
+            bail!(
+                "upgrade {u}: the wall-clock timestamps are out of order ({order:?}): was the \
+                 clock stepped?"
+            );
+        }
         total.push(ns(t0, steps.finished));
         check.push(ns(t0, steps.passed));
         exec_gap.push(ns(steps.handing_over, steps.upgraded));
