@@ -28,9 +28,15 @@
 //! 10. **Reuseport groups**: the split of 64 connections over the workers, req/s and p99 of
 //!     `sample-warp-like` with a shared socket and with `--reuseport`, pinned and unpinned,
 //!     against one process and nginx; the thread-count default; reloads in reuseport mode.
+//! 11. **Master upgrade in place**: 5 `SIGUSR2` upgrades of `sample-warp-like -w 4` under load
+//!     (failed requests, the time of each step, the master's pid and `/proc/<pid>/exe`
+//!     asserted), 10 in a row through the control socket (the master's fds and RSS), and
+//!     nginx's binary upgrade under the same load as a control.
 //!
 //! It prints a table and, for a full run (or with `--write`), replaces the generated section of
-//! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it.
+//! `BENCHMARKS.md` at the workspace root, keeping the hand-written analysis around it. A run of
+//! some sections (`--only`) replaces only their rows and notes there, and adds a line with the
+//! date and load average of their own run.
 //! `--quick` shrinks every count and duration, for a smoke run (then nothing is written unless
 //! `--write` is given). Every process it starts is owned by a guard that stops and reaps it on
 //! every path, errors and panics included.
@@ -59,7 +65,7 @@ use report::{Header, Verdict};
 use sections::Section;
 
 /// The benchmark of prefork: startup, respawn, reload under load, throughput, master cost,
-/// scale, health checks, control.
+/// scale, health checks, control, reuseport groups, master upgrade in place.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Cli {
@@ -92,6 +98,7 @@ const SECTIONS: &[(u8, &str, sections::Run)] = &[
     (8, "health checks", sections::health::run),
     (9, "control socket", sections::control::run),
     (10, "reuseport groups", sections::reuseport::run),
+    (11, "master upgrade in place", sections::upgrade::run),
 ];
 
 fn main() {
@@ -133,24 +140,39 @@ fn run(cli: &Cli) -> Result<()> {
             sec.error(name, &format!("{e:#}"));
         }
         rows.append(&mut sec.rows);
-        notes.append(&mut sec.notes);
+        notes.extend(sec.notes.drain(..).map(|t| report::tag_note(n, &t)));
         eprintln!("bench: section {n} took {:.1} s", t.elapsed().as_secs_f64());
     }
 
     let odd = guard::unexpected_log_lines();
     if !odd.is_empty() {
-        notes.push(format!(
+        let text = format!(
             "Unexpected WARN/ERROR lines from the masters ({}): {}",
             odd.len(),
             odd.iter().take(10).cloned().collect::<Vec<_>>().join(" · ")
-        ));
+        );
+        // In a partial run, under its first section, so that re-running it replaces the note.
+        match cli.only.iter().min() {
+            Some(&n) => notes.push(report::tag_note(n, &text)),
+            None => notes.push(text),
+        }
     }
     let text = report::render(&header, started.elapsed(), &rows, &notes);
     println!("{text}");
     let write = cli.write || (!cli.quick && !cli.no_write);
     if write {
         let path = bins::workspace_root().join("BENCHMARKS.md");
-        report::write_section(&path, &text)?;
+        let ran: Vec<u8> = SECTIONS
+            .iter()
+            .map(|&(n, _, _)| n)
+            .filter(|&n| want(n))
+            .collect();
+        if ran.len() == SECTIONS.len() {
+            report::write_section(&path, &text)?;
+        } else {
+            // `--only`: the other sections' rows and notes already there are kept.
+            report::write_partial(&path, &header, started.elapsed(), &ran, &rows, &notes)?;
+        }
         eprintln!("bench: wrote {}", path.display());
     }
     if rows.iter().any(|r| r.verdict == Verdict::Error) {

@@ -43,6 +43,10 @@ pub struct Plan {
     pub layer_rounds: usize,
     /// §9 Control: `status` round trips per master.
     pub control_reps: usize,
+    /// §11 Upgrade: upgrades of the master in place under load (and nginx's, as a control).
+    pub upgrades: usize,
+    /// §11 Upgrade: upgrades in a row, for the master's fds and RSS.
+    pub upgrades_in_row: usize,
 }
 
 impl Plan {
@@ -69,6 +73,8 @@ impl Plan {
                 storms: 1,
                 layer_rounds: 3,
                 control_reps: 20,
+                upgrades: 2,
+                upgrades_in_row: 3,
             }
         } else {
             Plan {
@@ -91,6 +97,8 @@ impl Plan {
                 storms: 3,
                 layer_rounds: 7,
                 control_reps: 200,
+                upgrades: 5,
+                upgrades_in_row: 10,
             }
         }
     }

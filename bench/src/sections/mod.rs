@@ -17,6 +17,7 @@ pub mod reuseport;
 pub mod scale;
 pub mod startup;
 pub mod throughput;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::io::Read;
