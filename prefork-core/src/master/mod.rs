@@ -409,6 +409,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             self.step(&arrived);
             self.serve_control(&control_events);
             self.dispatch_events();
+            self.upgrade_continue();
             self.notify_turn();
             self.control_after_turn();
         }

@@ -42,6 +42,9 @@ pub(super) enum UpgradePhase {
     Rolling { generation: u64 },
     /// The check was called off (the master is stopping); its child is not reaped yet.
     Cancelled { pid: Pid },
+    /// The check passed: the hand-over happens at the end of this turn of the loop, once every
+    /// signal and request of the turn was handled (a stop among them calls it off).
+    Passed,
 }
 
 impl<C: 'static, W: WorkerContext> Master<C, W> {
@@ -100,7 +103,24 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     /// Whether an upgrade is being checked (the old image still runs).
     pub(super) fn upgrade_checking(&self) -> bool {
-        matches!(self.upgrade, UpgradePhase::Checking { .. })
+        matches!(
+            self.upgrade,
+            UpgradePhase::Checking { .. } | UpgradePhase::Passed
+        )
+    }
+
+    /// At the end of a turn: a passed check hands over now, unless the master began to stop.
+    pub(super) fn upgrade_continue(&mut self) {
+        if !matches!(self.upgrade, UpgradePhase::Passed) {
+            return;
+        }
+        let r = match self.phase {
+            Phase::Running => self.hand_over(),
+            _ => Err("the master is stopping".into()),
+        };
+        if let Err(why) = r {
+            self.refuse_upgrade(why);
+        }
     }
 
     /// The deadline of the check under way, for the loop's timeout.
@@ -133,21 +153,27 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     /// A stop signal during the check: the check is called off (the stop goes on at once).
     pub(super) fn cancel_upgrade_check(&mut self) {
-        if let UpgradePhase::Checking { pid, .. } = self.upgrade {
-            send_signal(pid, Signal::SIGKILL);
-            self.upgrade = UpgradePhase::Cancelled { pid };
-            tracing::warn!("upgrade refused: the master is stopping");
-            self.control.upgrade_ended(
-                UpgradeResult::Refused,
-                Some("the master is stopping".into()),
-                self.pool.generation(),
-                Instant::now(),
-            );
-        }
+        let cancelled = match self.upgrade {
+            UpgradePhase::Checking { pid, .. } => {
+                send_signal(pid, Signal::SIGKILL);
+                UpgradePhase::Cancelled { pid }
+            }
+            UpgradePhase::Passed => UpgradePhase::Idle,
+            _ => return,
+        };
+        self.upgrade = cancelled;
+        tracing::warn!("upgrade refused: the master is stopping");
+        self.control.upgrade_ended(
+            UpgradeResult::Refused,
+            Some("the master is stopping".into()),
+            self.pool.generation(),
+            Instant::now(),
+        );
     }
 
-    /// `pid` was reaped: if it is the check, judges it, and hands over if it passed. Returns
-    /// whether it was the check (or a check that was called off).
+    /// `pid` was reaped: if it is the check, judges it (a pass hands over at the end of the
+    /// turn, see [`upgrade_continue`](Self::upgrade_continue)). Returns whether it was the
+    /// check (or a check that was called off).
     pub(super) fn upgrade_reaped(&mut self, pid: Pid, how: ChildExit) -> bool {
         let check = match self.upgrade {
             UpgradePhase::Checking { pid: check, .. } => check,
@@ -179,11 +205,13 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 answer.lines().next().unwrap_or("")
             ))
         } else {
+            let ack = answer.lines().find(|l| l.starts_with(handover::CHECK_ACK));
             tracing::info!(
-                answer = answer.trim(),
+                answer = ack.unwrap_or(""),
                 "upgrade: the new binary passed its check"
             );
-            self.hand_over()
+            self.upgrade = UpgradePhase::Passed;
+            Ok(())
         };
         if let Err(why) = verdict {
             self.refuse_upgrade(why);
@@ -254,9 +282,17 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         // and the pending set survive execve): none is lost, and none can kill the master with
         // its default action.
         let old_mask = crate::sys::block_all_signals();
-        if self.hup_deferred {
-            // Pending (blocked) across the exec: the new image reloads once it runs.
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP);
+        // A signal that reached a handler since this turn's look at them is recorded in this
+        // image's memory only: raised again, it waits (blocked) across the exec for the new
+        // image, as does a SIGHUP held back during the check.
+        let mut again = self.signals.take();
+        if self.hup_deferred && !again.contains(&Signal::SIGHUP) {
+            again.push(Signal::SIGHUP);
+        }
+        for sig in &again {
+            if let Some(s) = sig.to_nix() {
+                let _ = nix::sys::signal::raise(s);
+            }
         }
         let e = handover::exec_new(state_fd.as_fd(), old_exe.as_fd());
         if let Ok(mask) = &old_mask {
@@ -264,8 +300,8 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         let _ = handover::set_inheritable(&fds, false);
         drop((state_fd, old_exe));
-        // A SIGHUP raised for the new image is delivered now, to this one: hup_deferred is
-        // cleared so that it is not acted on twice.
+        // The signals raised for the new image are delivered now, to this one (the deferred
+        // SIGHUP among them: cleared, so it is not acted on twice).
         self.hup_deferred = false;
         Err(e.report().to_string())
     }
