@@ -162,6 +162,8 @@ struct Master<C, W: WorkerContext> {
     upgrades: u64,
     /// A `SIGHUP` that arrived while an upgrade was being checked: acted on after it.
     hup_deferred: bool,
+    /// The adaptive pool's previous scan: requests served by each current worker.
+    served_at_scan: std::collections::BTreeMap<Pid, u64>,
 }
 
 /// What a reload request led to.
@@ -231,6 +233,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         upgrade: upgrade::UpgradePhase::Idle,
         upgrades: pieces.upgrades,
         hup_deferred: false,
+        served_at_scan: std::collections::BTreeMap::new(),
     };
     m.reap_all();
     let started = match adopted.flatten() {
@@ -713,9 +716,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         self.drive(|pool, ops| pool.observe(Instant::now(), &seen, ops));
     }
 
-    /// The adaptive pool's scan: each current worker's in-flight count, by id, from the
-    /// scoreboard, handed to the pool (which always schedules the next scan, so a due scan
-    /// never makes the loop spin, even without a scoreboard).
+    /// The adaptive pool's scan: each current worker's activity, by id, from the scoreboard,
+    /// handed to the pool (which always schedules the next scan, so a due scan never makes
+    /// the loop spin, even without a scoreboard): what it has in flight now, and what it
+    /// finished since the previous scan (see the pool's rules for which counts for what).
     fn adapt(&mut self, now: Instant) {
         let current = self.pool.current();
         let seen = match &self.board {
@@ -725,14 +729,25 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
             None => Vec::new(),
         };
-        let by_pid: std::collections::BTreeMap<Pid, u64> =
-            seen.iter().map(|o| (o.pid, o.in_flight)).collect();
-        let in_flight = current
+        let previous = std::mem::take(&mut self.served_at_scan);
+        let mut by_pid = std::collections::BTreeMap::new();
+        for o in &seen {
+            let finished = previous
+                .get(&o.pid)
+                .map_or(0, |&before| o.served.saturating_sub(before));
+            let a = pool::Activity {
+                in_flight: o.in_flight,
+                finished,
+            };
+            by_pid.insert(o.pid, a);
+            self.served_at_scan.insert(o.pid, o.served);
+        }
+        let activity = current
             .into_iter()
             .filter_map(|(id, pid)| by_pid.get(&pid).map(|&n| (id, n)))
             .collect();
         // Without relaunch settings the pool never started, so no scan is ever due.
-        self.drive(|pool, ops| pool.adapt(&in_flight, now, ops));
+        self.drive(|pool, ops| pool.adapt(&activity, now, ops));
     }
 
     /// Shutdown's last resort: `SIGKILL` to every live child, once.

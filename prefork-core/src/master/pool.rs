@@ -41,11 +41,15 @@
 //! * **Adaptive pool** (when [`PoolConfig::spare`] is set): the desired set is the list of
 //!   candidates, in id order, and only the first `active` of them run; the others are dormant
 //!   (no worker, nothing to replace). Every `interval` the driver hands [`Pool::adapt`] the
-//!   in-flight count of each id (from the scoreboard): while fewer than `min_spare` running
-//!   workers are idle, the next ids start (as many as are missing, at most `max_workers` in
-//!   all; when the shortage lasts from one scan to the next, enough to have `max_spare` idle,
-//!   so a burst is met in a few scans); while more than `max_spare` are idle, the highest
-//!   active id is retired (one per scan); once no worker was busy for `idle_timeout`, the pool shrinks one id per scan down
+//!   activity of each id (from the scoreboard: requests in flight now, and those finished
+//!   since the previous scan): while fewer than `min_spare` running workers have nothing in
+//!   flight, the next ids start (as many as are missing, at most `max_workers` in all; when the
+//!   shortage lasts from one scan to the next, enough to have `max_spare` idle, so a burst is
+//!   met in a few scans); while more than `max_spare` had nothing in flight *and finished
+//!   nothing* through the interval, the highest active id is retired (one per scan). Starting
+//!   on the instant and retiring on the interval keeps a worker caught between two jobs at the
+//!   scan from being retired, and a job that moves from one worker to another from counting as
+//!   a shortage. Once no worker was busy for `idle_timeout`, the pool shrinks one id per scan down
 //!   to its floor, `max(min_spare, 1)`, never below. A starting worker counts as idle (it soon
 //!   will be), so a scan never starts twice for one need.
 //! * **A retired worker that dies from its own stop signal** did not handle it (it did not
@@ -274,8 +278,19 @@ impl SpareConfig {
     }
 
     /// The change of the active count a scan decides: `active` ids run, `idle` of them have
-    /// nothing in flight, and the pool has been idle for `idle_for`.
-    pub fn step(&self, candidates: usize, active: usize, idle: usize, idle_for: Duration) -> isize {
+    /// nothing in flight now, `idle_through` of them had nothing in flight and finished
+    /// nothing since the previous scan, and the pool has been idle for `idle_for`. Workers
+    /// start on `idle` (a shortage now) and retire on `idle_through` (a surplus over the whole
+    /// interval): a worker caught between two requests at the scan's instant is neither
+    /// retired for it, nor does a job handed from one worker to another make a shortage.
+    pub fn step(
+        &self,
+        candidates: usize,
+        active: usize,
+        idle: usize,
+        idle_through: usize,
+        idle_for: Duration,
+    ) -> isize {
         let (floor, max) = self.bounds(candidates);
         let (min_spare, max_spare) = (self.min_spare as usize, self.max_spare as usize);
         if active < floor {
@@ -287,12 +302,21 @@ impl SpareConfig {
         if idle < min_spare && active < max {
             return (min_spare - idle).min(max - active) as isize;
         }
-        let quiet = idle == active && idle_for >= self.idle_timeout;
-        if active > floor && (idle > max_spare || (quiet && idle > min_spare)) {
+        let quiet = idle_through == active && idle_for >= self.idle_timeout;
+        if active > floor && (idle_through > max_spare || (quiet && idle_through > min_spare)) {
             return -1;
         }
         0
     }
+}
+
+/// What an id's worker did, as the adaptive pool's scan sees it (from the scoreboard).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Activity {
+    /// Requests (or jobs) in flight now.
+    pub in_flight: u64,
+    /// Requests finished since the previous scan.
+    pub finished: u64,
 }
 
 /// The adaptive pool, for status views and metrics.
@@ -1328,12 +1352,12 @@ impl<W: WorkerContext> Pool<W> {
         !self.shutting_down && self.next_scan.is_some_and(|t| t <= now)
     }
 
-    /// Adaptive pool: one scan, given the in-flight count of each id (an id missing from
+    /// Adaptive pool: one scan, given the activity of each id (an id missing from
     /// `in_flight` has nothing in flight). Starts or retires workers per the rules in the
     /// module docs, and schedules the next scan.
     pub fn adapt(
         &mut self,
-        in_flight: &BTreeMap<W::Id, u64>,
+        activity: &BTreeMap<W::Id, Activity>,
         now: Instant,
         ops: &mut impl Processes<W>,
     ) {
@@ -1343,22 +1367,25 @@ impl<W: WorkerContext> Pool<W> {
         }
         self.next_scan = Some(later(now, sp.interval));
         // Idle: an active id whose worker has nothing in flight, is still starting, or is
-        // about to be respawned.
-        let idle = self
-            .slots
-            .iter()
-            .take(self.active)
-            .filter(|(id, slot)| {
-                let ready = slot.current.as_ref().is_some_and(|p| p.ready_at.is_some());
-                !ready || in_flight.get(*id).copied().unwrap_or(0) == 0
-            })
-            .count();
-        if idle < self.active || self.last_busy.is_none() {
+        // about to be respawned; idle through the interval: and finished nothing since the
+        // previous scan either.
+        let (mut idle, mut idle_through) = (0, 0);
+        for (id, slot) in self.slots.iter().take(self.active) {
+            let ready = slot.current.as_ref().is_some_and(|p| p.ready_at.is_some());
+            let a = activity.get(id).copied().unwrap_or_default();
+            if !ready || a.in_flight == 0 {
+                idle += 1;
+                if !ready || a.finished == 0 {
+                    idle_through += 1;
+                }
+            }
+        }
+        if idle_through < self.active || self.last_busy.is_none() {
             self.last_busy = Some(now);
         }
         self.last_idle = idle;
         let idle_for = now.saturating_duration_since(self.last_busy.unwrap_or(now));
-        let mut step = sp.step(self.slots.len(), self.active, idle, idle_for);
+        let mut step = sp.step(self.slots.len(), self.active, idle, idle_through, idle_for);
         let short = idle < sp.min_spare as usize;
         if step > 0 && short && self.was_short {
             // Sustained demand: the shortage outlived a scan, so the workers the last one

@@ -55,8 +55,19 @@ impl World {
             self.p.exited(pid, ChildExit::Exited(0), t, f);
         }
         assert!(self.p.scan_due(t), "a scan is due every interval");
-        let in_flight: BTreeMap<u32, u64> =
-            self.p.current().keys().take(k).map(|&id| (id, 1)).collect();
+        let in_flight: BTreeMap<u32, Activity> = self
+            .p
+            .current()
+            .keys()
+            .take(k)
+            .map(|&id| {
+                let a = Activity {
+                    in_flight: 1,
+                    finished: 0,
+                };
+                (id, a)
+            })
+            .collect();
         self.p.adapt(&in_flight, t, f);
     }
 
@@ -89,24 +100,35 @@ fn the_step_rule() {
     let quiet = Duration::from_secs(5);
     let busy = Duration::ZERO;
     // (candidates, active, idle, idle for) → step
-    assert_eq!(sp.step(16, 0, 0, busy), 1, "up to the floor");
-    assert_eq!(sp.step(16, 4, 0, busy), 1, "one idle missing");
-    assert_eq!(sp.step(16, 4, 2, busy), 0, "within the band");
-    assert_eq!(sp.step(16, 8, 5, busy), -1, "too many idle: one goes");
-    assert_eq!(sp.step(16, 12, 0, busy), 0, "max_workers");
-    assert_eq!(sp.step(5, 5, 0, busy), 0, "no more candidates");
+    assert_eq!(sp.step(16, 0, 0, 0, busy), 1, "up to the floor");
+    assert_eq!(sp.step(16, 4, 0, 0, busy), 1, "one idle missing");
+    assert_eq!(sp.step(16, 4, 2, 2, busy), 0, "within the band");
+    assert_eq!(sp.step(16, 8, 5, 5, busy), -1, "too many idle: one goes");
     assert_eq!(
-        sp.step(16, 3, 3, quiet),
+        sp.step(16, 11, 4, 3, busy),
+        0,
+        "4 idle now, but one of them finished a job in the interval: nobody goes"
+    );
+    assert_eq!(
+        sp.step(16, 11, 3, 0, busy),
+        0,
+        "jobs moved between workers (none idle through the interval): no shortage now"
+    );
+    assert_eq!(sp.step(16, 11, 0, 0, busy), 1, "a shortage now: one more");
+    assert_eq!(sp.step(16, 12, 0, 0, busy), 0, "max_workers");
+    assert_eq!(sp.step(5, 5, 0, 0, busy), 0, "no more candidates");
+    assert_eq!(
+        sp.step(16, 3, 3, 3, quiet),
         -1,
         "quiet: shrink towards the floor"
     );
-    assert_eq!(sp.step(16, 1, 1, quiet), 0, "never below the floor");
-    assert_eq!(sp.step(16, 3, 3, busy), 0, "not quiet long enough");
+    assert_eq!(sp.step(16, 1, 1, 1, quiet), 0, "never below the floor");
+    assert_eq!(sp.step(16, 3, 3, 3, busy), 0, "not quiet long enough");
     let wide = SpareConfig { min_spare: 3, ..sp };
-    assert_eq!(sp.step(16, 2, 0, busy), 1);
-    assert_eq!(wide.step(16, 2, 0, busy), 1, "floor 3: one more");
+    assert_eq!(sp.step(16, 2, 0, 0, busy), 1);
+    assert_eq!(wide.step(16, 2, 0, 0, busy), 1, "floor 3: one more");
     assert_eq!(
-        wide.step(16, 3, 0, busy),
+        wide.step(16, 3, 0, 0, busy),
         3,
         "three idle missing: three at once"
     );
