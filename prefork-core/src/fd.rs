@@ -619,21 +619,20 @@ impl<T: VisitFds> VisitFds for Vec<T> {
 // ---------------------------------------------------------------------------------------------
 // Across an upgrade in place.
 
-/// The listening sockets to hand to the next image: every one this process made or adopted,
-/// and every socket the service manager passed. A reuseport group cannot be handed over yet:
-/// `Err` says so, and the upgrade is refused.
-pub(crate) fn export_listeners() -> std::result::Result<Vec<crate::upgrade::ListenerFd>, String> {
+/// The listening sockets to hand to the next image: every one this process made or adopted
+/// (but a reuseport group's), and every socket the service manager passed.
+pub(crate) fn export_listeners() -> Vec<crate::upgrade::ListenerFd> {
     use crate::upgrade::ListenerFd;
     let from_systemd = crate::systemd::activation::passed_fds();
     let paths = bound_unix_paths().clone();
+    // A reuseport group's sockets travel with their group (`reuseport::export_groups`).
+    let in_groups = crate::reuseport::group_fds();
     let mut out: Vec<ListenerFd> = Vec::new();
     for fd in master_listener_fds() {
-        let sock = socket2::SockRef::from(&*fd);
-        if sock.reuse_port().unwrap_or(false) {
-            return Err(
-                "a reuseport group cannot be handed over (restart the master instead)".into(),
-            );
+        if in_groups.contains(&fd.as_raw_fd()) {
+            continue;
         }
+        let sock = socket2::SockRef::from(&*fd);
         let local = sock.local_addr().ok();
         let addr = local
             .as_ref()
@@ -676,7 +675,7 @@ pub(crate) fn export_listeners() -> std::result::Result<Vec<crate::upgrade::List
             });
         }
     }
-    Ok(out)
+    out
 }
 
 /// Listening sockets an old image handed over, not yet claimed by this image's code. They

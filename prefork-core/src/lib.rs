@@ -162,9 +162,9 @@
 //!    the fds the new code needs open, blocks every signal, and execs the new binary in place;
 //! 3. the new image adopts the running workers (still its children, still serving), respawns
 //!    any that died during the exec, and replaces every worker, readiness-gated, as on
-//!    `SIGHUP`; the listening sockets are the same sockets ([`InheritedListener::bind_tcp`]
-//!    and [`bind_unix`](InheritedListener::bind_unix) return the handed-over socket of that
-//!    address);
+//!    `SIGHUP`; the listening sockets are the same sockets ([`InheritedListener::bind_tcp`],
+//!    [`bind_unix`](InheritedListener::bind_unix) and [`ReuseportGroup::bind_tcp`] return
+//!    what was handed over on that address);
 //! 4. if the new image cannot adopt the state (a context it cannot decode, no configuration
 //!    from `update`), it execs the old binary again, which takes its workers back.
 //!
@@ -172,9 +172,10 @@
 //! upgrade, `SIGTERM` calls the check off and stops. Under systemd (`Type=notify-reload`) the
 //! master says `RELOADING=1` when the upgrade starts and `READY=1` when it has ended, and
 //! `MAINPID` never changes. A context type may gain fields with `#[serde(default)]`; a field
-//! the old master's contexts lack without a default fails the check. A reuseport group cannot
-//! be handed over yet: the upgrade is refused (restart instead). The hand-over document has a
-//! version; a master reads its own version and older ones.
+//! the old master's contexts lack without a default fails the check. A
+//! [`ReuseportGroup`] crosses whole ([`ReuseportGroup::bind_tcp`] returns the handed-over
+//! group of that address). The hand-over document has a version; a master reads its own
+//! version and older ones.
 //!
 //! # Features
 //!

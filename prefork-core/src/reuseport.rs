@@ -172,7 +172,16 @@ impl ReuseportGroup {
     /// which every later socket of the group then binds. A port held by a socket without
     /// `SO_REUSEPORT` (or by another user) is an error, as for
     /// [`InheritedListener::bind_tcp`].
+    ///
+    /// After an upgrade of the master in place, the group the old master had on that address
+    /// is returned instead (the same sockets, in the same order, with the same slots).
     pub fn bind_tcp(addr: impl ToSocketAddrs) -> Result<Self> {
+        if !inherited_groups().is_empty()
+            && let Ok(addrs) = addr.to_socket_addrs()
+            && let Some(group) = claim_group(&addrs.collect::<Vec<_>>())
+        {
+            return Ok(ReuseportGroup { group });
+        }
         let l = crate::fd::bind_first(addr, true)?;
         let bound = l.local_addr().map_err(|e| Error::sys("getsockname", e))?;
         let fd = InheritedListener::register_master_fd(OwnedFd::from(l));
@@ -190,11 +199,11 @@ impl ReuseportGroup {
             attached: None,
             attach_failed: false,
         };
-        Ok(ReuseportGroup {
-            group: Arc::new(Group {
-                state: Mutex::new(st),
-            }),
-        })
+        let group = Arc::new(Group {
+            state: Mutex::new(st),
+        });
+        all_groups().push(Arc::downgrade(&group));
+        Ok(ReuseportGroup { group })
     }
 
     /// Whether the master steers connections with its BPF program (the default) or leaves the
@@ -387,6 +396,171 @@ impl GroupState {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across an upgrade of the master in place
+
+/// Every group this process made or adopted (weakly: a group the application dropped, whose
+/// sockets no worker holds, is gone).
+static GROUPS: Mutex<Vec<std::sync::Weak<Group>>> = Mutex::new(Vec::new());
+
+fn all_groups() -> MutexGuard<'static, Vec<std::sync::Weak<Group>>> {
+    let mut g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    g.retain(|w| w.strong_count() > 0);
+    g
+}
+
+/// Groups an old master handed over, not yet claimed by [`ReuseportGroup::bind_tcp`].
+static INHERITED_GROUPS: Mutex<Vec<Arc<Group>>> = Mutex::new(Vec::new());
+
+fn inherited_groups() -> MutexGuard<'static, Vec<Arc<Group>>> {
+    INHERITED_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The groups, for an upgrade's hand-over: each socket's fd, in the kernel's order, with its
+/// slot and its holders.
+pub(crate) fn export_groups() -> Vec<crate::upgrade::GroupHandover> {
+    all_groups()
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .map(|g| {
+            let st = g.lock();
+            crate::upgrade::GroupHandover {
+                addr: st.addr.to_string(),
+                steer: st.steer,
+                next_key: st.next_key,
+                members: st
+                    .members
+                    .iter()
+                    .map(|m| crate::upgrade::MemberHandover {
+                        fd: m.fd.as_raw_fd(),
+                        key: m.key,
+                        slot: m.slot,
+                        leaving: m.leaving,
+                        holders: m.holders.iter().map(|p| p.as_raw()).collect(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The fds of every group's sockets (they travel with their group, not as listeners).
+pub(crate) fn group_fds() -> BTreeSet<std::os::fd::RawFd> {
+    all_groups()
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .flat_map(|g| {
+            g.lock()
+                .members
+                .iter()
+                .map(|m| m.fd.as_raw_fd())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// In the new image: rebuilds the old master's groups (their sockets are open, in the same
+/// kernel order), records which adopted worker holds which socket in `holders`, and keeps the
+/// groups for [`ReuseportGroup::bind_tcp`] to claim by address. A group whose numbers are not
+/// all open is refused (`Err`: the caller rolls back).
+pub(crate) fn adopt_groups(
+    list: &[crate::upgrade::GroupHandover],
+    holders: &Holders,
+) -> std::result::Result<(), String> {
+    for g in list {
+        if g.addr.parse::<SocketAddr>().is_err() {
+            return Err(format!(
+                "a reuseport group's address {:?} is not an address",
+                g.addr
+            ));
+        }
+        for m in &g.members {
+            crate::sys::set_cloexec_raw(m.fd)
+                .map_err(|e| format!("a reuseport socket of the old master is not open: {e}"))?;
+        }
+    }
+    let mut by_pid: std::collections::BTreeMap<Pid, Vec<MemberRef>> =
+        std::collections::BTreeMap::new();
+    for g in list {
+        let Ok(addr) = g.addr.parse::<SocketAddr>() else {
+            continue; // checked above
+        };
+        let members = g
+            .members
+            .iter()
+            .map(|m| Member {
+                key: m.key,
+                slot: m.slot,
+                // Checked open above; handed over for this image only, one number per socket.
+                fd: InheritedListener::register_master_fd(crate::sys::own_inherited(m.fd)),
+                leaving: m.leaving,
+                holders: m.holders.iter().map(|&p| Pid::from_raw(p)).collect(),
+            })
+            .collect();
+        let group = Arc::new(Group {
+            state: Mutex::new(GroupState {
+                addr,
+                members,
+                next_key: g.next_key,
+                steer: g.steer,
+                // Re-attached (the same program) at the first change.
+                attached: None,
+                attach_failed: false,
+            }),
+        });
+        for m in &g.members {
+            for &p in &m.holders {
+                by_pid.entry(Pid::from_raw(p)).or_default().push(MemberRef {
+                    group: Arc::clone(&group),
+                    key: m.key,
+                });
+            }
+        }
+        all_groups().push(Arc::downgrade(&group));
+        inherited_groups().push(group);
+    }
+    for (pid, members) in by_pid {
+        holders.spawned(pid, members);
+    }
+    Ok(())
+}
+
+/// Takes the handed-over group on one of `addrs` (a port of 0: the first on that address).
+fn claim_group(addrs: &[SocketAddr]) -> Option<Arc<Group>> {
+    let mut table = inherited_groups();
+    let i = addrs.iter().find_map(|a| {
+        table.iter().position(|g| {
+            let got = g.lock().addr;
+            got == *a || (a.port() == 0 && got.ip() == a.ip())
+        })
+    })?;
+    let g = table.remove(i);
+    tracing::info!(addr = %g.lock().addr, "kept the old master's reuseport group");
+    Some(g)
+}
+
+/// Groups the new code did not claim: every socket leaves the steering and closes once no
+/// worker holds it. Returns how many groups.
+pub(crate) fn release_unclaimed_groups() -> usize {
+    let left = std::mem::take(&mut *inherited_groups());
+    for g in &left {
+        let mut st = g.lock();
+        tracing::info!(addr = %st.addr, "the new code did not use a reuseport group of the old master; it closes as its workers leave");
+        for m in &mut st.members {
+            m.leaving = true;
+        }
+        st.attached = None;
+        let mut i = st.members.len();
+        while i > 0 {
+            i -= 1;
+            if i < st.members.len() {
+                st.close_if_unheld(i);
+            }
+        }
+    }
+    left.len()
 }
 
 // ---------------------------------------------------------------------------------------------

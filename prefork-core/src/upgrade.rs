@@ -14,8 +14,8 @@
 //!    master logs why and keeps its old code. The check never blocks the master's loop (the
 //!    child is reaped like any other).
 //! 2. **Hand over.** The master writes its state again (it may have changed during the check),
-//!    clears close-on-exec on exactly the fds the new image needs (the listening sockets, the
-//!    readiness socket, the scoreboard, the control socket and the client waiting for the
+//!    clears close-on-exec on exactly the fds the new image needs (the listening sockets and
+//!    reuseport groups, the readiness socket, the scoreboard, the control socket and the client waiting for the
 //!    upgrade, the sockets the service manager passed, the state itself, and an fd of its own
 //!    old executable for a rollback), blocks every signal (the mask and the pending set survive
 //!    `execve`, so a `SIGHUP` or `SIGTERM` sent now is handled by the new image, never lost and
@@ -86,6 +86,34 @@ pub(crate) struct State {
     pub control: Option<ControlState>,
     #[serde(default)]
     pub book: BookState,
+    /// Reuseport groups, their sockets in the kernel's order.
+    #[serde(default)]
+    pub groups: Vec<GroupHandover>,
+}
+
+/// A reuseport group (see [`crate::reuseport`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct GroupHandover {
+    /// `ip:port`.
+    pub addr: String,
+    pub steer: bool,
+    pub next_key: u64,
+    /// In the kernel's order.
+    pub members: Vec<MemberHandover>,
+}
+
+/// One socket of a reuseport group.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MemberHandover {
+    pub fd: RawFd,
+    pub key: u64,
+    #[serde(default)]
+    pub slot: Option<u64>,
+    #[serde(default)]
+    pub leaving: bool,
+    /// Unreaped workers that inherited it.
+    #[serde(default)]
+    pub holders: Vec<i32>,
 }
 
 /// The pool, as [`Pool::export`](crate::master) writes it.
@@ -273,6 +301,11 @@ impl State {
             v.push(c.fd);
             v.extend(&c.clients);
         }
+        v.extend(
+            self.groups
+                .iter()
+                .flat_map(|g| g.members.iter().map(|m| m.fd)),
+        );
         v
     }
 }

@@ -1088,3 +1088,59 @@ fn systemd_hears_reloading_then_ready_around_an_upgrade_from_the_same_pid() {
     }
     stop(up);
 }
+
+/// The sockets of the master's reuseport group, from the control socket's status: one per
+/// worker id, on one address.
+fn group_sockets(ctl: &Path) -> Vec<String> {
+    let r = prefork_core::control::request(
+        ctl,
+        &prefork_core::control::Command::Status { resources: false },
+    )
+    .expect("status");
+    match r {
+        prefork_core::control::Response::Status { status } => {
+            status.listeners.iter().map(|l| l.addr.clone()).collect()
+        }
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+#[test]
+fn a_reuseport_group_crosses_the_upgrade_and_scales_down_after_it() {
+    let dir = dir_with_sample("upgrade-reuseport");
+    let ctl = dir.path().join("ctl.sock");
+    let ctl_arg = ctl.to_str().unwrap().to_string();
+    let mut up = start_in(dir, &["--reuseport", "--control", &ctl_arg], &[]);
+    let master = up.m.pid();
+    let sockets = group_sockets(&ctl);
+    assert_eq!(sockets.len(), WORKERS, "one socket per id: {sockets:?}");
+    let load = start_load(up.addr);
+
+    let v1 = fresh_copy(up.dir.path(), "v1");
+    install(&v1, &up.bin);
+    up.m.signal(Signal::SIGUSR2);
+    let new = upgraded(&up.m, 1, &up.workers);
+    assert_eq!(exe_id(master), Some(file_id(&up.bin)), "the new file runs");
+    assert_eq!(
+        count(&up.m, "kept the old master's reuseport group"),
+        1,
+        "the group was handed over, not bound again"
+    );
+    assert_eq!(
+        group_sockets(&ctl),
+        sockets,
+        "the same sockets on the same address after the upgrade"
+    );
+    assert_same_listener(&up.m, up.addr);
+
+    // The adopted group still steers and drains: one id fewer, its socket closes once its
+    // worker is gone, and nothing is lost meanwhile.
+    up.m.signal(Signal::SIGTTOU);
+    wait_until(DEADLINE, "the group to shrink by one socket", || {
+        group_sockets(&ctl).len() == WORKERS - 1
+    });
+    let report = finish_load(load, 2000);
+    assert_no_failure(&report);
+    up.workers = new;
+    stop(up);
+}

@@ -226,7 +226,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         phase: Phase::Running,
         signals,
         readiness: pieces.readiness,
-        holders: Holders::default(),
+        holders: pieces.holders,
         board: pieces.board,
         systemd: Link::new(settings_systemd, Instant::now()),
         control: pieces.control,
@@ -271,6 +271,7 @@ fn fresh_pieces<C: 'static, W: WorkerContext>(
         config: None,
         desired: WorkerSet::new(),
         upgrades: 0,
+        holders: Holders::default(),
         adopted: None,
     })
 }

@@ -18,6 +18,7 @@ use super::{Master, Phase, later, send_signal};
 use crate::context::{WorkerContext, WorkerSet};
 use crate::process::{ChildExit, Pid, Signal};
 use crate::readiness::ReadinessSocket;
+use crate::reuseport::Holders;
 use crate::scoreboard::Board;
 use crate::settings::Settings;
 use crate::status::UpgradeResult;
@@ -237,7 +238,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     /// Everything the new image needs.
     fn handover_state(&self) -> Result<State, String> {
-        let listeners = crate::fd::export_listeners()?;
+        let listeners = crate::fd::export_listeners();
         let (control, book) = self.control.export();
         Ok(State {
             version: handover::STATE_VERSION,
@@ -250,6 +251,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             board: self.board.as_ref().map(|b| b.export()),
             control,
             book,
+            groups: crate::reuseport::export_groups(),
         })
     }
 
@@ -363,7 +365,8 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     fn finish_upgrade(&mut self) {
         self.upgrade = UpgradePhase::Idle;
-        let closed = crate::fd::close_unclaimed_inherited();
+        let closed =
+            crate::fd::close_unclaimed_inherited() + crate::reuseport::release_unclaimed_groups();
         if self.fork.is_none() {
             self.notify_ready_now();
         }
@@ -414,6 +417,8 @@ pub(super) struct Pieces<C, W: WorkerContext> {
     pub config: Option<C>,
     pub desired: WorkerSet<W>,
     pub upgrades: u64,
+    /// Which worker holds which reuseport socket.
+    pub holders: Holders,
     /// Set when adopted from an upgrade's hand-over.
     pub adopted: Option<Adopted>,
 }
@@ -428,6 +433,8 @@ pub(super) fn adopt<C: 'static, W: WorkerContext>(
     let state = h.state.as_ref().map_err(Clone::clone)?;
     let now = Instant::now();
     // Before `update` runs: it (or `fork`) may bind the sockets it had, and gets them back.
+    let holders = Holders::default();
+    crate::reuseport::adopt_groups(&state.groups, &holders)?;
     crate::fd::adopt_inherited(&state.listeners);
     let mut set = WorkerSet::new();
     let scale = state
@@ -486,6 +493,7 @@ pub(super) fn adopt<C: 'static, W: WorkerContext>(
         config,
         desired: set,
         upgrades: state.upgrades,
+        holders,
         adopted: Some(Adopted {
             rolled_back: h.rolled_back.clone(),
             written_by: state.written_by.clone(),
