@@ -146,6 +146,7 @@ fn a_context_the_new_code_cannot_decode_fails_the_adoption() {
         board: None,
         control: None,
         book: Default::default(),
+        groups: Vec::new(),
     };
     let back = State::from_bytes(&doc.to_bytes().unwrap()).unwrap();
     assert!(
