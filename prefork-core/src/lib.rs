@@ -169,7 +169,8 @@
 //!    from `update`), it execs the old binary again, which takes its workers back.
 //!
 //! A signal sent meanwhile is not lost: `SIGHUP` during the check is acted on after the
-//! upgrade, `SIGTERM` calls the check off and stops. Under systemd (`Type=notify-reload`) the
+//! upgrade, `SIGTERM` calls the check off and stops. An upgrade asked for while a start,
+//! reload or scale settles waits for it. Under systemd (`Type=notify-reload`) the
 //! master says `RELOADING=1` when the upgrade starts and `READY=1` when it has ended, and
 //! `MAINPID` never changes. A context type may gain fields with `#[serde(default)]`; a field
 //! the old master's contexts lack without a default fails the check. A

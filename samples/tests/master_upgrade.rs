@@ -1144,3 +1144,54 @@ fn a_reuseport_group_crosses_the_upgrade_and_scales_down_after_it() {
     up.workers = new;
     stop(up);
 }
+
+#[test]
+fn usr2_during_a_reload_that_has_not_settled_waits_for_it_then_upgrades() {
+    // A deploy race: a build whose workers never become ready is reloaded (the reload cannot
+    // settle), then the fixed build is put in place and USR2 sent. The upgrade waits; a
+    // second HUP reloads the fixed build, which settles, and then the upgrade goes through.
+    let mut up = start("upgrade-queued", &[]);
+    let master = up.m.pid();
+    let load = start_load(up.addr);
+    // (`--version` is how wait_executable runs it: that returns at once.)
+    let hang = write_executable(
+        up.dir.path(),
+        "hang",
+        b"#!/bin/sh\n[ \"$1\" = --version ] && exit 0\nexec sleep 60\n",
+    );
+    let fixed = fresh_copy(up.dir.path(), "fixed");
+    install(&hang, &up.bin);
+    up.m.signal(Signal::SIGHUP);
+    up.m.stderr.wait_line(DEADLINE, |l| {
+        l.contains("SIGHUP: reconciling the declared workers generation=1")
+    });
+    install(&fixed, &up.bin);
+    up.m.signal(Signal::SIGUSR2);
+    up.m.stderr.wait_line(DEADLINE, |l| {
+        l.contains("upgrade: waiting for the start, reload or scale")
+    });
+    assert_eq!(count(&up.m, "upgrade: checking the new binary"), 0);
+    up.m.signal(Signal::SIGHUP);
+    let new = upgraded(&up.m, 1, &up.workers);
+    let all = up.m.stderr.all();
+    let pos = |what: &str| all.iter().position(|l| l.contains(what));
+    let (reloaded, checked) = (
+        pos("reload finished generation=2"),
+        pos("upgrade: checking the new binary"),
+    );
+    assert!(
+        matches!((reloaded, checked), (Some(r), Some(c)) if r < c),
+        "the check began once the reload had settled: reload at {reloaded:?}, check at \
+         {checked:?}"
+    );
+    assert_eq!(
+        exe_id(master),
+        Some(file_id(&fixed)),
+        "the fixed build runs the master"
+    );
+    assert_eq!(count(&up.m, REFUSED), 0);
+    let report = finish_load(load, 2000);
+    assert_no_failure(&report);
+    up.workers = new;
+    stop(up);
+}

@@ -443,6 +443,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                         tracing::info!(outcome = %what, took_ms = report.took.as_millis() as u64,
                             "pool ready");
                         (self.settings.on_pool_ready)(&report);
+                        self.upgrade_settled(0);
                     } else {
                         tracing::info!(generation = report.generation, outcome = %what,
                             took_ms = report.took.as_millis() as u64, "reload finished");

@@ -30,6 +30,8 @@ use crate::upgrade::{self as handover, State};
 pub(super) enum UpgradePhase {
     #[default]
     Idle,
+    /// Asked for while a start, reload or scale was settling: the check begins once it has.
+    Queued,
     /// The check child runs.
     Checking {
         pid: Pid,
@@ -60,10 +62,14 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             _ => return Err("an upgrade is under way already".into()),
         }
         if let Some(g) = self.pool.settling_generation() {
-            return Err(format!(
-                "generation {g} has not settled yet (a start, reload or scale is under way); \
-                 try again once it has"
-            ));
+            // One change at a time: the upgrade follows the one under way, as a SIGHUP sent
+            // during an upgrade follows it.
+            tracing::info!(
+                generation = g,
+                "upgrade: waiting for the start, reload or scale under way to settle"
+            );
+            self.upgrade = UpgradePhase::Queued;
+            return Ok(());
         }
         let state = self.handover_state()?;
         let bytes = state.to_bytes().map_err(|e| e.to_string())?;
@@ -159,7 +165,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 send_signal(pid, Signal::SIGKILL);
                 UpgradePhase::Cancelled { pid }
             }
-            UpgradePhase::Passed => UpgradePhase::Idle,
+            UpgradePhase::Passed | UpgradePhase::Queued => UpgradePhase::Idle,
             _ => return,
         };
         self.upgrade = cancelled;
@@ -356,6 +362,15 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
 
     /// In the new image: a generation settled; the upgrade ends if it was its roll.
     pub(super) fn upgrade_settled(&mut self, generation: u64) {
+        if let UpgradePhase::Queued = self.upgrade
+            && self.pool.settling_generation().is_none()
+        {
+            self.upgrade = UpgradePhase::Idle;
+            if let Err(why) = self.begin_upgrade() {
+                self.refuse_upgrade(why);
+            }
+            return;
+        }
         if let UpgradePhase::Rolling { generation: g } = self.upgrade
             && generation >= g
         {
