@@ -4,48 +4,16 @@
 //! (exit 1) for a broken deploy, `scale` starts or drains only the ids that join or leave, and
 //! `TTIN` ×3 then `HUP` keeps the three extra workers.
 
-use std::collections::{BTreeMap, BTreeSet};
+#[path = "support/ctl.rs"]
+mod support_ctl;
+
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde_json::Value;
+use support_ctl::{by_state, ctl, status};
 use testkit::{DEADLINE, Master, Pid, Signal, TempDir, alive, children_of, wait_for};
-
-/// `prefork-ctl -s SOCK args…`: (exit status, stdout, stderr).
-fn ctl(sock: &Path, args: &[&str]) -> (u8, String, String) {
-    let mut argv = vec!["prefork-ctl", "-s", sock.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = prefork_ctl::run(argv, &mut out, &mut err);
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
-}
-
-/// `prefork-ctl status --json`, parsed.
-fn status(sock: &Path) -> Value {
-    let (code, out, err) = ctl(sock, &["status", "--json"]);
-    assert_eq!(code, 0, "status failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-}
-
-/// id → pid of the workers in state `state`.
-fn by_state(s: &Value, state: &str) -> BTreeMap<String, i32> {
-    s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["state"] == state)
-        .map(|w| {
-            (
-                w["id"].as_str().unwrap().to_string(),
-                w["pid"].as_i64().unwrap() as i32,
-            )
-        })
-        .collect()
-}
 
 /// The worker entry of `id` that is not draining.
 fn worker<'a>(s: &'a Value, id: &str) -> &'a Value {

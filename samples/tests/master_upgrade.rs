@@ -16,6 +16,9 @@
 //! acted on after it; the fd table and RSS stay flat over ten upgrades; systemd hears
 //! `RELOADING=1` then `READY=1` from the same pid.
 
+#[path = "support/ctl.rs"]
+mod support_ctl;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -26,11 +29,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support_ctl::{by_state, ctl, status};
 use testkit::load::{Load, LoadReport, LoadSpec};
 use testkit::notify::{NotifySocket, monotonic_usec};
+use testkit::probe::idle_fds;
 use testkit::{
-    DEADLINE, Lines, Master, Pid, Signal, TempDir, alive, fds, listening_addr, ppid, state,
-    wait_for, wait_until, zombies_of,
+    DEADLINE, Lines, Master, Pid, Signal, TempDir, alive, listening_addr, ppid, state, wait_for,
+    wait_until, zombies_of,
 };
 
 const UPGRADED: &str = "master upgraded in place";
@@ -261,32 +266,6 @@ fn rss_kb(pid: Pid) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmRSS")
-}
-
-/// The master's fd table, read while it is idle: asleep in `poll`, not half-way through a
-/// spawn or an upgrade.
-fn idle_fds(m: &Master) -> BTreeMap<i32, String> {
-    let pid = m.pid().as_raw();
-    wait_for(DEADLINE, "the master idle in poll", || {
-        let sys = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-        let nr: i64 = sys.split_whitespace().next()?.parse().ok()?;
-        let polling = nr == nix::libc::SYS_ppoll || {
-            #[cfg(target_arch = "x86_64")]
-            {
-                nr == nix::libc::SYS_poll
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                false
-            }
-        };
-        if !polling || state(pid) != Some('S') {
-            return None;
-        }
-        let t = fds(pid);
-        let again = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-        (again == sys && state(pid) == Some('S')).then_some(t)
-    })
 }
 
 /// Spins (no sleep: the window is a few milliseconds) until the master runs another image than
@@ -789,42 +768,6 @@ fn a_sigterm_sent_during_an_upgrade_makes_the_master_exit_0_after_it() {
     assert!(log.iter().any(|l| l.contains(UPGRADED)));
     // Together with the USR2 (which of the two the master sees first is its choice).
     term_during_upgrade("upgrade-term-now", "at once");
-}
-
-/// `prefork-ctl -s SOCK args…`: (exit status, stdout, stderr).
-fn ctl(sock: &Path, args: &[&str]) -> (u8, String, String) {
-    let mut argv = vec!["prefork-ctl", "-s", sock.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = prefork_ctl::run(argv, &mut out, &mut err);
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
-}
-
-/// `prefork-ctl status --json`, parsed.
-fn status(sock: &Path) -> Value {
-    let (code, out, err) = ctl(sock, &["status", "--json"]);
-    assert_eq!(code, 0, "status failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-}
-
-/// id → pid of the workers in state `state`.
-fn by_state(s: &Value, state: &str) -> BTreeMap<String, i32> {
-    s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["state"] == state)
-        .map(|w| {
-            (
-                w["id"].as_str().unwrap().to_string(),
-                w["pid"].as_i64().unwrap() as i32,
-            )
-        })
-        .collect()
 }
 
 /// At the answer: every worker is new and ready, and the master is the same process.

@@ -5,7 +5,9 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use crate::{Master, state};
+use std::collections::BTreeMap;
+
+use crate::{DEADLINE, Master, fds, state, wait_for};
 
 /// Polls `f` every 10 ms until it returns `Some`. Panics after `deadline` naming `what` and
 /// where the master is blocked, or as soon as the master exited, with its status (code, or
@@ -159,4 +161,31 @@ pub fn age(pid: i32) -> Option<Duration> {
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
     let started = start_ticks as f64 / hz;
     Some(Duration::from_secs_f64((up_secs - started).max(0.0)))
+}
+
+/// The master's fd table (fd → what it points at), read while it is idle: asleep in `poll`, not
+/// half-way through a spawn (whose pipes are open only for its duration) or an upgrade.
+pub fn idle_fds(m: &Master) -> BTreeMap<i32, String> {
+    let pid = m.pid().as_raw();
+    wait_for(DEADLINE, "the master idle in poll", || {
+        let sys = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+        let nr: i64 = sys.split_whitespace().next()?.parse().ok()?;
+        let polling = nr == nix::libc::SYS_ppoll || {
+            #[cfg(target_arch = "x86_64")]
+            {
+                nr == nix::libc::SYS_poll
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        };
+        if !polling || state(pid) != Some('S') {
+            return None;
+        }
+        let t = fds(pid);
+        // Still asleep in the same call: the table was read while it was idle.
+        let again = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+        (again == sys && state(pid) == Some('S')).then_some(t)
+    })
 }

@@ -1,40 +1,12 @@
 //! Ten reloads leave the master's fd table as it was: every pipe and socket a spawn opens in
 //! the master is closed again, and the listener and readiness socket are the same objects.
 
-use std::collections::BTreeMap;
-
 use testkit::fx::wait_generation;
-use testkit::{DEADLINE, Master, Signal, fds, fx, state, wait_for, wait_until, zombies_of};
+use testkit::probe::idle_fds;
+use testkit::{DEADLINE, Signal, fx, wait_until, zombies_of};
 
 const N: usize = 3;
 const RELOADS: u64 = 10;
-
-/// The master's fd table, read while it is idle: asleep in `poll`, not half-way through a
-/// spawn (whose pipes are open only for its duration).
-fn idle_fds(m: &Master) -> BTreeMap<i32, String> {
-    let pid = m.pid().as_raw();
-    wait_for(DEADLINE, "the master idle in poll", || {
-        let sys = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-        let nr: i64 = sys.split_whitespace().next()?.parse().ok()?;
-        let polling = nr == nix::libc::SYS_ppoll || {
-            #[cfg(target_arch = "x86_64")]
-            {
-                nr == nix::libc::SYS_poll
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                false
-            }
-        };
-        if !polling || state(pid) != Some('S') {
-            return None;
-        }
-        let t = fds(pid);
-        // Still asleep in the same call: the table was read while it was idle.
-        let again = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-        (again == sys && state(pid) == Some('S')).then_some(t)
-    })
-}
 
 #[test]
 fn ten_reloads_leave_the_master_fd_table_unchanged() {
