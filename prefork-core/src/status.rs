@@ -248,6 +248,9 @@ pub enum MasterState {
     Running,
     /// A reload has started and not finished yet.
     Reloading,
+    /// Upgrading itself in place: checking the new binary, or (after the exec) replacing the
+    /// old code's workers.
+    Upgrading,
     /// Stopping (`SIGTERM`, `SIGINT`, or the control socket's `stop`).
     Stopping,
 }

@@ -1138,3 +1138,59 @@ fn usr2_during_a_reload_that_has_not_settled_waits_for_it_then_upgrades() {
     up.workers = new;
     stop(up);
 }
+
+#[test]
+fn new_workers_that_never_become_ready_leave_the_old_ones_serving_until_a_fix() {
+    // The new build passes the check and runs the master, but its workers hang before they are
+    // ready: a bash wrapper at the program path runs the real binary for the master (and its
+    // check) under the wrapper's own name, and `sleep` for a worker. The old workers serve on,
+    // the status says `upgrading`, and a fixed build reloaded with HUP ends the upgrade.
+    let dir = dir_with_sample("upgrade-hang");
+    let ctl = dir.path().join("ctl.sock");
+    let ctl_arg = ctl.to_str().unwrap().to_string();
+    let mut up = start_in(dir, &["--control", &ctl_arg], &[]);
+    let master = up.m.pid();
+    let load = start_load(up.addr);
+    let real = fresh_copy(up.dir.path(), "real");
+    let script = format!(
+        "#!/bin/bash\nif [ -n \"$PREFORK_WORKER\" ]; then exec sleep 60; fi\nexec -a \"$0\" {} \"$@\"\n",
+        real.display()
+    );
+    let wrapper = write_executable(up.dir.path(), "wrapper", script.as_bytes());
+    install(&wrapper, &up.bin);
+    up.m.signal(Signal::SIGUSR2);
+    up.m.stderr.wait_line(DEADLINE, |l| l.contains(UPGRADED));
+    assert_eq!(
+        exe_id(master),
+        Some(file_id(&real)),
+        "the master runs the real binary"
+    );
+    wait_until(DEADLINE, "the status to say upgrading", || {
+        status(&ctl)["master"]["state"] == "upgrading"
+    });
+    // (Not by their argv: a hanging replacement shows `id=N` until bash execs `sleep`.)
+    for (id, pid) in &up.workers {
+        assert!(
+            alive(*pid) && ppid(*pid) == Some(master.as_raw()),
+            "while the new workers hang: the old worker {id} (pid {pid}) serves on"
+        );
+    }
+
+    let fixed = fresh_copy(up.dir.path(), "fixed");
+    install(&fixed, &up.bin);
+    up.m.signal(Signal::SIGHUP);
+    up.m.stderr.wait_line(DEADLINE, |l| {
+        l.contains("upgrade finished: every worker runs")
+    });
+    let new = up.m.wait_replaced(&up.workers);
+    for pid in new.values() {
+        wait_serving(&up.m, *pid);
+    }
+    wait_until(DEADLINE, "the status to say running", || {
+        status(&ctl)["master"]["state"] == "running"
+    });
+    let report = finish_load(load, 2000);
+    assert_no_failure(&report);
+    up.workers = new;
+    stop(up);
+}

@@ -750,6 +750,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
         let state = match (&self.phase, self.pool.settling_generation()) {
             (Phase::Stopping { .. } | Phase::LameDuck { .. }, _) => MasterState::Stopping,
+            _ if self.upgrading() => MasterState::Upgrading,
             (_, Some(g)) if g > 0 => MasterState::Reloading,
             _ => MasterState::Running,
         };

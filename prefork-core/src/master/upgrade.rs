@@ -116,6 +116,15 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         )
     }
 
+    /// Whether an upgrade is under way (checked, or the new image rolling its workers), for
+    /// the status.
+    pub(super) fn upgrading(&self) -> bool {
+        matches!(
+            self.upgrade,
+            UpgradePhase::Checking { .. } | UpgradePhase::Passed | UpgradePhase::Rolling { .. }
+        )
+    }
+
     /// At the end of a turn: a passed check hands over now, unless the master began to stop.
     pub(super) fn upgrade_continue(&mut self) {
         if !matches!(self.upgrade, UpgradePhase::Passed) {
