@@ -678,14 +678,23 @@ pub(crate) fn export_listeners() -> Vec<crate::upgrade::ListenerFd> {
     out
 }
 
-/// Listening sockets an old image handed over, not yet claimed by this image's code. They
-/// are the master's listeners already (released at shutdown, shown by the status).
-static INHERITED: Mutex<Vec<(crate::upgrade::ListenerFd, InheritedListener)>> =
+/// Listening sockets an old image handed over, and whether this image's code claimed each.
+/// They are the master's listeners already (released at shutdown, shown by the status). A
+/// claimed one stays here too until the adoption has succeeded: a failed adoption rolls back
+/// to the old image, which needs every number open, even one the new code claimed and
+/// dropped.
+static INHERITED: Mutex<Vec<(crate::upgrade::ListenerFd, InheritedListener, bool)>> =
     Mutex::new(Vec::new());
 
-fn inherited()
--> std::sync::MutexGuard<'static, Vec<(crate::upgrade::ListenerFd, InheritedListener)>> {
+type InheritedTable = Vec<(crate::upgrade::ListenerFd, InheritedListener, bool)>;
+
+fn inherited() -> std::sync::MutexGuard<'static, InheritedTable> {
     INHERITED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The adoption succeeded: the claimed sockets belong to the code that claimed them alone.
+pub(crate) fn adoption_done() {
+    inherited().retain(|(_, _, claimed)| !claimed);
 }
 
 /// In the new image: the sockets the old one handed over, for [`InheritedListener::bind_tcp`]
@@ -709,7 +718,11 @@ pub(crate) fn adopt_inherited(list: &[crate::upgrade::ListenerFd]) {
         // Checked open; the old image kept it open for this one, and the hand-over names each
         // number once: this is its only owner.
         let owned = crate::sys::own_inherited(l.fd);
-        table.push((l.clone(), InheritedListener::from_owned(l.kind, owned)));
+        table.push((
+            l.clone(),
+            InheritedListener::from_owned(l.kind, owned),
+            false,
+        ));
     }
 }
 
@@ -723,29 +736,33 @@ fn claim_tcp(addrs: &[SocketAddr]) -> Option<InheritedListener> {
         };
         l.kind == ListenerKind::Tcp && (got == *a || (a.port() == 0 && got.ip() == a.ip()))
     };
-    let i = addrs
-        .iter()
-        .find_map(|a| table.iter().position(|(l, _)| matches(l, a)))?;
-    let (l, listener) = table.remove(i);
+    let i = addrs.iter().find_map(|a| {
+        table
+            .iter()
+            .position(|(l, _, claimed)| !claimed && matches(l, a))
+    })?;
+    let (l, listener, claimed) = &mut table[i];
+    *claimed = true;
     tracing::info!(fd = l.fd, addr = ?l.addr, "kept the old master's listening socket");
-    Some(listener)
+    Some(listener.clone())
 }
 
 /// Takes the handed-over Unix socket at `path`.
 fn claim_unix(path: &Path) -> Option<InheritedListener> {
     let mut table = inherited();
-    let i = table
-        .iter()
-        .position(|(l, _)| l.kind == ListenerKind::Unix && l.path.as_deref() == Some(path))?;
-    let (l, listener) = table.remove(i);
+    let i = table.iter().position(|(l, _, claimed)| {
+        !claimed && l.kind == ListenerKind::Unix && l.path.as_deref() == Some(path)
+    })?;
+    let (l, listener, claimed) = &mut table[i];
+    *claimed = true;
     tracing::info!(fd = l.fd, path = %path.display(), "kept the old master's listening socket");
-    Some(listener)
+    Some(listener.clone())
 }
 
 /// Closes the handed-over sockets this image's code did not claim; returns how many.
 pub(crate) fn close_unclaimed_inherited() -> usize {
     let left = std::mem::take(&mut *inherited());
-    for (l, _) in &left {
+    for (l, _, _) in &left {
         tracing::info!(fd = l.fd, addr = ?l.addr, path = ?l.path,
             "the new code did not use a listening socket of the old master; closed");
     }

@@ -273,7 +273,9 @@ where
     log::init_default();
     // The check of an upgrade in place runs this binary with the state on standard input:
     // it answers and exits here, before anything of the master or a worker starts.
-    upgrade::check_if_asked::<W>();
+    upgrade::check_if_asked::<W>(|| {
+        master::validate(&settings).map_err(|e| e.report().to_string())
+    });
     match worker::role() {
         worker::Role::Worker(boot) => worker::run::<W, F, R>(boot, worker_fn),
         worker::Role::BadWorker(e) => worker::fail_boot(e),

@@ -97,12 +97,16 @@ impl ReadinessSocket {
                 ));
             }
         }
-        // Checked open above; the old image made them for this one, and nothing else in this
-        // process owns them.
+        setsockopt(
+            &crate::sys::borrow_inherited(fds[0]),
+            sockopt::PassCred,
+            &true,
+        )
+        .map_err(|e| Error::sys("cannot enable SO_PASSCRED on the readiness socket", e))?;
+        // Checked open above (and nothing failed, so a rollback never needs them back); the
+        // old image made them for this one, and nothing else in this process owns them.
         let master_end = crate::sys::own_inherited(fds[0]);
         let worker_end = crate::sys::own_inherited(fds[1]);
-        setsockopt(&master_end, sockopt::PassCred, &true)
-            .map_err(|e| Error::sys("cannot enable SO_PASSCRED on the readiness socket", e))?;
         Ok(ReadinessSocket {
             master_end,
             worker_end,

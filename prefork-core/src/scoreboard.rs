@@ -153,15 +153,16 @@ impl Board {
     ) -> Result<Board> {
         sys::set_cloexec_raw(state.fd)
             .map_err(|e| Error::sys("the scoreboard of the old master is not open", e))?;
-        // Checked open; the old image made it for this one, and nothing else here owns it.
-        let fd = sys::own_inherited(state.fd);
-        if !sys::size_is_sealed(fd.as_fd()) {
+        // Checked through a borrow first: a failure leaves the number open (a rollback hands
+        // it back to the old image).
+        let borrowed = sys::borrow_inherited(state.fd);
+        if !sys::size_is_sealed(borrowed) {
             return Err(Error::InvalidSetting(
                 "the scoreboard of the old master is not a sealed memfd".into(),
             ));
         }
         let map =
-            SharedWords::map(fd.as_fd()).map_err(|e| Error::sys("cannot map the scoreboard", e))?;
+            SharedWords::map(borrowed).map_err(|e| Error::sys("cannot map the scoreboard", e))?;
         let header_ok = block(map.words(), 0).is_some_and(|h| {
             h[0].load(Ordering::Relaxed) == MAGIC && h[1].load(Ordering::Relaxed) == SLOTS as u64
         });
@@ -170,6 +171,8 @@ impl Board {
                 "the scoreboard of the old master has another layout".into(),
             ));
         }
+        // Open, checked, handed over for this image only: this is its one owner.
+        let fd = sys::own_inherited(state.fd);
         let mut by_pid = BTreeMap::new();
         for &(pid, slot) in &state.slots {
             if (slot as usize) < SLOTS && pid > 0 {

@@ -357,10 +357,13 @@ fn read_all(fd: BorrowedFd<'_>) -> std::io::Result<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------
 // The check child.
 
-/// In the check child (`PREFORK_UPGRADE_CHECK` set): decodes the state on standard input with
-/// this build's context type, prints the acknowledgement and exits 0; exits 2 with one line on
-/// standard error if it cannot. Returns only when this is not a check.
-pub(crate) fn check_if_asked<W: crate::WorkerContext>() {
+/// In the check child (`PREFORK_UPGRADE_CHECK` set): checks this build's settings
+/// (`settings_ok`: what the master would refuse at start), decodes the state on standard input
+/// with this build's context type, prints the acknowledgement and exits 0; exits 2 with one line
+/// on standard error if it cannot. Returns only when this is not a check.
+pub(crate) fn check_if_asked<W: crate::WorkerContext>(
+    settings_ok: impl FnOnce() -> std::result::Result<(), String>,
+) {
     if std::env::var_os(CHECK_ENV).is_none() {
         return;
     }
@@ -372,12 +375,14 @@ pub(crate) fn check_if_asked<W: crate::WorkerContext>() {
         .read_to_end(&mut input);
     let verdict = match read {
         Err(e) => Err(format!("cannot read the check request: {e}")),
-        Ok(_) => State::from_bytes(&input).and_then(|state| {
-            for ctx in state.contexts() {
-                decode_context::<W>(ctx)?;
-            }
-            Ok(state)
-        }),
+        Ok(_) => settings_ok()
+            .and_then(|()| State::from_bytes(&input))
+            .and_then(|state| {
+                for ctx in state.contexts() {
+                    decode_context::<W>(ctx)?;
+                }
+                Ok(state)
+            }),
     };
     match verdict {
         Ok(state) => {
@@ -512,10 +517,14 @@ pub(crate) fn exec_rollback(h: &Handover, why: &str) -> Error {
     if let Err(e) = set_inheritable(&[h.state_fd.as_raw_fd(), h.old_exe.as_raw_fd()], true) {
         return Error::sys("cannot keep the upgrade state open for a rollback", e);
     }
-    if let Ok(state) = &h.state
-        && let Err(e) = set_inheritable(&state.fds(), true)
-    {
-        return Error::sys("cannot keep the master's sockets open for a rollback", e);
+    if let Ok(state) = &h.state {
+        // One number that cannot be kept (closed by a bug) must not cost the rest: the old
+        // image adopts what it finds, and a rollback that gives up loses every worker.
+        for fd in state.fds() {
+            if let Err(e) = set_inheritable(&[fd], true) {
+                tracing::error!(fd, error = %e, "an fd of the hand-over cannot be kept for the rollback");
+            }
+        }
     }
     let env = next_env(h.state_fd.as_raw_fd(), h.old_exe.as_raw_fd(), Some(why));
     match nix::unistd::fexecve(h.old_exe.as_fd(), &argv(), &env) {

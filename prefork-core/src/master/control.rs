@@ -190,48 +190,58 @@ impl Control {
         control.book.last_upgrade =
             serde_json::from_value(book.last_upgrade.clone()).unwrap_or(None);
         control.book.upgrade_started = book.upgrade_started_unix_ms.map(from_ms);
-        let mut kept = None;
-        if let Some(st) = state {
-            let fds = std::iter::once(st.fd).chain(st.clients.iter().copied());
-            let open: Vec<bool> = fds
-                .map(|fd| crate::sys::set_cloexec_raw(fd).is_ok())
-                .collect();
-            // Each number was checked open and handed over for this image only: one owner.
-            let listener = open[0].then(|| UnixListener::from(crate::sys::own_inherited(st.fd)));
-            let clients: Vec<UnixStream> = st
-                .clients
-                .iter()
-                .zip(&open[1..])
-                .filter(|(_, ok)| **ok)
-                .map(|(&fd, _)| UnixStream::from(crate::sys::own_inherited(fd)))
-                .collect();
-            match (listener, &settings.control_socket) {
-                (Some(listener), Some(path)) if *path == st.path => {
-                    kept = Some(ControlSocket::adopt(listener, st, clients)?);
-                }
-                (listener, _) => {
-                    drop(listener);
-                    if std::fs::symlink_metadata(&st.path)
-                        .is_ok_and(|m| Some((m.dev(), m.ino())) == st.ident)
-                    {
-                        let _ = std::fs::remove_file(&st.path);
-                    }
-                    for c in clients {
-                        let mut c = c;
-                        let _ = std::io::Write::write_all(
-                            &mut c,
-                            b"{\"result\":\"error\",\"error\":\"the new master has no control socket at this path\"}\n",
-                        );
-                    }
-                }
-            }
+        // Nothing handed over is closed until nothing can fail any more: a failed adoption
+        // rolls back to the old image, which needs every number open.
+        let st = state.filter(|st| crate::sys::set_cloexec_raw(st.fd).is_ok());
+        let keep = st.filter(|st| settings.control_socket.as_deref() == Some(st.path.as_path()));
+        if let Some(st) = keep {
+            socket2::SockRef::from(&crate::sys::borrow_inherited(st.fd))
+                .set_nonblocking(true)
+                .map_err(|e| Error::sys("cannot make the control socket non-blocking", e))?;
         }
-        control.socket = match (kept, &settings.control_socket) {
-            (Some(s), _) => Some(s),
+        control.socket = match (keep, &settings.control_socket) {
+            (Some(st), _) => {
+                // Each number was checked open and handed over for this image only: one owner.
+                let listener = UnixListener::from(crate::sys::own_inherited(st.fd));
+                Some(ControlSocket::adopt(listener, st, open_clients(st)))
+            }
             (None, Some(path)) => Some(ControlSocket::bind(path)?),
             (None, None) => None,
         };
+        if let (Some(st), None) = (st, keep) {
+            // Another path (or none) in this image's settings: the old socket goes, and its
+            // waiting clients are told why.
+            drop(UnixListener::from(crate::sys::own_inherited(st.fd)));
+            if std::fs::symlink_metadata(&st.path)
+                .is_ok_and(|m| Some((m.dev(), m.ino())) == st.ident)
+            {
+                let _ = std::fs::remove_file(&st.path);
+            }
+            for mut c in open_clients(st) {
+                let _ = std::io::Write::write_all(
+                    &mut c,
+                    b"{\"result\":\"error\",\"error\":\"the new master has no control socket at this path\"}\n",
+                );
+            }
+        }
         Ok(control)
+    }
+
+    /// Just before an upgrade's exec: clients that do not cross it (all but those waiting for
+    /// the upgrade) get what they are owed now, in one non-blocking write: a response being
+    /// written is written, and a request being read or waited on is answered with an error
+    /// asking to send it again.
+    pub fn before_exec(&mut self) {
+        let Some(s) = &mut self.socket else { return };
+        let now = Instant::now();
+        let retry = error("the master is upgrading itself in place; send the request again");
+        for c in &mut s.clients {
+            match c.phase {
+                ClientPhase::Waiting(Wait::Upgrade) => {}
+                ClientPhase::Writing { .. } => c.write_some(),
+                ClientPhase::Reading { .. } | ClientPhase::Waiting(_) => c.reply(&retry, now),
+            }
+        }
     }
 
     /// An upgrade began: remembered for its status.
@@ -535,6 +545,9 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
                 Ok(scale) => Outcome::Reply(Response::Scale { scale }),
                 Err(e) => Outcome::Reply(error(&e)),
             },
+            Command::Replace { .. } if self.upgrade_checking() => Outcome::Reply(error(
+                "an upgrade of the master is being checked; replace once it has ended",
+            )),
             Command::Replace { id } => {
                 let Some(key) = self.find_id(&id) else {
                     return Outcome::Reply(error(&format!("no worker has the id {id}")));
@@ -549,6 +562,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             }
             Command::Stop { fast } => {
                 tracing::info!(client, fast, "stop requested on the control socket");
+                self.cancel_upgrade_check();
                 // Answer first: the master may be gone before the next turn.
                 if let Some(s) = &mut self.control.socket {
                     s.respond(client, &Response::Stopping { fast }, Instant::now());
@@ -794,6 +808,16 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     }
 }
 
+/// The clients of a handed-over control socket whose numbers are open, owned.
+fn open_clients(st: &ControlState) -> Vec<UnixStream> {
+    st.clients
+        .iter()
+        .filter(|&&fd| crate::sys::set_cloexec_raw(fd).is_ok())
+        // Checked open, and handed over for this image only: one owner.
+        .map(|&fd| UnixStream::from(crate::sys::own_inherited(fd)))
+        .collect()
+}
+
 /// An error response.
 fn error(msg: &str) -> Response {
     Response::Error {
@@ -931,15 +955,9 @@ impl ClientPhase {
 }
 
 impl ControlSocket {
-    /// The socket an old master handed over, with the clients waiting for the upgrade.
-    fn adopt(
-        listener: UnixListener,
-        st: &ControlState,
-        clients: Vec<UnixStream>,
-    ) -> Result<ControlSocket> {
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::sys("cannot make the control socket non-blocking", e))?;
+    /// The socket an old master handed over (made non-blocking already), with the clients
+    /// waiting for the upgrade.
+    fn adopt(listener: UnixListener, st: &ControlState, clients: Vec<UnixStream>) -> ControlSocket {
         let mut s = ControlSocket {
             listener,
             path: st.path.clone(),
@@ -960,7 +978,7 @@ impl ControlSocket {
         }
         tracing::info!(path = %st.path.display(), waiting = s.clients.len(),
             "kept the old master's control socket");
-        Ok(s)
+        s
     }
 
     fn bind(path: &Path) -> Result<ControlSocket> {

@@ -181,16 +181,21 @@ enum ReloadStart<Id> {
 pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) -> Result<()> {
     let _ = crate::launch::launch();
     // A program that calls run_master itself answers an upgrade's check here.
-    crate::upgrade::check_if_asked::<W>();
+    crate::upgrade::check_if_asked::<W>(|| validate(&settings).map_err(|e| e.report().to_string()));
     // An upgrade in place: this image was exec'd by the old one, whose state it adopts.
     let handover = crate::upgrade::take_handover();
-    settings.check_scoreboard()?;
-    signals::check_forwards(&settings.forwards)?;
+    let valid = validate(&settings);
     let forwarded: Vec<Signal> = settings.forwards.iter().map(|&(from, _)| from).collect();
     let fork = settings.fork.take();
     let (pieces, adopted) = match &handover {
-        None => (fresh_pieces(&settings)?, None),
-        Some(h) => match upgrade::adopt(&mut settings, h) {
+        None => {
+            valid?;
+            (fresh_pieces(&settings)?, None)
+        }
+        Some(h) => match valid
+            .map_err(|e| e.report().to_string())
+            .and_then(|()| upgrade::adopt(&mut settings, h))
+        {
             Ok(mut p) => {
                 let adopted = p.adopted.take();
                 (p, Some(adopted))
@@ -250,6 +255,12 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
     });
     crate::fd::unlink_bound_unix_paths();
     r
+}
+
+/// What the master refuses to start with (one line each), also checked by an upgrade's check.
+pub(crate) fn validate<C: 'static, W: WorkerContext>(settings: &Settings<C, W>) -> Result<()> {
+    settings.check_scoreboard()?;
+    signals::check_forwards(&settings.forwards)
 }
 
 /// A master's own pieces, made new (not adopted from an upgrade).

@@ -830,7 +830,7 @@ impl<W: WorkerContext> Pool<W> {
     ) -> Option<(W::Id, Error)> {
         self.settling = Some((0, now));
         self.arm_scans(now);
-        self.set_desired(desired, now, ops);
+        self.set_desired(desired, self.cfg.replace_unchanged, now, ops);
         let failed = self.pump(now, ops, true).into_iter().next();
         self.check_settled(now);
         failed
@@ -844,9 +844,22 @@ impl<W: WorkerContext> Pool<W> {
         now: Instant,
         ops: &mut impl Processes<W>,
     ) {
+        self.reload_replacing(desired, self.cfg.replace_unchanged, now, ops);
+    }
+
+    /// A reload that replaces every worker whose context is unchanged too when `unchanged`
+    /// (the roll after an upgrade of the master: the code changed, whatever the contexts say),
+    /// or only those whose context changed when not (the reconciliation after a rollback).
+    pub fn reload_replacing(
+        &mut self,
+        desired: BTreeMap<W::Id, W>,
+        unchanged: bool,
+        now: Instant,
+        ops: &mut impl Processes<W>,
+    ) {
         self.advance_generation();
         self.settling = Some((self.generation, now));
-        self.set_desired(desired, now, ops);
+        self.set_desired(desired, unchanged, now, ops);
         self.pump(now, ops, false);
         self.check_settled(now);
     }
@@ -854,6 +867,7 @@ impl<W: WorkerContext> Pool<W> {
     fn set_desired(
         &mut self,
         desired: BTreeMap<W::Id, W>,
+        replace_unchanged: bool,
         now: Instant,
         ops: &mut impl Processes<W>,
     ) {
@@ -871,7 +885,7 @@ impl<W: WorkerContext> Pool<W> {
                     slot.start_backoff.reset();
                     slot.replace_backoff.reset();
                     let stale_next = slot.next.take();
-                    if slot.current.is_some() && (changed || self.cfg.replace_unchanged) {
+                    if slot.current.is_some() && (changed || replace_unchanged) {
                         slot.wants_replacement = true;
                     }
                     if let Some(p) = stale_next {

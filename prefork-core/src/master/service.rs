@@ -68,6 +68,12 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         }
     }
 
+    /// Pings the watchdog now (if it is on): just before an upgrade's exec, and first thing
+    /// after it, so the exec's gap never adds to a whole interval.
+    pub(super) fn systemd_ping_watchdog(&mut self) {
+        self.systemd.ping_now(Instant::now());
+    }
+
     /// In a master exec'd by an upgrade: it is reloading (the old image said so).
     pub(super) fn systemd_resume_reloading(&mut self) {
         self.systemd.resume_reloading();

@@ -238,11 +238,13 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     fn refuse_upgrade(&mut self, why: String) {
         tracing::warn!("upgrade refused: {why}; the master keeps its code, nothing changed");
         self.upgrade = UpgradePhase::Idle;
+        // READY=1 ends the upgrade's RELOADING=1 first; a held-back SIGHUP's reload then says
+        // RELOADING=1 again and READY=1 when it has settled.
+        self.notify_ready_now();
         if std::mem::take(&mut self.hup_deferred) {
             tracing::info!("SIGHUP received during the upgrade's check: reloading now");
             self.reload();
         }
-        self.notify_ready_now();
         self.control.upgrade_ended(
             UpgradeResult::Refused,
             Some(why),
@@ -295,6 +297,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        // Control clients other than those waiting for the upgrade do not cross the exec:
+        // what they are owed is written (or they are told to ask again) now.
+        self.control.before_exec();
+        self.systemd_ping_watchdog();
         // From here until the new image installed its handlers, every signal waits (the mask
         // and the pending set survive execve): none is lost, and none can kill the master with
         // its default action.
@@ -327,18 +333,36 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     /// rollback) the report of the failed upgrade.
     pub(super) fn after_adoption(&mut self, adopted: Adopted) {
         let workers = self.pool.pids().len();
+        // The old image's last watchdog ping may be most of an interval old.
+        self.systemd_ping_watchdog();
         if let Some(why) = adopted.rolled_back {
             tracing::warn!(
                 "upgrade rolled back: the new binary could not adopt the state ({why}); \
                  the old code runs on, {workers} worker(s) kept"
             );
-            self.notify_ready_now();
             self.control.upgrade_ended(
                 UpgradeResult::RolledBack,
                 Some(why),
                 self.pool.generation(),
                 Instant::now(),
             );
+            // `update` ran again: ids it added start, ids it dropped retire, changed contexts
+            // are replaced; the others (the same code) are left alone. Its settling says
+            // READY=1.
+            if self.fork.is_some() && self.config.is_some() {
+                let set = self.desired.clone();
+                self.drive(|pool, ops| {
+                    pool.reload_replacing(set.into_map(), false, Instant::now(), ops)
+                });
+            } else {
+                if self.config.is_none() {
+                    tracing::error!(
+                        "after the rollback, update returned no configuration: the workers \
+                         are kept as they are; reload once the configuration is fixed"
+                    );
+                }
+                self.notify_ready_now();
+            }
             return;
         }
         self.upgrades += 1;
@@ -351,8 +375,11 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
         );
         self.systemd_resume_reloading();
         if self.fork.is_some() {
+            // Every worker, changed context or not: the code changed.
             let set = self.desired.clone();
-            self.drive(|pool, ops| pool.reload(set.into_map(), Instant::now(), ops));
+            self.drive(|pool, ops| {
+                pool.reload_replacing(set.into_map(), true, Instant::now(), ops)
+            });
             tracing::info!(
                 generation = self.pool.generation(),
                 "upgrade: replacing every worker with the new code"
@@ -461,10 +488,14 @@ pub(super) fn adopt<C: 'static, W: WorkerContext>(
     crate::reuseport::adopt_groups(&state.groups, &holders)?;
     crate::fd::adopt_inherited(&state.listeners);
     let mut set = WorkerSet::new();
-    let scale = state
-        .pool
-        .scale
-        .or(settings.pool_config().scale.map(|s| s.current));
+    // The old master's runtime scale, within this image's bounds (none if it scales no more).
+    let scale = settings.pool_config().scale.map(|s| {
+        state
+            .pool
+            .scale
+            .unwrap_or(s.current)
+            .clamp(s.min, s.max.max(s.min))
+    });
     set.set_scale(scale);
     let config = super::call_update(&mut settings.update_config, &mut set);
     if config.is_none() && h.rolled_back.is_none() {
@@ -484,14 +515,7 @@ pub(super) fn adopt<C: 'static, W: WorkerContext>(
     let board = match (&state.board, settings.scoreboard) {
         (Some(b), true) => Board::adopt(b, settings.pool.health.beat_interval()).map(Some),
         (None, true) => Board::new(settings.pool.health.beat_interval()).map(Some),
-        (Some(b), false) => {
-            if crate::sys::set_cloexec_raw(b.fd).is_ok() {
-                // Open, handed over for this image only, and not wanted by its settings.
-                drop(crate::sys::own_inherited(b.fd));
-            }
-            Ok(None)
-        }
-        (None, false) => Ok(None),
+        (_, false) => Ok(None),
     };
     let board = match board {
         Ok(b) => b,
@@ -508,6 +532,14 @@ pub(super) fn adopt<C: 'static, W: WorkerContext>(
             return Err(e.report().to_string());
         }
     };
+    // Nothing fails from here on: what this image does not keep is let go of.
+    if let (Some(b), false) = (&state.board, settings.scoreboard)
+        && crate::sys::set_cloexec_raw(b.fd).is_ok()
+    {
+        // Open, handed over for this image only, and not wanted by its settings.
+        drop(crate::sys::own_inherited(b.fd));
+    }
+    crate::fd::adoption_done();
     Ok(Pieces {
         pool,
         readiness,

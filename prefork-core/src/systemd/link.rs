@@ -242,6 +242,15 @@ impl Link {
         self.watchdog.as_ref().map(|w| w.next)
     }
 
+    /// Pings the watchdog now, if it is on (and restarts its interval).
+    pub fn ping_now(&mut self, now: Instant) {
+        let Some(w) = &mut self.watchdog else { return };
+        w.next = crate::master::later(now, w.interval);
+        if let Some(n) = &self.notifier {
+            n.send("WATCHDOG=1");
+        }
+    }
+
     /// Pings the watchdog if its time came.
     pub fn tick(&mut self, now: Instant) {
         let Some(w) = &mut self.watchdog else { return };

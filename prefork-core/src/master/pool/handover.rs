@@ -19,7 +19,7 @@ use super::{Backoff, Pool, PoolConfig, Proc, Retiring, Slot, later};
 use crate::context::WorkerContext;
 use crate::process::Pid;
 use crate::upgrade::{
-    BackoffState, PoolState, ProcState, RetiringState, SlotState, decode_context, to_hex,
+    BackoffState, PoolState, ProcState, RetiringState, SlotState, decode_context, from_hex, to_hex,
 };
 
 fn ms(d: Duration) -> u64 {
@@ -124,10 +124,11 @@ impl<W: WorkerContext> Pool<W> {
     }
 
     /// The pool of an old master, rebuilt with this image's settings. Each id's desired
-    /// context is `desired`'s when it has the id (the new code's, holding live sockets), else
-    /// the old one's (the id leaves at the next reload). The contexts the workers run are the
-    /// old ones, decoded with this build's type; a context that does not decode fails the
-    /// adoption (the caller rolls back).
+    /// context, and its adopted workers', is `desired`'s when it has the id (the new code's,
+    /// holding live sockets), else the old one's, decoded with this build's type (the id
+    /// leaves at the next reload). A context that does not decode fails the adoption (the
+    /// caller rolls back). The encodings the next reload compares are the old master's, so a
+    /// reload that replaces only changed contexts sees what changed.
     pub fn adopt(
         cfg: PoolConfig,
         state: &PoolState,
@@ -145,18 +146,27 @@ impl<W: WorkerContext> Pool<W> {
         for s in &state.slots {
             let old: W = decode_context(&s.ctx)?;
             let id = old.id();
-            let ctx = desired.get(&id).cloned().unwrap_or(old);
-            let encoded = ctx.encode().unwrap_or_default();
-            let mut slot = Slot::new(ctx, encoded);
-            slot.current = s.current.as_ref().map(|p| adopt_proc(p, now)).transpose()?;
-            slot.next = s.next.as_ref().map(|p| adopt_proc(p, now)).transpose()?;
+            // The desired context is the new code's when it has the id: it names the sockets
+            // of this image (a decoded one names none). Adopted workers are given it too, so
+            // that a respawn before the roll (of a worker that served and died) starts with
+            // live sockets. The encoding compared by the next reload stays the old one.
+            let live = desired.get(&id).cloned();
+            let encoded = from_hex(&s.ctx).unwrap_or_default();
+            let adopt = |p: &ProcState| -> Result<Proc<W>, String> {
+                let mut proc = adopt_proc::<W>(p, now)?;
+                if let Some(ctx) = &live {
+                    proc.ctx = ctx.clone();
+                }
+                Ok(proc)
+            };
+            let mut slot = Slot::new(live.clone().unwrap_or(old), encoded);
+            slot.current = s.current.as_ref().map(adopt).transpose()?;
+            slot.next = s.next.as_ref().map(adopt).transpose()?;
             slot.restarts = s.restarts;
             slot.failed_starts = s.failed_starts;
             slot.start_backoff = adopt_backoff(&s.start_backoff, now);
             slot.replace_backoff = adopt_backoff(&s.replace_backoff, now);
             slot.last_failure = s.last_failure.clone();
-            // `good` stays unset: a worker that dies before the roll comes back with the
-            // desired context (the old one names no live socket in this image).
             if pool.slots.insert(id.clone(), slot).is_some() {
                 return Err(format!("the id {id:?} appears twice in the upgrade state"));
             }
@@ -180,8 +190,12 @@ impl<W: WorkerContext> Pool<W> {
         } else if pool.cfg.spare.is_some() {
             pool.active = pool.slots.len();
         }
-        // The adaptive pool's scans are armed by the reload that follows.
         pool.arm_scans(now);
+        if let Some(sp) = pool.cfg.spare {
+            // Armed here, not only by a reload: after a rollback none follows.
+            pool.next_scan = Some(later(now, sp.interval));
+            pool.last_busy = Some(now);
+        }
         Ok(pool)
     }
 }
