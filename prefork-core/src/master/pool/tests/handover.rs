@@ -183,3 +183,86 @@ fn backoff_and_scale_cross_the_exec() {
         "not due at once: the backoff carried over"
     );
 }
+
+#[test]
+fn the_roll_replaces_every_worker_even_when_only_changed_contexts_are_replaced_on_reload() {
+    let cfg = PoolConfig {
+        replace_unchanged: false,
+        ..explicit()
+    };
+    let (p, _, t0) = running(3, cfg.clone());
+    let t1 = t0 + ms(2000);
+    // The same contexts in the new code.
+    let mut q = round_trip(&p, cfg.clone(), &set(0..3, 0), t1);
+    let mut g = Fake {
+        next_pid: 50,
+        ..Fake::default()
+    };
+    q.reload_replacing(set(0..3, 0), true, t1, &mut g);
+    assert_eq!(
+        g.spawned.len(),
+        3,
+        "the upgrade's roll replaces all: the code changed"
+    );
+
+    // The rollback's reconciliation replaces only what changed: id 1's context.
+    let mut r = round_trip(&p, cfg, &set(0..3, 0), t1);
+    let mut h = Fake {
+        next_pid: 80,
+        ..Fake::default()
+    };
+    let mut desired = set(0..3, 0);
+    desired.insert(1, W { id: 1, tag: 9 });
+    r.reload_replacing(desired, false, t1, &mut h);
+    assert_eq!(h.spawned.len(), 1, "{:?}", h.spawned);
+    assert_eq!(h.spawned[0].0, 1);
+}
+
+#[test]
+fn a_crash_during_a_failing_roll_respawns_with_the_new_codes_context() {
+    let (p, _, t0) = running(2, explicit());
+    let t1 = t0 + ms(5000);
+    let mut q = round_trip(&p, explicit(), &set(0..2, 4), t1);
+    let mut g = Fake {
+        next_pid: 50,
+        ..Fake::default()
+    };
+    q.reload_replacing(set(0..2, 4), true, t1, &mut g);
+    // id 0's replacement dies before it is ready: it waits for its backoff.
+    let next0 = g.spawned[0].1;
+    q.exited(next0, ChildExit::Exited(1), t1 + ms(1), &mut g);
+    // Then the adopted worker of id 0 crashes: its respawn must carry the new code's
+    // context (it holds this image's sockets), not the one decoded from the old master.
+    let old0 = p.current()[&0];
+    let before = g.tags.len();
+    q.exited(
+        old0,
+        ChildExit::Signaled(Signal::SIGKILL),
+        t1 + ms(2),
+        &mut g,
+    );
+    assert_eq!(g.tags.len(), before + 1, "respawned at once");
+    assert_eq!(g.tags.last(), Some(&4));
+}
+
+#[test]
+fn an_adopted_adaptive_pool_scans_without_a_reload() {
+    let cfg = PoolConfig {
+        spare: Some(SpareConfig {
+            min_spare: 1,
+            max_spare: 2,
+            max_workers: 4,
+            interval: ms(100),
+            idle_timeout: Duration::from_secs(5),
+        }),
+        ..explicit()
+    };
+    let (p, _, t0) = running(4, cfg.clone());
+    let t1 = t0 + ms(1000);
+    let q = round_trip(&p, cfg, &set(0..4, 0), t1);
+    assert!(!q.scan_due(t1));
+    assert!(
+        q.scan_due(t1 + ms(100)),
+        "a scan is due one interval after the adoption"
+    );
+}
