@@ -155,7 +155,8 @@
 //! service manager never loses track of it and no connection is refused:
 //!
 //! 1. the binary now at the program path is run as a child in a check mode: it must reach
-//!    [`default_main`] and decode the master's state with its own context type within
+//!    [`default_main`] with settings its master would accept, and decode the master's state
+//!    with its own context type within
 //!    [`Settings::upgrade_check_timeout`] (10 s), or the upgrade is refused and nothing
 //!    changes;
 //! 2. the master writes its state (workers, sockets, counters) to a sealed memfd, keeps exactly
@@ -166,7 +167,8 @@
 //!    [`bind_unix`](InheritedListener::bind_unix) and [`ReuseportGroup::bind_tcp`] return
 //!    what was handed over on that address);
 //! 4. if the new image cannot adopt the state (a context it cannot decode, no configuration
-//!    from `update`), it execs the old binary again, which takes its workers back.
+//!    from `update`), it execs the old binary again, which takes its workers back (nothing
+//!    handed over is closed before the adoption has succeeded).
 //!
 //! A signal sent meanwhile is not lost: `SIGHUP` during the check is acted on after the
 //! upgrade, `SIGTERM` calls the check off and stops. An upgrade asked for while a start,
