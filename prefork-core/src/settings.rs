@@ -561,8 +561,9 @@ impl<C: 'static, W: WorkerContext> Settings<C, W> {
     /// * while fewer than `min_spare` running workers are idle (nothing in flight; a starting
     ///   worker counts as idle), the next ids start, never more than `max_workers` (nor than
     ///   the declared ids) in all;
-    /// * while more than `max_spare` are idle, the highest id retires, one per scan (its worker
-    ///   gets its stop signal and drains);
+    /// * while more than `max_spare` were idle through the whole interval (nothing in flight
+    ///   and nothing finished since the previous scan), the highest ids retire, as many as are
+    ///   above `max_spare` (their workers get their stop signal and drain);
     /// * once no worker was busy for the idle timeout (5 s by default), one id retires per
     ///   scan down to the floor, `max(min_spare, 1)`; never below it.
     ///

@@ -46,7 +46,8 @@
 //!   flight, the next ids start (as many as are missing, at most `max_workers` in all; when the
 //!   shortage lasts from one scan to the next, enough to have `max_spare` idle, so a burst is
 //!   met in a few scans); while more than `max_spare` had nothing in flight *and finished
-//!   nothing* through the interval, the highest active id is retired (one per scan). Starting
+//!   nothing* through the interval, the highest active ids are retired, as many as there are
+//!   above `max_spare` (never below the floor). Starting
 //!   on the instant and retiring on the interval keeps a worker caught between two jobs at the
 //!   scan from being retired, and a job that moves from one worker to another from counting as
 //!   a shortage. Once no worker was busy for `idle_timeout`, the pool shrinks one id per scan down
@@ -302,8 +303,14 @@ impl SpareConfig {
         if idle < min_spare && active < max {
             return (min_spare - idle).min(max - active) as isize;
         }
+        // The surplus goes at once: those workers did nothing through the whole interval, and
+        // `max_spare` idle ones stay. (Counted on the instant, a worker between two jobs would
+        // be part of it; one at a time, a pool shrinking from a burst lags the load.)
+        if active > floor && idle_through > max_spare {
+            return -((idle_through - max_spare).min(active - floor) as isize);
+        }
         let quiet = idle_through == active && idle_for >= self.idle_timeout;
-        if active > floor && (idle_through > max_spare || (quiet && idle_through > min_spare)) {
+        if active > floor && quiet && idle_through > min_spare {
             return -1;
         }
         0

@@ -103,7 +103,18 @@ fn the_step_rule() {
     assert_eq!(sp.step(16, 0, 0, 0, busy), 1, "up to the floor");
     assert_eq!(sp.step(16, 4, 0, 0, busy), 1, "one idle missing");
     assert_eq!(sp.step(16, 4, 2, 2, busy), 0, "within the band");
-    assert_eq!(sp.step(16, 8, 5, 5, busy), -1, "too many idle: one goes");
+    assert_eq!(
+        sp.step(16, 8, 5, 5, busy),
+        -2,
+        "too many idle: the surplus goes"
+    );
+    let tight = SpareConfig { max_spare: 1, ..sp };
+    assert_eq!(tight.step(16, 4, 3, 3, busy), -2, "down to max_spare idle");
+    assert_eq!(
+        tight.step(16, 2, 2, 2, busy),
+        -1,
+        "never below the floor (1)"
+    );
     assert_eq!(
         sp.step(16, 11, 4, 3, busy),
         0,
@@ -161,7 +172,7 @@ fn the_running_count_follows_the_load_within_a_second() {
 }
 
 #[test]
-fn it_starts_in_id_order_and_retires_the_highest_ids_one_per_scan() {
+fn it_starts_in_id_order_and_retires_the_surplus_highest_ids_first() {
     let mut w = World::start(16, spare(2, 3, 12));
     assert_eq!(w.running().len(), 2);
     w.settle(8, 10, 11, 10);
@@ -172,17 +183,14 @@ fn it_starts_in_id_order_and_retires_the_highest_ids_one_per_scan() {
         "a prefix of the ids"
     );
     let before = w.running().len();
-    let mut prev = before;
-    // The load drops to nothing: the highest ids go, one per scan, until 3 are idle (within
-    // 1.2 s: before the 2 s idle timeout would take the pool further down).
+    // The load drops to nothing: at the first scan every worker was idle through the interval,
+    // and the surplus above 3 idle goes at once, the highest ids; then nothing more moves
+    // (within 1.2 s: before the 2 s idle timeout would take the pool further down).
+    w.scan(0);
+    assert_eq!(w.running().len(), 3, "the surplus retired at once");
     for _ in 0..12 {
         w.scan(0);
-        let now = w.running().len();
-        assert!(
-            prev - now <= 1,
-            "at most one retired per scan ({prev} → {now})"
-        );
-        prev = now;
+        assert_eq!(w.running().len(), 3, "then it holds");
     }
     assert_eq!(w.running().len(), 3);
     assert_eq!(
