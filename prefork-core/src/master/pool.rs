@@ -54,7 +54,8 @@
 //!   to its floor, `max(min_spare, 1)`, never below. A starting worker counts as idle (it soon
 //!   will be), so a scan never starts twice for one need.
 //! * **A retired worker that dies from its own stop signal** did not handle it (it did not
-//!   drain): that is logged as a warning, because it usually means lost work.
+//!   drain): that is logged as a warning, because it usually means lost work (not for one
+//!   retired before it was ready: it had nothing to drain).
 //!
 //! # Health rules (scoreboard observations, see [`Pool::observe`])
 //!
@@ -1170,10 +1171,14 @@ impl<W: WorkerContext> Pool<W> {
         let pid = r.proc.pid;
         if r.why == ExitReason::Hang {
             tracing::info!(%pid, status = %how, killed = r.killed, "hung worker exited");
-        } else if how == ChildExit::Signaled(self.cfg.stop_signal) {
+        } else if how == ChildExit::Signaled(self.cfg.stop_signal) && r.proc.ready_at.is_some() {
             tracing::warn!(%pid, status = %how,
                 "retired worker died from its stop signal instead of draining \
                  (does it handle it? see worker::stop_signal)");
+        } else if how == ChildExit::Signaled(self.cfg.stop_signal) {
+            // Still starting (a replacement made stale by a newer reload): it had nothing to
+            // drain, and may not have installed its handler yet.
+            tracing::info!(%pid, status = %how, "retired worker exited before it was ready");
         } else {
             tracing::info!(%pid, status = %how, killed = r.killed, "retired worker exited");
         }
