@@ -135,7 +135,14 @@ impl InheritedListener {
         {
             return Ok(l);
         }
-        Ok(Self::tcp(bind_first(addr, false)?))
+        let l = Self::tcp(bind_first(addr, false)?);
+        if ADOPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            // After an upgrade, a socket bound anew beside the old master's may be a port the
+            // clients do not know: say so.
+            tracing::warn!(addr = ?l.local_addr().ok(),
+                "no listening socket of the old master matches; bound a new one");
+        }
+        Ok(l)
     }
 
     /// Wraps a TCP listener of the master. Its blocking mode is left as it is.
@@ -697,10 +704,18 @@ pub(crate) fn adoption_done() {
     inherited().retain(|(_, _, claimed)| !claimed);
 }
 
+/// Set in an image that adopted an old master's sockets.
+static ADOPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// In the new image: the sockets the old one handed over, for [`InheritedListener::bind_tcp`]
 /// and [`InheritedListener::bind_unix`] to claim by address. Those the service manager passed
 /// come back through `LISTEN_FDS` instead.
 pub(crate) fn adopt_inherited(list: &[crate::upgrade::ListenerFd]) {
+    ADOPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        sockets = list.len(),
+        "adopting the old master's listening sockets"
+    );
     let mut table = inherited();
     for l in list.iter().filter(|l| !l.from_systemd) {
         // Close-on-exec again (workers get them only by dup2, as before); a number that is not
@@ -762,11 +777,12 @@ fn claim_unix(path: &Path) -> Option<InheritedListener> {
 /// Closes the handed-over sockets this image's code did not claim; returns how many.
 pub(crate) fn close_unclaimed_inherited() -> usize {
     let left = std::mem::take(&mut *inherited());
-    for (l, _, _) in &left {
+    let unclaimed: Vec<_> = left.iter().filter(|(_, _, claimed)| !claimed).collect();
+    for (l, _, _) in &unclaimed {
         tracing::info!(fd = l.fd, addr = ?l.addr, path = ?l.path,
             "the new code did not use a listening socket of the old master; closed");
     }
-    left.len()
+    unclaimed.len()
 }
 
 #[cfg(test)]

@@ -425,11 +425,20 @@ pub(crate) fn take_handover() -> Option<Handover> {
     let rolled_back = std::env::var(ROLLBACK_ENV).ok();
     crate::sys::remove_env(STATE_ENV);
     crate::sys::remove_env(ROLLBACK_ENV);
-    let (state_fd, exe_fd) = value.split_once(':')?;
-    let (state_fd, exe_fd): (RawFd, RawFd) = (state_fd.parse().ok()?, exe_fd.parse().ok()?);
-    // Both numbers were left open for this image (checked: F_GETFD fails on a closed one).
-    crate::sys::set_cloexec_raw(state_fd).ok()?;
-    crate::sys::set_cloexec_raw(exe_fd).ok()?;
+    let numbers = value.split_once(':').and_then(|(s, e)| {
+        let (s, e): (RawFd, RawFd) = (s.parse().ok()?, e.parse().ok()?);
+        // Both numbers were left open for this image (checked: F_GETFD fails on a closed one).
+        let open = crate::sys::set_cloexec_raw(s).is_ok() && crate::sys::set_cloexec_raw(e).is_ok();
+        open.then_some((s, e))
+    });
+    let Some((state_fd, exe_fd)) = numbers else {
+        // Neither adoption nor a rollback is possible: this image starts as a new master, and
+        // the old one's workers (its children still) are not its own.
+        tracing::error!(value = %value,
+            "{STATE_ENV} does not name two open fds: cannot adopt the old master's state; \
+             starting afresh");
+        return None;
+    };
     // The old image made both for this exec, and nothing else in this process owns them.
     let state_fd = crate::sys::own_inherited(state_fd);
     let old_exe = crate::sys::own_inherited(exe_fd);
