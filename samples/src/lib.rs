@@ -23,6 +23,15 @@ pub fn init_tracing() {
     prefork_core::log::init_default();
 }
 
+/// Writes `line` and a newline to standard error in one `write` (a line written piece by piece,
+/// as `writeln!` on the unbuffered `Stderr` does, can be torn by a worker's log line written
+/// between two pieces), ignoring errors (never `eprintln!`: it panics when standard error is a
+/// full disk or a closed pipe).
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// The runtime threads of one of `workers` workers that split the machine: `max(1, CPUs /
 /// workers)`, at most `workers` (the CPUs are those this process may run on, so a `taskset`
 /// or a cgroup limit counts). More threads than cores only add context switches: measured in

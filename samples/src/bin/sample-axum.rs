@@ -20,7 +20,6 @@
 //! `systemd-socket-activate`), it serves on the passed socket instead of binding `-p`.
 
 use std::convert::Infallible;
-use std::io::Write as _;
 use std::time::Duration;
 
 use axum::extract::RawQuery;
@@ -180,6 +179,5 @@ fn main() {
 }
 
 fn announce(addr: std::net::SocketAddr) {
-    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
-    let _ = writeln!(std::io::stderr(), "sample-axum: listening on http://{addr}");
+    samples::say(&format!("sample-axum: listening on http://{addr}"));
 }

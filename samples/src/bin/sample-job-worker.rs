@@ -116,7 +116,7 @@ struct Worker {
 
 /// One line on stderr, exit 2: bad input at start.
 fn fail(msg: &str) -> ! {
-    let _ = writeln!(std::io::stderr(), "sample-job-worker: {msg}");
+    samples::say(&format!("sample-job-worker: {msg}"));
     std::process::exit(2)
 }
 

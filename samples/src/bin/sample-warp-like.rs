@@ -59,7 +59,6 @@
 //!   worker's share of the CPUs, `max(1, CPUs / WORKERS)` and at most N: more threads than
 //!   cores only cost context switches (BENCHMARKS.md, section 10).
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use clap::Parser;
@@ -296,11 +295,7 @@ impl Listen {
 }
 
 fn announce(addr: std::net::SocketAddr) {
-    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
-    let _ = writeln!(
-        std::io::stderr(),
-        "sample-warp-like: listening on http://{addr}"
-    );
+    samples::say(&format!("sample-warp-like: listening on http://{addr}"));
 }
 
 /// The worker count in `path`: one number, 1 to 1024.
@@ -318,21 +313,18 @@ fn open_listener(
     addr: (std::net::IpAddr, u16),
     fdstore: bool,
 ) -> prefork_core::Result<InheritedListener> {
-    // Not eprintln!: it panics when stderr is a full disk or a closed pipe.
     if let Some(l) = InheritedListener::from_systemd(SOCKET_NAME, ListenerKind::Tcp)? {
-        let _ = writeln!(
-            std::io::stderr(),
+        samples::say(&format!(
             "sample-warp-like: adopted the socket systemd passed; listening on http://{}",
             l.local_addr()?
-        );
+        ));
         return Ok(l);
     }
     let l = InheritedListener::bind_tcp(addr)?;
-    let _ = writeln!(
-        std::io::stderr(),
+    samples::say(&format!(
         "sample-warp-like: listening on http://{}",
         l.local_addr()?
-    );
+    ));
     if fdstore {
         l.store_in_systemd(SOCKET_NAME)?;
     }
