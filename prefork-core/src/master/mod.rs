@@ -198,7 +198,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         {
             Ok(mut p) => {
                 let adopted = p.adopted.take();
-                (p, Some(adopted))
+                (p, adopted)
             }
             Err(why) if h.rolled_back.is_none() => {
                 tracing::error!(
@@ -241,7 +241,7 @@ pub fn run_master<C: 'static, W: WorkerContext>(mut settings: Settings<C, W>) ->
         served_at_scan: std::collections::BTreeMap::new(),
     };
     m.reap_all();
-    let started = match adopted.flatten() {
+    let started = match adopted {
         Some(adopted) => {
             m.after_adoption(adopted);
             Ok(())

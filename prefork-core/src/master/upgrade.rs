@@ -71,7 +71,7 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             self.upgrade = UpgradePhase::Queued;
             return Ok(());
         }
-        let state = self.handover_state()?;
+        let state = self.handover_state();
         let bytes = state.to_bytes().map_err(|e| e.to_string())?;
         let request = crate::sys::frozen_memfd(c"prefork-upgrade-check", &bytes)
             .map_err(|e| format!("cannot write the check request: {e}"))?;
@@ -254,10 +254,10 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
     }
 
     /// Everything the new image needs.
-    fn handover_state(&self) -> Result<State, String> {
+    fn handover_state(&self) -> State {
         let listeners = crate::fd::export_listeners();
         let (control, book) = self.control.export();
-        Ok(State {
+        State {
             version: handover::STATE_VERSION,
             written_by: format!("prefork-core {}", env!("CARGO_PKG_VERSION")),
             upgrades: self.upgrades,
@@ -269,13 +269,13 @@ impl<C: 'static, W: WorkerContext> Master<C, W> {
             control,
             book,
             groups: crate::reuseport::export_groups(),
-        })
+        }
     }
 
     /// Writes the state, keeps its fds open, blocks every signal and execs the new binary in
     /// place. Returns only if that failed (everything is put back).
     fn hand_over(&mut self) -> Result<(), String> {
-        let state = self.handover_state()?;
+        let state = self.handover_state();
         let bytes = state.to_bytes().map_err(|e| e.to_string())?;
         let state_fd = crate::sys::frozen_memfd(c"prefork-upgrade-state", &bytes)
             .map_err(|e| format!("cannot write the upgrade state: {e}"))?;
